@@ -1,0 +1,62 @@
+"""The error hierarchy of memsdk.
+
+Every error memsdk raises on purpose derives from :class:`MemsdkError`; each subclass also
+inherits the builtin a caller would naturally catch (``ValueError``, ``LookupError``, ...).
+This module imports nothing from the project, so every layer (``memsdk.stores``,
+``memsdk.engine``) may raise these without depending on the public API.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MemsdkError",
+    "ConfigError",
+    "InputError",
+    "FilterError",
+    "NotFoundError",
+    "DuplicateError",
+    "FormatError",
+    "IndexCorruptedError",
+    "ModelNotFoundError",
+]
+
+
+class MemsdkError(Exception):
+    """Base class of every error raised by memsdk."""
+
+
+class ConfigError(MemsdkError, ValueError):
+    """A configuration value is invalid or inconsistent."""
+
+
+class InputError(MemsdkError, ValueError):
+    """Input to a public call is invalid: empty text, oversized data, bad metadata, bad scope."""
+
+
+class FilterError(InputError):
+    """A metadata filter is malformed: unknown operator, wrong value type, bad nesting."""
+
+
+class NotFoundError(MemsdkError, LookupError):
+    """A memory, document or scope does not exist (or is not visible from the given scope)."""
+
+
+class DuplicateError(MemsdkError, ValueError):
+    """A write would create a second copy of content that the scope already holds."""
+
+
+class FormatError(MemsdkError, ValueError):
+    """A file on disk has an unexpected format: a newer format version, a forged or truncated
+    file, or a manifest that does not match what this memsdk expects."""
+
+
+class IndexCorruptedError(FormatError):
+    """The vector index on disk is missing, unreadable or disagrees with the manifest.
+
+    The SQL database is the source of truth; the message names the command that rebuilds the
+    index from it (``memsdk rebuild-index --memory DIR``).
+    """
+
+
+class ModelNotFoundError(MemsdkError, FileNotFoundError):
+    """A model's files are not installed where memsdk looks for them."""
