@@ -9,15 +9,15 @@ This module imports nothing from the project, so every layer (``memsdk.stores``,
 from __future__ import annotations
 
 __all__ = [
-    "MemsdkError",
     "ConfigError",
-    "InputError",
-    "FilterError",
-    "NotFoundError",
     "DuplicateError",
+    "FilterError",
     "FormatError",
     "IndexCorruptedError",
+    "InputError",
+    "MemsdkError",
     "ModelNotFoundError",
+    "NotFoundError",
 ]
 
 

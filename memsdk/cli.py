@@ -1,0 +1,132 @@
+"""The ``memsdk`` command line: ingest, search, stats and rebuild-index on a memory directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from memsdk.errors import MemsdkError
+from memsdk.memory import HybridMemory
+from memsdk.scope import Scope
+
+__all__ = ["main"]
+
+
+def _scope(args: argparse.Namespace) -> Scope:
+    return Scope(tenant=args.tenant, user=args.user, agent=args.agent, run=args.run)
+
+
+def _add_scope_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenant", required=True, help="scope tenant (required)")
+    p.add_argument("--user", help="scope user")
+    p.add_argument("--agent", help="scope agent")
+    p.add_argument("--run", help="scope run")
+
+
+def _memory_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", required=True, metavar="DIR", help="the memory directory")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    with HybridMemory.open(args.memory) as mem:
+        scope = _scope(args)
+        for path in args.paths:
+            report = mem.ingest(path, scope=scope, progress=not args.quiet)
+            print(
+                f"{path}: {report.documents} documents, {report.chunks} chunks, "
+                f"{report.bytes} bytes, {report.duplicates_skipped} duplicates skipped, "
+                f"{report.seconds:.1f} s"
+            )
+            for skipped in report.skipped:
+                print(f"  skipped {skipped.source}: {skipped.reason}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    filters = json.loads(args.filters) if args.filters else None
+    with HybridMemory.open(args.memory) as mem:
+        hits = mem.search(args.query, scope=_scope(args), k=args.k, filters=filters)
+    if args.json:
+        print(json.dumps([h.model_dump(mode="json") for h in hits], indent=2))
+        return 0
+    if not hits:
+        print("no results")
+    for rank, hit in enumerate(hits, 1):
+        where = f"{hit.source}:{hit.start_byte}-{hit.end_byte}"
+        print(f"{rank}. [id {hit.id}] score {hit.score:.4f}  {where}")
+        for line in hit.text.strip().splitlines()[: args.lines]:
+            print(f"     {line[:200]}")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with HybridMemory.open(args.memory) as mem:
+        stats = mem.stats()
+    if args.json:
+        print(stats.model_dump_json(indent=2))
+        return 0
+    print(f"memory     {stats.path}")
+    print(f"database   {stats.database} (format {stats.format_version})")
+    print(f"embedder   {stats.embedder}")
+    print(f"index      {stats.index_vectors} vectors, {stats.index_bytes} bytes on disk")
+    for s in stats.scopes:
+        print(f"scope      {s.scope}: {s.documents} documents, {s.chunks} chunks, {s.bytes} bytes")
+    return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    with HybridMemory.open(args.memory, rebuild_index=True, progress=not args.quiet) as mem:
+        print(f"rebuilt the vector index of {mem.path}: {len(mem.notepad.index)} vectors")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memsdk", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="stream files or directories into a memory")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    _memory_arg(p)
+    _add_scope_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_ingest)
+
+    p = sub.add_parser("search", help="hybrid keyword + vector search in one scope")
+    p.add_argument("query")
+    _memory_arg(p)
+    _add_scope_args(p)
+    p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
+    p.add_argument("--filters", help='metadata filter as JSON, e.g. \'{"ticket": {"gte": 4000}}\'')
+    p.add_argument("--lines", type=int, default=3, help="lines of each hit to show")
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.set_defaults(run=_cmd_search)
+
+    p = sub.add_parser("stats", help="what a memory holds")
+    _memory_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_cmd_stats)
+
+    p = sub.add_parser("rebuild-index", help="rebuild the vector index from the database")
+    _memory_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_rebuild)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except json.JSONDecodeError as e:
+        print(f"memsdk {args.command}: error: --filters is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    except (MemsdkError, ValueError) as e:
+        print(f"memsdk {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

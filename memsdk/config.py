@@ -1,0 +1,93 @@
+"""Configuration of a memory: one pydantic model, validated, loadable from a dict or a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from memsdk.errors import ConfigError
+
+__all__ = ["MemoryConfig"]
+
+
+class MemoryConfig(BaseModel):
+    """How a memory stores, chunks and searches.
+
+    Build it with keywords, from a dict (``MemoryConfig.model_validate(d)``) or from a JSON or
+    TOML file (:meth:`from_file`). Unknown keys are rejected.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the records; None keeps SQLite in the memory directory. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    chunk_bytes: int = Field(
+        512,
+        ge=64,
+        le=1 << 20,
+        description="target chunk size; chunks hold whole lines and stay at or under this size "
+        "unless a single line is longer",
+    )
+    max_line_bytes: int = Field(
+        1 << 16,
+        ge=256,
+        le=1 << 24,
+        description="a line longer than this is cut into pieces of this size (at white space or "
+        "a UTF-8 character boundary); every shorter line stays whole in one chunk",
+    )
+    max_text_bytes: int = Field(
+        16 << 20, ge=1, description="largest text `add` accepts; use `ingest` for larger streams"
+    )
+    max_query_bytes: int = Field(8192, ge=16, description="largest search query accepted")
+    embed_batch_chunks: int = Field(
+        64, ge=1, le=4096, description="chunks embedded and written per transaction"
+    )
+    search_candidates: int = Field(
+        50, ge=1, le=10_000, description="hits each retriever contributes to the fusion"
+    )
+    rrf_k: int = Field(60, ge=1, description="reciprocal-rank-fusion constant")
+    busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
+
+    @model_validator(mode="after")
+    def _check(self) -> MemoryConfig:
+        if self.max_line_bytes < self.chunk_bytes:
+            raise ValueError(
+                f"max_line_bytes ({self.max_line_bytes}) must be at least chunk_bytes "
+                f"({self.chunk_bytes})"
+            )
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> MemoryConfig:
+        """Load a config from a ``.json`` or ``.toml`` file.
+
+        Raises:
+            ConfigError: the file is missing, unparsable, or holds invalid or unknown keys.
+        """
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(raw.decode())
+            elif path.suffix == ".json":
+                data = json.loads(raw)
+            else:
+                raise ConfigError(
+                    f"config file {path} has suffix {path.suffix!r}, expected .json or .toml"
+                )
+        except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be parsed: {e}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"config file {path} is invalid:\n{e}") from None

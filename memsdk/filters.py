@@ -1,0 +1,246 @@
+"""Metadata: validation on write, and filters compiled to SQL on read.
+
+Filters use mem0's operator set::
+
+    {"ticket": 4812}                                   # equality
+    {"ticket": {"gte": 4000, "lt": 5000}}              # several operators: all must hold
+    {"OR": [{"team": "vpn"}, {"team": {"in": ["net", "infra"]}}]}
+    {"NOT": {"status": "closed"}}
+
+Operators: ``eq ne gt gte lt lte in nin contains icontains``; logic: ``AND OR NOT`` (also
+lowercase, so those words are not usable as metadata keys in filters). A comparison holds only
+for values of the same JSON type (``4812`` never equals ``"4812"``); ``ne`` and ``nin`` also hold
+when the key is absent. ``contains`` is a substring test on string values. The compiled filter
+runs inside the same SQL query as the scope condition, before any ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Boolean, Float, Text, and_, case, cast, false, func, not_, or_, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.errors import FilterError, InputError
+from memsdk.stores.sql import ChunkRow
+
+__all__ = ["compile_filters", "validate_metadata"]
+
+OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "contains", "icontains")
+_LOGIC = {"AND": "AND", "and": "AND", "OR": "OR", "or": "OR", "NOT": "NOT", "not": "NOT"}
+MAX_METADATA_BYTES = 64 * 1024
+MAX_KEY_CHARS = 256
+_MAX_DEPTH = 16
+
+
+def _check_key(key: Any, *, what: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise InputError(f"{what} keys must be non-empty strings, got {key!r}")
+    if len(key) > MAX_KEY_CHARS:
+        raise InputError(f"{what} key {key[:40]!r}... is longer than {MAX_KEY_CHARS} characters")
+    if any(ch in key for ch in '"\\') or any(ord(ch) < 32 for ch in key):
+        raise InputError(
+            f"{what} key {key!r} holds a double quote, backslash or control character: rename it"
+        )
+    return key
+
+
+def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check that ``metadata`` is a JSON object memsdk can store and filter; returns a copy.
+
+    Raises:
+        InputError: not a mapping, a bad key, a value that is not JSON (sets, bytes, NaN, ...),
+            or more than 64 KiB once serialised.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, path: str, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            raise InputError(f"metadata is nested deeper than {_MAX_DEPTH} levels at {path}")
+        if value is None or isinstance(value, bool | int | str):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InputError(f"metadata value at {path} is {value}: only finite numbers")
+            return value
+        if isinstance(value, list | tuple):
+            return [check(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            return {
+                _check_key(k, what="metadata"): check(v, f"{path}.{k}", depth + 1)
+                for k, v in value.items()
+            }
+        raise InputError(
+            f"metadata value at {path} is a {type(value).__name__}: use str, int, float, bool, "
+            "None, lists or dicts of those"
+        )
+
+    clean = {_check_key(k, what="metadata"): check(v, k, 1) for k, v in metadata.items()}
+    size = len(json.dumps(clean, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InputError(
+            f"metadata is {size} bytes as JSON, at most {MAX_METADATA_BYTES}: store large "
+            "content as text, not metadata"
+        )
+    return clean
+
+
+class _Field:
+    """Typed access to one top-level metadata key, for SQLite and PostgreSQL."""
+
+    def __init__(self, key: str, dialect: str) -> None:
+        self.key, self.dialect = key, dialect
+        if dialect == "postgresql":
+            self.type = func.json_typeof(ChunkRow.meta[key])
+        else:
+            self.path = '$."' + key + '"'
+            self.type = func.json_type(ChunkRow.meta, self.path)
+
+    def kinds(self, kind: str) -> tuple[str, ...]:
+        if self.dialect == "postgresql":
+            return {"number": ("number",), "string": ("string",), "boolean": ("boolean",)}[kind]
+        return {"number": ("integer", "real"), "string": ("text",), "boolean": ("true", "false")}[
+            kind
+        ]
+
+    def value(self, kind: str) -> ColumnElement[Any]:
+        if self.dialect == "postgresql":
+            text_value = ChunkRow.meta[self.key].as_string()
+            return {
+                "number": cast(text_value, Float),
+                "string": cast(text_value, Text),
+                "boolean": cast(text_value, Boolean),
+            }[kind]
+        return func.json_extract(ChunkRow.meta, self.path)
+
+    def test(self, kind: str, predicate: ColumnElement[bool]) -> ColumnElement[bool]:
+        # CASE keeps PostgreSQL from casting values of another type (which would raise).
+        return case((self.type.in_(self.kinds(kind)), predicate), else_=false())
+
+
+def _kind(value: Any, key: str, op: str) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FilterError(f"filter {key!r} {op}: {value} is not a finite number")
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    raise FilterError(
+        f"filter {key!r} {op}: expected a string, number or bool, got {type(value).__name__} "
+        f"{value!r}"
+    )
+
+
+def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
+    key = field.key
+    if op in ("in", "nin"):
+        if not isinstance(value, list | tuple) or not value:
+            raise FilterError(f"filter {key!r} {op}: expected a non-empty list, got {value!r}")
+        hit = or_(*(_compare(field, "eq", v) for v in value))
+        return hit if op == "in" else not_(hit)
+    if op == "ne":
+        return not_(_compare(field, "eq", value))
+    if op in ("contains", "icontains"):
+        if not isinstance(value, str):
+            raise FilterError(f"filter {key!r} {op}: expected a string, got {value!r}")
+        haystack, needle = field.value("string"), value
+        if op == "icontains":
+            haystack, needle = func.lower(haystack), value.lower()
+        position = func.strpos if field.dialect == "postgresql" else func.instr
+        return field.test("string", position(haystack, needle) > 0)
+    if value is None:
+        if op != "eq":
+            raise FilterError(f"filter {key!r} {op}: None can only be tested with eq / ne")
+        return field.type.in_(("null",))
+    kind = _kind(value, key, op)
+    if kind == "boolean" and op != "eq":
+        raise FilterError(f"filter {key!r} {op}: booleans can only be tested with eq / ne")
+    column = field.value(kind)
+    if kind == "boolean" and field.dialect != "postgresql":
+        value = int(value)  # SQLite's json_extract gives 1 / 0 for true / false
+    predicate = {
+        "eq": column == value,
+        "gt": column > value,
+        "gte": column >= value,
+        "lt": column < value,
+        "lte": column <= value,
+    }[op]
+    return field.test(kind, predicate)
+
+
+def _node(node: Any, dialect: str, where: str) -> ColumnElement[bool]:
+    if not isinstance(node, Mapping):
+        raise FilterError(f"filter {where} must be a dict, got {type(node).__name__} {node!r}")
+    clauses = []
+    for key, cond in node.items():
+        logic = _LOGIC.get(key) if isinstance(key, str) else None
+        if logic == "NOT":
+            parts = cond if isinstance(cond, list | tuple) else [cond]
+            clauses.append(not_(and_(true(), *(_node(p, dialect, f"{where}.NOT") for p in parts))))
+        elif logic is not None:
+            if not isinstance(cond, list | tuple) or not cond:
+                raise FilterError(
+                    f"filter {where}.{key} expects a non-empty list of filters, got {cond!r}"
+                )
+            parts = [_node(p, dialect, f"{where}.{key}[{i}]") for i, p in enumerate(cond)]
+            clauses.append(and_(*parts) if logic == "AND" else or_(*parts))
+        else:
+            clauses.append(_field_condition(key, cond, dialect))
+    return and_(true(), *clauses)
+
+
+def _field_condition(key: Any, cond: Any, dialect: str) -> ColumnElement[bool]:
+    try:
+        key = _check_key(key, what="filter")
+    except InputError as e:
+        raise FilterError(str(e)) from None
+    field = _Field(key, dialect)
+    if not isinstance(cond, Mapping):
+        if isinstance(cond, list | tuple | set | dict):
+            raise FilterError(
+                f"filter {key!r}: a bare {type(cond).__name__} is ambiguous; use "
+                f"{{{key!r}: {{'in': [...]}}}} for membership"
+            )
+        return _compare(field, "eq", cond)
+    if not cond:
+        raise FilterError(
+            f"filter {key!r} has an empty operator dict: name at least one of "
+            + ", ".join(OPERATORS)
+        )
+    parts = []
+    for op, value in cond.items():
+        if op not in OPERATORS:
+            raise FilterError(
+                f"unknown filter operator {op!r} on key {key!r}: expected one of "
+                + ", ".join(OPERATORS)
+            )
+        parts.append(_compare(field, op, value))
+    return and_(*parts)
+
+
+def compile_filters(
+    filters: Mapping[str, Any] | None, *, dialect: str = "sqlite"
+) -> ColumnElement[bool] | None:
+    """Compile a mem0-style filter dict into a SQL condition over chunk metadata.
+
+    Returns:
+        None for no filter (None or ``{}``).
+
+    Raises:
+        FilterError: unknown operator, a value of the wrong type, a malformed AND/OR/NOT.
+    """
+    if filters is None:
+        return None
+    if not isinstance(filters, Mapping):
+        raise FilterError(f"filters must be a dict, got {type(filters).__name__} {filters!r}")
+    if not filters:
+        return None
+    return _node(filters, dialect, "filters")

@@ -1,0 +1,1 @@
+"""Adapters to agent frameworks (LangChain: `memsdk.integrations.langchain`)."""

@@ -1,0 +1,128 @@
+"""What the public API returns: frozen pydantic models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memsdk.scope import Scope
+
+__all__ = [
+    "AddResult",
+    "HistoryEvent",
+    "IngestReport",
+    "MemoryItem",
+    "MemoryStats",
+    "ScopeStats",
+    "SearchHit",
+    "SkippedSource",
+]
+
+_FROZEN = ConfigDict(frozen=True)
+
+
+class MemoryItem(BaseModel):
+    """One stored chunk (a "memory")."""
+
+    model_config = _FROZEN
+
+    id: int = Field(description="the chunk id; also its FAISS id")
+    text: str = Field(description="the chunk as text (invalid UTF-8 shown as U+FFFD, see `data`)")
+    raw: bytes | None = Field(None, description="the original bytes when they were not UTF-8")
+    scope: Scope
+    document_id: int | None = Field(description="the document the chunk came from")
+    source: str | None = Field(description="the document's path or name")
+    seq: int = Field(description="the chunk's position within its document")
+    start_byte: int = Field(description="offset of the chunk's first byte in its document")
+    end_byte: int = Field(description="offset just past the chunk's last byte")
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def data(self) -> bytes:
+        """The chunk's exact bytes as they were ingested (or last updated)."""
+        return self.raw if self.raw is not None else self.text.encode()
+
+
+class SearchHit(MemoryItem):
+    """A search result: a memory, its fused score and how each retriever ranked it."""
+
+    score: float = Field(description="reciprocal-rank-fusion score; higher is better")
+    similarity: float | None = Field(description="cosine similarity to the query, if retrieved")
+    vector_rank: int | None = Field(description="1-based rank in vector search, if retrieved")
+    keyword_rank: int | None = Field(description="1-based rank in exact-token search, if matched")
+    exact_match: bool = Field(description="the text holds an identifier of the query verbatim")
+
+
+class AddResult(BaseModel):
+    """Outcome of :meth:`HybridMemory.add`."""
+
+    model_config = _FROZEN
+
+    ids: list[int] = Field(description="ids of the new chunks (a long text makes several)")
+    document_id: int | None = Field(description="None when every chunk was a duplicate")
+    duplicates_skipped: int = Field(description="chunks the scope already held")
+
+
+class HistoryEvent(BaseModel):
+    """One change to a memory; the history is append-only."""
+
+    model_config = _FROZEN
+
+    id: int
+    memory_id: int
+    event: Literal["ADD", "UPDATE", "DELETE"]
+    old_text: str | None
+    new_text: str | None
+    old_metadata: dict[str, Any] | None
+    new_metadata: dict[str, Any] | None
+    created_at: datetime
+
+
+class SkippedSource(BaseModel):
+    """A source that ingestion passed over, and why."""
+
+    model_config = _FROZEN
+
+    source: str
+    reason: str
+
+
+class IngestReport(BaseModel):
+    """Outcome of :meth:`HybridMemory.ingest`."""
+
+    model_config = _FROZEN
+
+    documents: int = Field(description="documents that added at least one chunk")
+    chunks: int = Field(description="new chunks stored")
+    bytes: int = Field(description="bytes read from the sources")
+    duplicates_skipped: int = Field(description="chunks skipped because the scope held them")
+    seconds: float
+    document_ids: list[int]
+    skipped: list[SkippedSource] = Field(description="sources not ingested (binary, empty, ...)")
+
+
+class ScopeStats(BaseModel):
+    model_config = _FROZEN
+
+    scope: Scope
+    documents: int
+    chunks: int
+    bytes: int
+
+
+class MemoryStats(BaseModel):
+    """Figures of a whole memory directory."""
+
+    model_config = _FROZEN
+
+    path: str
+    database: str
+    format_version: int
+    embedder: str
+    index_vectors: int
+    index_bytes: int
+    scopes: list[ScopeStats]

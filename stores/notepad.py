@@ -1,0 +1,177 @@
+"""The notepad: SQL records plus the FAISS index that mirrors their embeddings.
+
+SQL is the source of truth. Every change to a chunk writes a history event in the same
+transaction, and the index follows the history: :meth:`Notepad.sync` replays the events the
+index has not seen (its own writes, writes of another process, or writes that a crash kept from
+reaching the saved index file) by re-reading the current embeddings of the chunks they touched.
+Replaying is idempotent, so there is one way the index ever changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.vector_index import INDEX_NAME, VectorIndex
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.errors import FormatError, IndexCorruptedError, InputError
+
+__all__ = ["DATABASE_NAME", "Notepad"]
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "memory.db"
+
+
+def _redact(url: str) -> str:
+    # Never write a password into the manifest.
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, creds = head.partition("://")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+class Notepad:
+    """One memory directory's exact store: SQL records, the vector index and the manifest.
+
+    Args:
+        directory: the memory directory; created when it does not exist.
+        database_url: a SQLAlchemy URL; None keeps a SQLite file inside ``directory``.
+        embedder_name, dim: the embedder the vectors come from (checked against the manifest).
+        busy_timeout_s: SQLite lock wait.
+        load_index: False skips reading the index file (used to rebuild a broken one).
+
+    Raises:
+        InputError: ``directory`` is a file, or a non-empty folder that is not a memory.
+        FormatError: the manifest is corrupted, newer, or names another embedder.
+        IndexCorruptedError: the index file is missing or unreadable (names the rebuild command).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        database_url: str | None,
+        embedder_name: str,
+        dim: int,
+        busy_timeout_s: float = 30.0,
+        load_index: bool = True,
+    ) -> None:
+        self.directory = Path(directory).expanduser().resolve()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise InputError(
+                f"{self.directory} is a file: a memory is a directory; pick a new path"
+            )
+        manifest = read_manifest(self.directory) if self.directory.exists() else None
+        if manifest is None and self.directory.exists() and any(self.directory.iterdir()):
+            raise InputError(
+                f"{self.directory} is not empty and has no {MANIFEST_NAME}: it is not a memsdk "
+                "memory; open an empty or new directory instead"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        url = database_url or f"sqlite:///{self.directory / DATABASE_NAME}"
+        if manifest is None:
+            manifest = Manifest(
+                embedder_name=embedder_name, embedder_dim=dim, database=_redact(url)
+            )
+            manifest.write(self.directory)
+        manifest.check_embedder(embedder_name, dim, directory=self.directory)
+        self.manifest = manifest
+        self.dim = dim
+        self.index_path = self.directory / INDEX_NAME
+        self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
+        self._sync_lock = threading.Lock()
+        try:
+            self.sql.create_schema()
+            self.index = self._open_index() if load_index else VectorIndex(dim)
+            if load_index:
+                self.sync()
+        except BaseException:
+            self.sql.close()
+            raise
+
+    def _open_index(self) -> VectorIndex:
+        if self.index_path.exists():
+            return VectorIndex.load(self.index_path, dim=self.dim)
+        if len(self.sql.all_chunk_ids()):
+            raise IndexCorruptedError(
+                f"vector index {self.index_path} is missing but the database holds chunks: "
+                f"rebuild it with: memsdk rebuild-index --memory {self.directory}"
+            )
+        return VectorIndex(self.dim)
+
+    def sync(self) -> int:
+        """Bring the index up to date with SQL; returns how many chunks were refreshed."""
+        if self.sql.max_history_id() == self.index.synced_to:
+            return 0
+        with self._sync_lock:
+            newest, touched = self.sql.touched_since(self.index.synced_to)
+            if len(touched) == 0:
+                self.index.synced_to = newest
+                return 0
+            ids, vectors = [], []
+            for batch_ids, batch_vectors in self.sql.embeddings(touched):
+                ids.append(batch_ids)
+                vectors.append(batch_vectors)
+            add_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
+            add_vectors = (
+                np.concatenate(vectors) if vectors else np.empty((0, self.dim), np.float32)
+            )
+            if add_vectors.shape[1] != self.dim:
+                raise FormatError(
+                    f"stored embeddings have width {add_vectors.shape[1]}, expected {self.dim}"
+                )
+            self.index.replace(touched, add_ids, add_vectors)
+            self.index.synced_to = newest
+            logger.debug("index synced to history %d (%d chunks refreshed)", newest, len(touched))
+            return len(touched)
+
+    def save_index(self) -> None:
+        """Write the index file if it changed since the last save."""
+        if self.index.dirty:
+            self.index.save(self.index_path)
+
+    def rebuild_index(self, *, on_batch: Callable[[int], None] | None = None) -> int:
+        """Rebuild the index from the embeddings stored in SQL and save it; returns its size."""
+        with self._sync_lock:
+            newest = self.sql.max_history_id()
+            index = VectorIndex(self.dim)
+            for ids, vectors in self.sql.embeddings():
+                index.add(ids, vectors)
+                if on_batch is not None:
+                    on_batch(len(ids))
+            index.synced_to = newest
+            index.dirty = True
+            self.index = index
+        self.sync()
+        self.index.save(self.index_path)
+        return len(self.index)
+
+    def vector_search(
+        self,
+        scope_id: int,
+        query: np.ndarray,
+        *,
+        k: int,
+        where: ColumnElement[bool] | None = None,
+    ) -> list[tuple[int, float]]:
+        """Top-``k`` chunks of the scope passing ``where`` by cosine similarity to ``query``."""
+        self.sync()
+        allowed = self.sql.chunk_ids(scope_id, where)
+        ids, scores = self.index.search(query, k=k, allowed_ids=allowed)
+        return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+
+    def close(self) -> None:
+        try:
+            self.save_index()
+        finally:
+            self.sql.close()

@@ -1,0 +1,748 @@
+"""SQL records of the notepad: the source of truth of a memory.
+
+Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
+embedding, so the vector index can always be rebuilt without re-embedding), ``history``
+(append-only) and ``ingest_ledger`` (one row per ingested source and its outcome).
+
+SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
+``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
+locked" when a read transaction tries to upgrade. Exact-token search uses SQLite FTS5 (BM25)
+kept in step by triggers, and PostgreSQL full-text search (``simple`` configuration) there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal_column,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.errors import DuplicateError
+
+__all__ = [
+    "ChunkRecord",
+    "ChunkRow",
+    "DocumentRow",
+    "HistoryRecord",
+    "HistoryRow",
+    "LedgerRow",
+    "NewChunk",
+    "SQLStore",
+    "ScopeKey",
+    "ScopeRow",
+]
+
+ScopeKey = tuple[str, str, str, str]  # (tenant, user, agent, run); "" where unset
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite drops the zone on the way back; every timestamp memsdk writes is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ScopeRow(Base):
+    __tablename__ = "scopes"
+    __table_args__ = (UniqueConstraint("tenant", "user", "agent", "run", name="uq_scope"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(256))
+    user: Mapped[str] = mapped_column(String(256), default="")
+    agent: Mapped[str] = mapped_column(String(256), default="")
+    run: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ChunkRow(Base):
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("scope_id", "content_hash", name="uq_chunk_content"),
+        # AUTOINCREMENT: ids are never reused after a delete, because they are also FAISS ids.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    start_byte: Mapped[int] = mapped_column(BigInteger)
+    end_byte: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class HistoryRow(Base):
+    __tablename__ = "history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(Integer, index=True)
+    scope_id: Mapped[int] = mapped_column(Integer, index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    old_text: Mapped[str | None] = mapped_column(Text, default=None)
+    new_text: Mapped[str | None] = mapped_column(Text, default=None)
+    old_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    new_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LedgerRow(Base):
+    __tablename__ = "ingest_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(Integer, index=True)
+    document_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    source: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="started")
+    chunks_added: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk ready to be written: text, where it came from, and its embedding."""
+
+    seq: int
+    start_byte: int
+    end_byte: int
+    text: str
+    raw: bytes | None  # the original bytes when they are not valid UTF-8
+    content_hash: str
+    metadata: dict[str, Any]
+    embedding: np.ndarray  # (dim,) float32
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A stored chunk as the public API sees it."""
+
+    id: int
+    scope_id: int
+    document_id: int | None
+    source: str | None
+    seq: int
+    start_byte: int
+    end_byte: int
+    text: str
+    raw: bytes | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    id: int
+    chunk_id: int
+    event: str
+    old_text: str | None
+    new_text: str | None
+    old_metadata: dict[str, Any] | None
+    new_metadata: dict[str, Any] | None
+    created_at: datetime
+
+
+_SQLITE_FTS = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
+    "text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN "
+    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN "
+    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN "
+    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+]
+_POSTGRES_FTS = [
+    "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
+]
+
+# Words of a query for exact-token search: runs of letters and digits, the same split the
+# FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_MAX_QUERY_TERMS = 64
+
+
+def _query_phrases(query: str) -> list[list[str]]:
+    phrases = []
+    for piece in query.split():
+        words = _WORD.findall(piece.lower())
+        if words:
+            phrases.append(words)
+    return phrases[:_MAX_QUERY_TERMS]
+
+
+class SQLStore:
+    """SQLAlchemy access to one memory's records.
+
+    Args:
+        url: any SQLAlchemy URL; ``sqlite:///path/memory.db`` by default.
+        busy_timeout_s: how long a SQLite writer waits for the lock before failing.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._write_lock = threading.Lock()
+        if self.is_sqlite:
+            args = {"timeout": busy_timeout_s, "check_same_thread": False}
+            self._read_engine = self._sqlite_engine(url, args, begin="BEGIN", busy=busy_timeout_s)
+            self._write_engine = self._sqlite_engine(
+                url, args, begin="BEGIN IMMEDIATE", busy=busy_timeout_s
+            )
+        else:
+            self._read_engine = self._write_engine = create_engine(url, pool_pre_ping=True)
+        self.dialect = self._read_engine.dialect.name
+        self._read = sessionmaker(self._read_engine, expire_on_commit=False)
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    @staticmethod
+    def _sqlite_engine(url: str, args: dict[str, Any], *, begin: str, busy: float) -> Engine:
+        engine = create_engine(url, connect_args=args)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's begin event (below) issue BEGIN, so writers can ask for IMMEDIATE.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    def create_schema(self) -> None:
+        """Create the tables (and full-text index) that do not exist yet."""
+        Base.metadata.create_all(self._write_engine)
+        ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
+        if self._write_engine.dialect.name in ("sqlite", "postgresql"):
+            with self._write_engine.begin() as conn:
+                for statement in ddl:
+                    conn.exec_driver_sql(statement)
+
+    def close(self) -> None:
+        self._read_engine.dispose()
+        self._write_engine.dispose()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Session]:
+        with self._write_lock, self._write() as session, session.begin():
+            yield session
+
+    # ---- scopes ------------------------------------------------------------------------------
+
+    def find_scope(self, key: ScopeKey) -> int | None:
+        tenant, user, agent, run = key
+        with self.reading() as s:
+            return s.scalar(
+                select(ScopeRow.id).where(
+                    ScopeRow.tenant == tenant,
+                    ScopeRow.user == user,
+                    ScopeRow.agent == agent,
+                    ScopeRow.run == run,
+                )
+            )
+
+    def ensure_scope(self, key: ScopeKey) -> int:
+        found = self.find_scope(key)
+        if found is not None:
+            return found
+        tenant, user, agent, run = key
+        try:
+            with self.writing() as s:
+                row = ScopeRow(tenant=tenant, user=user, agent=agent, run=run)
+                s.add(row)
+                s.flush()
+                return row.id
+        except IntegrityError:  # another writer created it first
+            found = self.find_scope(key)
+            assert found is not None
+            return found
+
+    def scopes(self) -> list[tuple[int, ScopeKey]]:
+        with self.reading() as s:
+            rows = s.execute(select(ScopeRow).order_by(ScopeRow.id)).scalars()
+            return [(r.id, (r.tenant, r.user, r.agent, r.run)) for r in rows]
+
+    # ---- documents and the ledger ------------------------------------------------------------
+
+    def start_document(self, scope_id: int, source: str, metadata: dict[str, Any]) -> int:
+        """Record that ingestion of ``source`` began; returns the document id."""
+        with self.writing() as s:
+            doc = DocumentRow(scope_id=scope_id, source=source, meta=metadata)
+            s.add(doc)
+            s.flush()
+            s.add(LedgerRow(scope_id=scope_id, document_id=doc.id, source=source))
+            return doc.id
+
+    def finish_document(
+        self, document_id: int, *, size_bytes: int, content_hash: str, duplicates: int
+    ) -> int:
+        """Close a document's ingestion; a document that added no chunk is removed.
+
+        Returns:
+            the number of chunks the document holds.
+        """
+        with self.writing() as s:
+            doc = s.get(DocumentRow, document_id)
+            assert doc is not None
+            count = doc.chunk_count
+            s.execute(
+                update(LedgerRow)
+                .where(LedgerRow.document_id == document_id)
+                .values(
+                    status="committed",
+                    chunks_added=count,
+                    duplicates=duplicates,
+                    bytes_read=size_bytes,
+                    finished_at=_now(),
+                    document_id=document_id if count else None,
+                )
+            )
+            if count:
+                doc.size_bytes = size_bytes
+                doc.content_hash = content_hash
+            else:
+                s.delete(doc)
+            return count
+
+    # ---- chunks ------------------------------------------------------------------------------
+
+    def existing_hashes(self, scope_id: int, hashes: Sequence[str]) -> set[str]:
+        if not hashes:
+            return set()
+        with self.reading() as s:
+            rows = s.scalars(
+                select(ChunkRow.content_hash).where(
+                    ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
+                )
+            )
+            return set(rows)
+
+    def insert_chunks(
+        self, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
+    ) -> list[int | None]:
+        """Insert chunks in one transaction, with an ADD history event each.
+
+        A chunk whose content the scope already holds (written meanwhile by another writer) is
+        skipped. Returns the new ids in input order, None for a skipped chunk.
+        """
+        with self.writing() as s:
+            hashes = [c.content_hash for c in chunks]
+            taken = set(
+                s.scalars(
+                    select(ChunkRow.content_hash).where(
+                        ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
+                    )
+                )
+            )
+            rows: list[ChunkRow | None] = []
+            for c in chunks:
+                if c.content_hash in taken:
+                    rows.append(None)
+                    continue
+                taken.add(c.content_hash)
+                row = ChunkRow(
+                    scope_id=scope_id,
+                    document_id=document_id,
+                    seq=c.seq,
+                    start_byte=c.start_byte,
+                    end_byte=c.end_byte,
+                    text=c.text,
+                    raw=c.raw,
+                    content_hash=c.content_hash,
+                    meta=c.metadata,
+                    embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
+                )
+                s.add(row)
+                rows.append(row)
+            s.flush()
+            added = [r for r in rows if r is not None]
+            s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
+            if document_id is not None and added:
+                s.execute(
+                    update(DocumentRow)
+                    .where(DocumentRow.id == document_id)
+                    .values(chunk_count=DocumentRow.chunk_count + len(added))
+                )
+            return [r.id if r is not None else None for r in rows]
+
+    def chunk_ids(self, scope_id: int, where: ColumnElement[bool] | None = None) -> np.ndarray:
+        """Ids of the scope's chunks that pass ``where``, (n,) int64."""
+        stmt = select(ChunkRow.id).where(ChunkRow.scope_id == scope_id)
+        if where is not None:
+            stmt = stmt.where(where)
+        with self.reading() as s:
+            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+    def keyword_search(
+        self, scope_id: int, query: str, *, limit: int, where: ColumnElement[bool] | None = None
+    ) -> list[tuple[int, float]]:
+        """Exact-token search (BM25 on SQLite FTS5, ts_rank on PostgreSQL) inside one scope.
+
+        The scope and ``where`` are part of the same SQL query, applied before ranking.
+
+        Returns:
+            ``[(chunk_id, score)]``, best first; higher scores are better.
+        """
+        phrases = _query_phrases(query)
+        if not phrases:
+            return []
+        dialect = self._read_engine.dialect.name
+        if dialect == "sqlite":
+            match = " OR ".join('"' + " ".join(words) + '"' for words in phrases)
+            fts = table("chunks_fts", column("rowid"))
+            fts_ref = literal_column("chunks_fts")
+            rank = func.bm25(fts_ref).label("rank")
+            stmt = (
+                select(ChunkRow.id, rank)
+                .select_from(fts.join(ChunkRow, ChunkRow.id == fts.c.rowid))
+                .where(fts_ref.op("MATCH")(match))
+                .order_by(rank)
+            )
+            sign = -1.0  # bm25() is lower-is-better
+        elif dialect == "postgresql":
+            tsquery = " | ".join(
+                "(" + " <-> ".join("'" + w.replace("'", "''") + "'" for w in words) + ")"
+                for words in phrases
+            )
+            vector = func.to_tsvector("simple", ChunkRow.text)
+            q = func.to_tsquery("simple", tsquery)
+            rank = func.ts_rank_cd(vector, q).label("rank")
+            stmt = select(ChunkRow.id, rank).where(vector.op("@@")(q)).order_by(rank.desc())
+            sign = 1.0
+        else:
+            return []
+        stmt = stmt.where(ChunkRow.scope_id == scope_id).limit(limit)
+        if where is not None:
+            stmt = stmt.where(where)
+        with self.reading() as s:
+            return [(int(i), sign * float(r)) for i, r in s.execute(stmt)]
+
+    def get_chunks(self, scope_id: int, ids: Sequence[int]) -> dict[int, ChunkRecord]:
+        """The scope's chunks among ``ids``; ids of other scopes are simply absent."""
+        if not ids:
+            return {}
+        stmt = (
+            select(ChunkRow, DocumentRow.source)
+            .outerjoin(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+            .where(ChunkRow.scope_id == scope_id, ChunkRow.id.in_(list(ids)))
+        )
+        with self.reading() as s:
+            return {row.id: _record(row, source) for row, source in s.execute(stmt)}
+
+    def list_chunks(
+        self,
+        scope_id: int,
+        *,
+        where: ColumnElement[bool] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[ChunkRecord]:
+        stmt = (
+            select(ChunkRow, DocumentRow.source)
+            .outerjoin(DocumentRow, DocumentRow.id == ChunkRow.document_id)
+            .where(ChunkRow.scope_id == scope_id)
+            .order_by(ChunkRow.id)
+            .offset(offset)
+        )
+        if where is not None:
+            stmt = stmt.where(where)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.reading() as s:
+            return [_record(row, source) for row, source in s.execute(stmt)]
+
+    def update_chunk(
+        self,
+        scope_id: int,
+        chunk_id: int,
+        *,
+        text_value: str | None,
+        content_hash: str | None,
+        embedding: np.ndarray | None,
+        metadata: dict[str, Any] | None,
+    ) -> bool:
+        """Change a chunk's text (with its hash and embedding) and/or metadata; records UPDATE.
+
+        Returns:
+            False when the scope holds no chunk ``chunk_id``.
+
+        Raises:
+            DuplicateError: the new text equals another chunk of the scope.
+        """
+        with self.writing() as s:
+            row = s.scalar(
+                select(ChunkRow).where(ChunkRow.id == chunk_id, ChunkRow.scope_id == scope_id)
+            )
+            if row is None:
+                return False
+            old_text, old_meta = row.text, dict(row.meta)
+            if text_value is not None and content_hash != row.content_hash:
+                other = s.scalar(
+                    select(ChunkRow.id).where(
+                        ChunkRow.scope_id == scope_id, ChunkRow.content_hash == content_hash
+                    )
+                )
+                if other is not None:
+                    raise DuplicateError(
+                        f"memory {other} of this scope already holds this exact text: "
+                        f"delete memory {chunk_id} instead, or update memory {other}"
+                    )
+                row.text, row.raw = text_value, None
+                row.content_hash = content_hash  # type: ignore[assignment]
+                row.embedding = np.asarray(embedding, dtype="<f4").tobytes()
+            if metadata is not None:
+                row.meta = metadata
+            row.updated_at = _now()
+            s.add(
+                HistoryRow(
+                    chunk_id=chunk_id,
+                    scope_id=scope_id,
+                    event="UPDATE",
+                    old_text=old_text,
+                    new_text=row.text,
+                    old_meta=old_meta,
+                    new_meta=dict(row.meta),
+                )
+            )
+            return True
+
+    def delete_chunks(self, scope_id: int, ids: Sequence[int] | None = None) -> list[int]:
+        """Delete the scope's chunks among ``ids`` (all of them when None); records DELETE.
+
+        Documents left without chunks are removed too. Returns the deleted ids.
+        """
+        with self.writing() as s:
+            stmt = select(ChunkRow).where(ChunkRow.scope_id == scope_id)
+            if ids is not None:
+                stmt = stmt.where(ChunkRow.id.in_(list(ids)))
+            rows = list(s.scalars(stmt))
+            if not rows:
+                return []
+            s.add_all(
+                HistoryRow(
+                    chunk_id=r.id,
+                    scope_id=scope_id,
+                    event="DELETE",
+                    old_text=r.text,
+                    old_meta=dict(r.meta),
+                )
+                for r in rows
+            )
+            deleted = [r.id for r in rows]
+            docs = {r.document_id for r in rows if r.document_id is not None}
+            for start in range(0, len(deleted), 500):
+                s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
+            for doc_id in docs:
+                left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
+                if left:
+                    s.execute(
+                        update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left)
+                    )
+                else:
+                    s.execute(
+                        update(LedgerRow)
+                        .where(LedgerRow.document_id == doc_id)
+                        .values(document_id=None)
+                    )
+                    s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
+            return deleted
+
+    def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
+        """Events of one chunk, oldest first. ADD events are stored without text (it would
+        double the database); their text is the first later event's old text, or the current."""
+        with self.reading() as s:
+            rows = list(
+                s.scalars(
+                    select(HistoryRow)
+                    .where(HistoryRow.chunk_id == chunk_id, HistoryRow.scope_id == scope_id)
+                    .order_by(HistoryRow.id)
+                )
+            )
+            current = s.scalar(
+                select(ChunkRow).where(ChunkRow.id == chunk_id, ChunkRow.scope_id == scope_id)
+            )
+        out = []
+        for i, r in enumerate(rows):
+            new_text, new_meta = r.new_text, r.new_meta
+            if r.event == "ADD":
+                later = rows[i + 1] if i + 1 < len(rows) else None
+                if later is not None:
+                    new_text, new_meta = later.old_text, later.old_meta
+                elif current is not None:
+                    new_text, new_meta = current.text, dict(current.meta)
+            out.append(
+                HistoryRecord(
+                    id=r.id,
+                    chunk_id=r.chunk_id,
+                    event=r.event,
+                    old_text=r.old_text,
+                    new_text=new_text,
+                    old_metadata=r.old_meta,
+                    new_metadata=new_meta,
+                    created_at=_utc(r.created_at),
+                )
+            )
+        return out
+
+    def embeddings(
+        self, ids: np.ndarray | None = None, *, batch: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stored embeddings as ``(ids (n,), vectors (n, dim))`` batches in id order: of every
+        chunk, or of the chunks among ``ids`` that exist."""
+        if ids is not None:
+            wanted = np.unique(np.asarray(ids, dtype=np.int64))
+            for start in range(0, len(wanted), batch):
+                part = wanted[start : start + batch].tolist()
+                stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id.in_(part))
+                with self.reading() as s:
+                    rows = s.execute(stmt.order_by(ChunkRow.id)).all()
+                if rows:
+                    yield _unpack_embeddings(rows)
+            return
+        last = 0
+        while True:
+            stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id > last)
+            with self.reading() as s:
+                rows = s.execute(stmt.order_by(ChunkRow.id).limit(batch)).all()
+            if not rows:
+                return
+            out = _unpack_embeddings(rows)
+            last = int(out[0][-1])
+            yield out
+
+    def max_history_id(self) -> int:
+        with self.reading() as s:
+            return int(s.scalar(select(func.max(HistoryRow.id))) or 0)
+
+    def touched_since(self, history_id: int) -> tuple[int, np.ndarray]:
+        """Chunks changed (added, updated, deleted) by history events after ``history_id``.
+
+        Returns:
+            ``(newest event id seen, unique chunk ids (n,) int64)``.
+        """
+        with self.reading() as s:
+            rows = s.execute(
+                select(HistoryRow.id, HistoryRow.chunk_id).where(HistoryRow.id > history_id)
+            ).all()
+        if not rows:
+            return history_id, np.empty(0, np.int64)
+        newest = max(r[0] for r in rows)
+        return newest, np.unique(np.fromiter((r[1] for r in rows), dtype=np.int64))
+
+    def all_chunk_ids(self) -> np.ndarray:
+        with self.reading() as s:
+            return np.fromiter(s.scalars(select(ChunkRow.id)), dtype=np.int64)
+
+    def scope_counts(self) -> dict[int, tuple[int, int, int]]:
+        """Per scope id: (documents, chunks, text bytes)."""
+        with self.reading() as s:
+            chunks = {
+                sid: (n, int(b or 0))
+                for sid, n, b in s.execute(
+                    select(
+                        ChunkRow.scope_id,
+                        func.count(),
+                        func.sum(ChunkRow.end_byte - ChunkRow.start_byte),
+                    ).group_by(ChunkRow.scope_id)
+                )
+            }
+            docs = dict(
+                s.execute(
+                    select(DocumentRow.scope_id, func.count()).group_by(DocumentRow.scope_id)
+                ).all()
+            )
+        return {
+            sid: (docs.get(sid, 0), *chunks.get(sid, (0, 0))) for sid in set(chunks) | set(docs)
+        }
+
+
+def _unpack_embeddings(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    vectors = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+    return ids, vectors
+
+
+def _record(row: ChunkRow, source: str | None) -> ChunkRecord:
+    return ChunkRecord(
+        id=row.id,
+        scope_id=row.scope_id,
+        document_id=row.document_id,
+        source=source,
+        seq=row.seq,
+        start_byte=row.start_byte,
+        end_byte=row.end_byte,
+        text=row.text,
+        raw=row.raw,
+        metadata=dict(row.meta or {}),
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+    )
