@@ -1,0 +1,46 @@
+"""Shared fixtures: real memories on disk (SQLite + FAISS + the MiniLM embedder)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from memsdk import HybridMemory, Scope
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test: that folder exists for developers and CI,
+    not on a user's machine."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(
+            f"{path} is absent (../shared is beside the checkout on developer machines and CI)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Callable[..., Path]:
+    """``shared("data", "loghub", ...)``: a path under ../shared, or skip the test."""
+    return shared_path
+
+
+@pytest.fixture
+def scope() -> Scope:
+    return Scope(tenant="acme", user="u1")
+
+
+@pytest.fixture
+def memory_dir(tmp_path: Path) -> Path:
+    return tmp_path / "memory"
+
+
+@pytest.fixture
+def mem(memory_dir: Path) -> Iterator[HybridMemory]:
+    with HybridMemory.open(memory_dir) as memory:
+        yield memory

@@ -1,0 +1,51 @@
+"""Exact-id needles in real 2,000-line logs (../shared/data/loghub) are found at rank 1."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from memsdk import HybridMemory, Scope
+
+CASES = {
+    "HDFS": re.compile(r"blk_-?\d+"),
+    "BGL": re.compile(r"R\d\d-M\d-N[0-9A-F]-[CI]:J\d\d-U\d\d"),
+}
+
+
+@pytest.fixture(scope="module")
+def log_memory(tmp_path_factory) -> Iterator[HybridMemory]:
+    with HybridMemory.open(tmp_path_factory.mktemp("needles") / "memory") as mem:
+        yield mem
+
+
+@pytest.mark.parametrize("system", sorted(CASES))
+def test_unique_ids_are_found_at_rank_1(log_memory, shared, system):
+    path = shared("data", "loghub", system, f"{system}_2k.log")
+    scope = Scope(tenant="ops", user=system)
+    report = log_memory.ingest(path, scope=scope)
+    assert report.bytes == path.stat().st_size and report.chunks > 100
+
+    lines = path.read_text(errors="replace").splitlines()
+    counts = Counter(span for line in lines for span in set(CASES[system].findall(line)))
+    unique = sorted(span for span, n in counts.items() if n == 1)  # on exactly one line
+    needles = random.Random(0).sample(unique, min(40, len(unique)))
+    assert len(needles) >= 20, f"too few unique ids in {path.name}"
+    misses = []
+    for needle in needles:
+        hits = log_memory.search(needle, scope=scope, k=5)
+        if not hits or needle not in hits[0].text:
+            misses.append(needle)
+    assert misses == [], f"{len(misses)} of {len(needles)} needles not at rank 1: {misses[:5]}"
+
+    # Also with words around the id, as an agent would ask.
+    needle = needles[0]
+    hits = log_memory.search(f"what happened to {needle} ?", scope=scope, k=5)
+    assert needle in hits[0].text and hits[0].exact_match
+    # Byte offsets point back into the file.
+    data = path.read_bytes()
+    assert data[hits[0].start_byte : hits[0].end_byte] == hits[0].data
