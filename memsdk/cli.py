@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_arg(p)
     _add_scope_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_cmd_ingest)
+    p.set_defaults(handler=_cmd_ingest)
 
     p = sub.add_parser("search", help="hybrid keyword + vector search in one scope")
     p.add_argument("query")
@@ -101,17 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filters", help='metadata filter as JSON, e.g. \'{"ticket": {"gte": 4000}}\'')
     p.add_argument("--lines", type=int, default=3, help="lines of each hit to show")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
-    p.set_defaults(run=_cmd_search)
+    p.set_defaults(handler=_cmd_search)
 
     p = sub.add_parser("stats", help="what a memory holds")
     _memory_arg(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_cmd_stats)
+    p.set_defaults(handler=_cmd_stats)
 
     p = sub.add_parser("rebuild-index", help="rebuild the vector index from the database")
     _memory_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_cmd_rebuild)
+    p.set_defaults(handler=_cmd_rebuild)
     return parser
 
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        return int(args.handler(args))
     except json.JSONDecodeError as e:
         print(f"memsdk {args.command}: error: --filters is not valid JSON: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,11 @@ def identifier_spans(query: str) -> list[str]:
     return spans
 
 
+def _whole(span: str) -> re.Pattern[str]:
+    """Matches ``span`` standing alone: ``heaptrack:amd64`` is not in ``libheaptrack:amd64``."""
+    return re.compile(r"(?<!\w)" + re.escape(span) + r"(?!\w)")
+
+
 @dataclass
 class _Source:
     name: str
@@ -516,8 +521,8 @@ class HybridMemory:
         Exact-token search (BM25 over SQLite FTS5) and vector search (FAISS, cosine) each rank
         the scope's chunks that pass ``filters``; the two rankings are fused by reciprocal rank
         (``1 / (rrf_k + rank)`` summed). A chunk that contains an identifier-like piece of the
-        query verbatim (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``) gets one more
-        first-rank share per piece, so exact ids outrank mere similarity.
+        query verbatim and whole (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``) gets
+        one more first-rank share per piece, so exact ids outrank mere similarity.
 
         Returns:
             up to ``k`` hits, best first; ``[]`` for a scope that holds nothing.
@@ -553,10 +558,10 @@ class HybridMemory:
             for cid, r in ranks.items():
                 scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf + r)
         records = notepad.sql.get_chunks(scope_id, list(scores))
-        spans = identifier_spans(query)
+        patterns = [_whole(span) for span in identifier_spans(query)]
         exact = {}
         for cid, rec in records.items():
-            matched = sum(span in rec.text for span in spans)
+            matched = sum(p.search(rec.text) is not None for p in patterns)
             exact[cid] = matched > 0
             scores[cid] += matched / (rrf + 1)
         order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]

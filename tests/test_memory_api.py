@@ -17,6 +17,7 @@ from memsdk import (
     IndexCorruptedError,
     InputError,
     MemoryConfig,
+    MemsdkError,
     NotFoundError,
     Scope,
 )
@@ -345,7 +346,7 @@ def test_memory_directory_guards(tmp_path, scope):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(InputError, match="is not empty and has no manifest.json"):
+    with pytest.raises(InputError, match=r"is not empty and has no manifest\.json"):
         HybridMemory.open(foreign)
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
     with pytest.raises(InputError, match="is a file"):
@@ -363,7 +364,7 @@ def test_memory_directory_guards(tmp_path, scope):
         HybridMemory.open(newer)
     manifest["format_version"], manifest["embedder_dim"] = 1, 768
     (newer / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FormatError, match="written with embedder .* \\(dim 768\\)"):
+    with pytest.raises(FormatError, match=r"written with embedder .* \(dim 768\)"):
         HybridMemory.open(newer)
     (newer / "manifest.json").write_text("{not json")
     with pytest.raises(FormatError, match="not valid JSON"):
@@ -420,5 +421,5 @@ def test_using_a_closed_memory_is_a_clear_error(memory_dir, scope):
     mem = HybridMemory.open(memory_dir)
     mem.close()
     mem.close()
-    with pytest.raises(Exception, match="is closed: open it again"):
+    with pytest.raises(MemsdkError, match="is closed: open it again"):
         mem.add("late", scope=scope)

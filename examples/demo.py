@@ -1,0 +1,116 @@
+"""The memsdk demo: ingest real text that every machine has, then search it.
+
+Streams the Python standard library's ``logging`` package (documentation and code) and the
+tail of a system log (when one is readable) into a memory directory, then answers three kinds of
+query: a question in plain words, an exact identifier, and a filtered search. Run it again and
+the ingest is nearly free: duplicate chunks are skipped.
+
+    python examples/demo.py [--memory DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging as stdlib_logging
+import re
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from memsdk import HybridMemory, Scope, SearchHit
+
+SYSTEM_LOGS = [
+    "/var/log/dpkg.log",
+    "/var/log/syslog",
+    "/var/log/messages",
+    "/var/log/alternatives.log",
+]
+TAIL_LINES = 400
+QUESTIONS = [
+    "log to a file that rolls over when it gets too big",
+    "send log records to a remote syslog server",
+]
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a text log (what ``tail -n`` shows)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return list(deque(f, maxlen=lines))
+
+
+def best_line(text: str, query: str) -> str:
+    """The line of a hit that shares the most words with the query."""
+    words = set(re.findall(r"[\w:.-]{3,}", query.lower()))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [""]
+    return max(lines, key=lambda ln: len(words & set(re.findall(r"[\w:.-]{3,}", ln.lower()))))
+
+
+def show(query: str, hits: list[SearchHit], *, label: str = "") -> None:
+    print(f"\n== {label}{query}")
+    for rank, hit in enumerate(hits, 1):
+        why = []
+        if hit.exact_match:
+            why.append("exact identifier")
+        if hit.keyword_rank:
+            why.append(f"keyword #{hit.keyword_rank}")
+        if hit.vector_rank:
+            why.append(f"vector #{hit.vector_rank} (cos {hit.similarity:.2f})")
+        print(f"  {rank}. {Path(hit.source or '?').name}:{hit.start_byte}  [{', '.join(why)}]")
+        print(f"     {best_line(hit.text, query)[:110]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--memory", default="demo-memory", help="memory directory (default: demo-memory)"
+    )
+    args = parser.parse_args()
+
+    scope = Scope(tenant="demo", user="ops")
+    package = Path(stdlib_logging.__file__).parent
+    with HybridMemory.open(args.memory) as mem:
+        print(f"memory: {mem.path}")
+        started = time.perf_counter()
+        report = mem.ingest(
+            package, scope=scope, metadata={"kind": "code"}, progress=sys.stderr.isatty()
+        )
+        print(
+            f"ingested {package}: {report.chunks} new chunks, "
+            f"{report.duplicates_skipped} duplicates skipped"
+        )
+        log = next(
+            (Path(p) for p in SYSTEM_LOGS if Path(p).is_file() and Path(p).stat().st_size), None
+        )
+        log_lines: list[str] = []
+        if log is not None:
+            try:
+                log_lines = tail(log, TAIL_LINES)
+            except OSError as e:
+                print(f"cannot read {log}: {e}")
+        if log_lines:
+            name = f"{log} (last {len(log_lines)} lines)"
+            report = mem.ingest(log_lines, scope=scope, name=name, metadata={"kind": "log"})
+            print(f"ingested the last {len(log_lines)} lines of {log}: {report.chunks} new chunks")
+        print(f"ingest took {time.perf_counter() - started:.1f} s")
+
+        for question in QUESTIONS:
+            show(question, mem.search(question, scope=scope, k=3), label="question: ")
+        ident = "LOG_LOCAL7"
+        if log_lines:  # an identifier from the log itself, e.g. a package name with its arch
+            found = re.findall(r"\b[a-z0-9][\w.+-]*:(?:amd64|arm64|all|i386)\b", "".join(log_lines))
+            ident = found[len(found) // 2] if found else ident
+        show(ident, mem.search(ident, scope=scope, k=3), label="exact identifier: ")
+        query = "configure handlers from a dictionary"
+        hits = mem.search(query, scope=scope, k=3, filters={"kind": {"eq": "code"}})
+        show(query, hits, label='filtered to {"kind": "code"}: ')
+        stats = mem.stats()
+        print(
+            f"\n{stats.index_vectors} chunks in memory, "
+            f"index {stats.index_bytes / 1e6:.1f} MB on disk"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

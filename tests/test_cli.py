@@ -1,0 +1,49 @@
+"""The memsdk command line on a real memory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+from memsdk.cli import main
+
+
+def test_ingest_search_stats_rebuild(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.log").write_text(
+        "".join(f"2026-11-22 req-{i:05d} GET /api/orders/{i} 200\n" for i in range(200))
+    )
+    memory = str(tmp_path / "memory")
+    scope = ["--memory", memory, "--tenant", "acme", "--user", "u1"]
+
+    assert main(["ingest", str(logs), *scope, "--quiet"]) == 0
+    assert "1 documents" in capsys.readouterr().out
+
+    assert main(["search", "req-00042", *scope, "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 2 and "req-00042" in hits[0]["text"]
+
+    assert main(["search", "orders", *scope, "--filters", '{"x": {"bad": 1}}']) == 2
+    assert "unknown filter operator 'bad'" in capsys.readouterr().err
+    assert main(["search", "orders", *scope, "--filters", "{nope"]) == 2
+    assert "--filters is not valid JSON" in capsys.readouterr().err
+
+    assert main(["stats", "--memory", memory]) == 0
+    out = capsys.readouterr().out
+    assert "tenant='acme'" in out and "1 documents" in out
+
+    (tmp_path / "memory" / "notepad.faiss").unlink()
+    assert main(["search", "req-00042", *scope]) == 2
+    assert "memsdk rebuild-index --memory" in capsys.readouterr().err
+    assert main(["rebuild-index", "--memory", memory, "--quiet"]) == 0
+    assert main(["search", "req-00042", *scope, "--json"]) == 0
+    assert "req-00042" in json.loads(capsys.readouterr().out.split("\n", 1)[1])[0]["text"]
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("memsdk")
+    assert exe is not None, "the memsdk console script is not on PATH: pip install -e ."
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "rebuild-index" in out.stdout

@@ -1,0 +1,180 @@
+"""Packaging, layout and the README contract."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {
+    "memsdk": "memsdk",
+    "engine": "memsdk.engine",
+    "kernels": "memsdk.kernels",
+    "stores": "memsdk.stores",
+}
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _sources(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def test_top_level_layout():
+    for name in ("memsdk", "engine", "kernels", "stores", "examples", "tests", "pyproject.toml"):
+        assert (REPO / name).exists(), name
+
+
+def test_every_package_folder_is_installed_under_memsdk():
+    tool = _pyproject()["tool"]["setuptools"]
+    assert tool["package-dir"] == {v: k for k, v in FOLDERS.items()}
+    expected = set()
+    for folder, package in FOLDERS.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            expected.add(".".join([package, *rel.parts]))
+    assert set(tool["packages"]) == expected
+
+
+def test_dependencies_point_one_way():
+    """memsdk -> engine -> kernels; memsdk -> stores; stores never imports engine; kernels
+    import only torch, triton and the standard library; langchain_core only in its adapter."""
+    for folder in FOLDERS:
+        for path in _sources(folder):
+            for name in _imports(path):
+                top = name.split(".")[0]
+                where = f"{path.relative_to(REPO)} imports {name}"
+                assert top not in ("engine", "kernels", "stores"), where + " (use memsdk.*)"
+                if top == "langchain_core":
+                    assert path == REPO / "memsdk/integrations/langchain.py", where
+                if folder == "kernels":
+                    assert top in STDLIB | {"torch", "triton"} or name.startswith(
+                        "memsdk.kernels"
+                    ), where
+                if folder == "stores":
+                    assert not name.startswith("memsdk.engine"), where
+                    if top == "memsdk":
+                        assert name.startswith(("memsdk.stores", "memsdk.errors")), where
+                if folder == "engine":
+                    assert top not in ("sqlalchemy", "faiss"), where
+                    assert not name.startswith("memsdk.stores"), where
+                    if top == "memsdk":
+                        assert name.startswith(
+                            ("memsdk.engine", "memsdk.kernels", "memsdk.errors")
+                        ), where
+
+
+def test_no_pickle_anywhere():
+    for folder in (*FOLDERS, "examples", "benchmarks", "scripts"):
+        for path in _sources(folder):
+            names = _imports(path)
+            assert not names & {"pickle", "dill", "cloudpickle"}, path
+            source = path.read_text()
+            for call in re.findall(r"torch\.load\([^)]*\)", source):
+                assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_readme_has_two_setup_commands_and_its_example_runs(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("##", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", setup, re.S)
+    commands = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert commands == ["make demo", "make test"]
+    ci = (REPO / ".ci/run").read_text()
+    assert "make test" in ci
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    assert len(example.strip().splitlines()) <= 12
+    quickstart = (REPO / "examples/quickstart.py").read_text()
+    assert example.strip() in quickstart
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Ticket 4812: VPN drops after sleep" in out.stdout and "['ADD']" in out.stdout
+    assert (tmp_path / "agent-memory" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_namespace(tmp_path):
+    """Build the wheel, check its contents, install it alone and import it from elsewhere."""
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = dist.glob("memsdk-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"memsdk", f"{wheel.name.split('-py3')[0]}.dist-info"}, tops
+    for required in (
+        "memsdk/engine/__init__.py",
+        "memsdk/kernels/__init__.py",
+        "memsdk/stores/sql.py",
+        "memsdk/stores/embedder.py",
+        "memsdk/py.typed",
+    ):
+        assert required in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "memsdk = memsdk.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr
+    probe = (
+        "import memsdk, memsdk.engine, memsdk.kernels, memsdk.stores.sql, importlib.util as u;"
+        "print(memsdk.__file__);"
+        "print([u.find_spec(n) is None for n in ('engine', 'kernels', 'stores')])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    file, missing = out.stdout.splitlines()
+    assert file.startswith(str(target)) and missing == "[True, True, True]"
