@@ -469,12 +469,13 @@ class SQLStore:
             )
             sign = -1.0  # bm25() is lower-is-better
         elif dialect == "postgresql":
-            tsquery = " | ".join(
-                "(" + " <-> ".join("'" + w.replace("'", "''") + "'" for w in words) + ")"
-                for words in phrases
-            )
+            # PostgreSQL's parser splits ids its own way (`blk_-1147` -> blk, -1147), so each
+            # query piece is parsed by it too, as a phrase; the phrases are OR-ed.
+            pieces = [p for p in query.split() if _WORD.search(p)][:_MAX_QUERY_TERMS]
+            q = func.phraseto_tsquery("simple", pieces[0])
+            for piece in pieces[1:]:
+                q = q.op("||")(func.phraseto_tsquery("simple", piece))
             vector = func.to_tsvector("simple", ChunkRow.text)
-            q = func.to_tsquery("simple", tsquery)
             rank = func.ts_rank_cd(vector, q).label("rank")
             stmt = select(ChunkRow.id, rank).where(vector.op("@@")(q)).order_by(rank.desc())
             sign = 1.0
