@@ -90,6 +90,7 @@ class Notepad:
         self.index_path = self.directory / INDEX_NAME
         self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
         self._sync_lock = threading.Lock()
+        self._scope_ids: dict[int, tuple[int, np.ndarray]] = {}
         try:
             self.sql.create_schema()
             self.index = self._open_index() if load_index else VectorIndex(dim)
@@ -166,7 +167,17 @@ class Notepad:
     ) -> list[tuple[int, float]]:
         """Top-``k`` chunks of the scope passing ``where`` by cosine similarity to ``query``."""
         self.sync()
-        allowed = self.sql.chunk_ids(scope_id, where)
+        if where is None:
+            # A scope's id list only changes with a history event, so it is cached per
+            # history position: repeated searches skip reading every id of a large scope.
+            generation = self.index.synced_to
+            cached = self._scope_ids.get(scope_id)
+            if cached is None or cached[0] != generation:
+                cached = (generation, self.sql.chunk_ids(scope_id))
+                self._scope_ids[scope_id] = cached
+            allowed = cached[1]
+        else:
+            allowed = self.sql.chunk_ids(scope_id, where)
         ids, scores = self.index.search(query, k=k, allowed_ids=allowed)
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 
