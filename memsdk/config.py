@@ -54,6 +54,12 @@ class MemoryConfig(BaseModel):
     )
     rrf_k: int = Field(60, ge=1, description="reciprocal-rank-fusion constant")
     busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
+    index_save_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="an ingest saves the vector index file only if the last save is older than "
+        "this (flush() and close() always save; after a crash the index catches up from SQL)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MemoryConfig:

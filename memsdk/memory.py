@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 READ_BLOCK = 1 << 20
 SNIFF_BYTES = 8192
 MAX_K = 1000
+MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 
 # Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs.
 _IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[\w]+(?:[_\-:/.][\w]+)+$")
@@ -363,7 +364,7 @@ class HybridMemory:
                 dups += d
                 if doc_id is not None:
                     documents.append(doc_id)
-        self.notepad.save_index()
+        self.notepad.save_index(min_interval_s=self.config.index_save_interval_s)
         return IngestReport(
             documents=len(documents),
             chunks=chunks,
@@ -520,9 +521,10 @@ class HybridMemory:
 
         Exact-token search (BM25 over SQLite FTS5) and vector search (FAISS, cosine) each rank
         the scope's chunks that pass ``filters``; the two rankings are fused by reciprocal rank
-        (``1 / (rrf_k + rank)`` summed). A chunk that contains an identifier-like piece of the
-        query verbatim and whole (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``) gets
-        one more first-rank share per piece, so exact ids outrank mere similarity.
+        (``1 / (rrf_k + rank)`` summed, always below 1). Identifier-like pieces of the query
+        (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are also looked
+        up alone, and a hit's score adds 1 for each of them its text holds verbatim and whole,
+        so a chunk with the exact id always outranks chunks that are merely similar.
 
         Returns:
             up to ``k`` hits, best first; ``[]`` for a scope that holds nothing.
@@ -557,13 +559,19 @@ class HybridMemory:
         for ranks in (keyword_rank, vector_rank):
             for cid, r in ranks.items():
                 scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf + r)
+        # Each identifier of the query is also looked up on its own, so a chunk that holds it
+        # is a candidate even when the rest of the query's words flood the keyword ranking.
+        spans = identifier_spans(query)[:MAX_IDENTIFIERS]
+        for span in spans:
+            for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
+                scores.setdefault(cid, 0.0)
         records = notepad.sql.get_chunks(scope_id, list(scores))
-        patterns = [_whole(span) for span in identifier_spans(query)]
+        patterns = [_whole(span) for span in spans]
         exact = {}
         for cid, rec in records.items():
             matched = sum(p.search(rec.text) is not None for p in patterns)
             exact[cid] = matched > 0
-            scores[cid] += matched / (rrf + 1)
+            scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
         order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
         return [
             SearchHit(

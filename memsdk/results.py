@@ -50,7 +50,10 @@ class MemoryItem(BaseModel):
 class SearchHit(MemoryItem):
     """A search result: a memory, its fused score and how each retriever ranked it."""
 
-    score: float = Field(description="reciprocal-rank-fusion score; higher is better")
+    score: float = Field(
+        description="query identifiers held verbatim plus the reciprocal-rank-fusion score (< 1);"
+        " higher is better"
+    )
     similarity: float | None = Field(description="cosine similarity to the query, if retrieved")
     vector_rank: int | None = Field(description="1-based rank in vector search, if retrieved")
     keyword_rank: int | None = Field(description="1-based rank in exact-token search, if matched")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class Notepad:
         self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
         self._sync_lock = threading.Lock()
         self._scope_ids: dict[int, tuple[int, np.ndarray]] = {}
+        self._saved_at = time.monotonic()
         try:
             self.sql.create_schema()
             self.index = self._open_index() if load_index else VectorIndex(dim)
@@ -108,7 +110,11 @@ class Notepad:
                 f"vector index {self.index_path} is missing but the database holds chunks: "
                 f"rebuild it with: memsdk rebuild-index --memory {self.directory}"
             )
-        return VectorIndex(self.dim)
+        # Written at once, so a crash before the first regular save leaves an index that
+        # catches up from SQL, not a missing one.
+        index = VectorIndex(self.dim)
+        index.save(self.index_path)
+        return index
 
     def sync(self) -> int:
         """Bring the index up to date with SQL; returns how many chunks were refreshed."""
@@ -136,10 +142,12 @@ class Notepad:
             logger.debug("index synced to history %d (%d chunks refreshed)", newest, len(touched))
             return len(touched)
 
-    def save_index(self) -> None:
-        """Write the index file if it changed since the last save."""
-        if self.index.dirty:
+    def save_index(self, *, min_interval_s: float = 0.0) -> None:
+        """Write the index file if it changed since the last save and that save is older than
+        ``min_interval_s`` (a large index is costly to rewrite after every small ingest)."""
+        if self.index.dirty and time.monotonic() - self._saved_at >= min_interval_s:
             self.index.save(self.index_path)
+            self._saved_at = time.monotonic()
 
     def rebuild_index(self, *, on_batch: Callable[[int], None] | None = None) -> int:
         """Rebuild the index from the embeddings stored in SQL and save it; returns its size."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -423,3 +425,20 @@ def test_using_a_closed_memory_is_a_clear_error(memory_dir, scope):
     mem.close()
     with pytest.raises(MemsdkError, match="is closed: open it again"):
         mem.add("late", scope=scope)
+
+
+def test_a_process_killed_before_closing_loses_nothing_acknowledged(memory_dir):
+    script = (
+        "import os, sys\n"
+        "from memsdk import HybridMemory, Scope\n"
+        "mem = HybridMemory.open(sys.argv[1])\n"
+        "for i in range(5):\n"
+        "    mem.add(f'fact {i}: rack r{i} holds spare disks', scope=Scope(tenant='t'))\n"
+        "os._exit(9)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(memory_dir)], timeout=300)
+    assert run.returncode == 9
+    with HybridMemory.open(memory_dir) as mem:
+        _consistent(mem)
+        assert len(mem.get_all(scope=Scope(tenant="t"))) == 5
+        assert "rack r3" in mem.search("rack r3", scope=Scope(tenant="t"), k=1)[0].text
