@@ -34,8 +34,8 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: $(VENV)/.runtime
-	$(PY) benchmarks/notepad.py
+bench: $(VENV)/.dev
+	$(PY) benchmarks/notepad.py --sizes 10000
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-memory

