@@ -48,7 +48,7 @@ MAX_K = 1000
 MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 
 # Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs.
-_IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[\w]+(?:[_\-:/.][\w]+)+$")
+_IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[/~.]?\w+(?:[-_:/.]\w+)+$")
 _TRIM = "\"'`()[]{}<>,;!?"
 
 _embedders: dict[str, MiniLMEmbedder] = {}
@@ -67,7 +67,7 @@ def identifier_spans(query: str) -> list[str]:
     """Identifier-like pieces of a query: ``blk_-160...``, ``R02-M1-N0-C:J12-U11``, ``4812``."""
     spans = []
     for piece in query.split():
-        piece = piece.strip(_TRIM)
+        piece = piece.strip(_TRIM).rstrip(".:")  # sentence punctuation is not part of an id
         if _IDENTIFIER.match(piece):
             spans.append(piece)
     return spans

@@ -442,3 +442,18 @@ def test_a_process_killed_before_closing_loses_nothing_acknowledged(memory_dir):
         _consistent(mem)
         assert len(mem.get_all(scope=Scope(tenant="t"))) == 5
         assert "rack r3" in mem.search("rack r3", scope=Scope(tenant="t"), k=1)[0].text
+
+
+def test_identifier_spans_of_a_query():
+    from memsdk.memory import identifier_spans
+
+    query = (
+        "what happened to blk_-1234567. on R02-M1-N0-C:J12-U11? see /var/log/syslog; ticket 4812"
+    )
+    assert identifier_spans(query) == [
+        "blk_-1234567",
+        "R02-M1-N0-C:J12-U11",
+        "/var/log/syslog",
+        "4812",
+    ]
+    assert identifier_spans("how do I rotate logs every night?") == []
