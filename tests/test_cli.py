@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 from memsdk.cli import main
 
@@ -43,7 +44,8 @@ def test_ingest_search_stats_rebuild(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    exe = shutil.which("memsdk")
-    assert exe is not None, "the memsdk console script is not on PATH: pip install -e ."
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    # Beside the interpreter: `make test` runs .venv/bin/python without activating the venv.
+    exe = Path(sys.executable).parent / "memsdk"
+    assert exe.exists(), f"no memsdk console script at {exe}: pip install -e ."
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "rebuild-index" in out.stdout
