@@ -51,16 +51,18 @@ MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 _IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[/~.]?\w+(?:[-_:/.]\w+)+$")
 _TRIM = "\"'`()[]{}<>,;!?"
 
-_embedders: dict[str, MiniLMEmbedder] = {}
-_embedders_lock = threading.Lock()
+_embedder: MiniLMEmbedder | None = None
+_embedder_lock = threading.Lock()
 
 
 def _shared_embedder() -> MiniLMEmbedder:
-    """One embedder per process: its weights are read once and shared by every memory."""
-    with _embedders_lock:
-        if "default" not in _embedders:
-            _embedders["default"] = MiniLMEmbedder()
-        return _embedders["default"]
+    """One embedder per process, made on first use: its weights are read once and shared by
+    every memory."""
+    global _embedder
+    with _embedder_lock:
+        if _embedder is None:
+            _embedder = MiniLMEmbedder()
+        return _embedder
 
 
 def identifier_spans(query: str) -> list[str]:
