@@ -582,10 +582,13 @@ class SQLStore:
         Documents left without chunks are removed too. Returns the deleted ids.
         """
         with self.writing() as s:
-            stmt = select(ChunkRow).where(ChunkRow.scope_id == scope_id)
+            # Only the columns the history needs: not the embeddings of a whole scope.
+            stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
+                ChunkRow.scope_id == scope_id
+            )
             if ids is not None:
                 stmt = stmt.where(ChunkRow.id.in_(list(ids)))
-            rows = list(s.scalars(stmt))
+            rows = s.execute(stmt).all()
             if not rows:
                 return []
             s.add_all(
