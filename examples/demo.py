@@ -104,6 +104,7 @@ def main() -> int:
         query = "configure handlers from a dictionary"
         hits = mem.search(query, scope=scope, k=3, filters={"kind": {"eq": "code"}})
         show(query, hits, label='filtered to {"kind": "code"}: ')
+        mem.flush()  # write the index file now, so its size below is the real one
         stats = mem.stats()
         print(
             f"\n{stats.index_vectors} chunks in memory, "
