@@ -565,6 +565,8 @@ class HybridMemory:
         # is a candidate even when the rest of the query's words flood the keyword ranking.
         spans = identifier_spans(query)[:MAX_IDENTIFIERS]
         for span in spans:
+            if span == query.strip():
+                continue  # the whole query is this id: its keyword ranking is already in
             for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
                 scores.setdefault(cid, 0.0)
         records = notepad.sql.get_chunks(scope_id, list(scores))

@@ -376,15 +376,11 @@ class SQLStore:
     # ---- chunks ------------------------------------------------------------------------------
 
     def existing_hashes(self, scope_id: int, hashes: Sequence[str]) -> set[str]:
+        """Which of ``hashes`` the scope's chunks already hold."""
         if not hashes:
             return set()
         with self.reading() as s:
-            rows = s.scalars(
-                select(ChunkRow.content_hash).where(
-                    ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
-                )
-            )
-            return set(rows)
+            return _held_hashes(s, scope_id, hashes)
 
     def insert_chunks(
         self, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
@@ -395,14 +391,7 @@ class SQLStore:
         skipped. Returns the new ids in input order, None for a skipped chunk.
         """
         with self.writing() as s:
-            hashes = [c.content_hash for c in chunks]
-            taken = set(
-                s.scalars(
-                    select(ChunkRow.content_hash).where(
-                        ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
-                    )
-                )
-            )
+            taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
             rows: list[ChunkRow | None] = []
             for c in chunks:
                 if c.content_hash in taken:
@@ -727,6 +716,13 @@ class SQLStore:
         return {
             sid: (docs.get(sid, 0), *chunks.get(sid, (0, 0))) for sid in set(chunks) | set(docs)
         }
+
+
+def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[str]:
+    stmt = select(ChunkRow.content_hash).where(
+        ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
+    )
+    return set(session.scalars(stmt))
 
 
 def _unpack_embeddings(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
