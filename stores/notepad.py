@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
-from memsdk.stores.sql import SQLStore
-from memsdk.stores.vector_index import INDEX_NAME, VectorIndex
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.errors import FormatError, IndexCorruptedError, InputError
+from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.vector_index import INDEX_NAME, VectorIndex
 
 __all__ = ["DATABASE_NAME", "Notepad"]
 

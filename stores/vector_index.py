@@ -21,9 +21,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from memsdk.stores.files import atomic_write_bytes
 
 from memsdk.errors import IndexCorruptedError, InputError
+from memsdk.stores.files import atomic_write_bytes
 
 __all__ = ["INDEX_NAME", "VectorIndex"]
 
