@@ -1,5 +1,35 @@
-"""memsdk.engine: the weight memory (byte-level model, test-time training, recall).
+"""memsdk.engine: the weight memory (byte-level model, test-time training, recall, training).
 
-The engine takes tensors and frozen dataclasses and returns tensors and dataclasses; it never
-touches disk, SQL or FAISS. Its model and inner loop are tracked in the weight-memory issue.
+The serving path (:mod:`~memsdk.engine.model`, :mod:`~memsdk.engine.ttt`) takes tensors and
+frozen dataclasses and returns tensors and dataclasses; it never touches SQL or FAISS. Model
+files are sharded safetensors (:mod:`~memsdk.engine.checkpoint`); the outer loop and the corpus
+builder live in :mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`.
 """
+
+from memsdk.engine.checkpoint import DEFAULT_MODEL, load_checkpoint, load_model, save_checkpoint
+from memsdk.engine.model import ByteLM, ModelConfig
+from memsdk.engine.ttt import (
+    StreamReport,
+    TTTConfig,
+    TTTState,
+    bits_per_byte,
+    byte_losses,
+    generate,
+    stream,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ByteLM",
+    "ModelConfig",
+    "StreamReport",
+    "TTTConfig",
+    "TTTState",
+    "bits_per_byte",
+    "byte_losses",
+    "generate",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "stream",
+]

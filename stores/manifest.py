@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from memsdk.errors import FormatError
-from memsdk.stores.files import atomic_write_bytes
+from memsdk.files import atomic_write_bytes
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "read_manifest"]
 

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from memsdk.errors import IndexCorruptedError, InputError
-from memsdk.stores.files import atomic_write_bytes
+from memsdk.files import atomic_write_bytes
 
 __all__ = ["INDEX_NAME", "VectorIndex"]
 

@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a torn mix."""
+"""Atomic file writes: a reader sees the old file or the new one, never a torn mix.
+
+A leaf module (standard library only), shared by memsdk.stores and memsdk.engine.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,281 @@
+"""The byte-level language model of the weight memory (TTT-E2E at small scale).
+
+Bytes in, bytes out (vocab 256). Every block has sliding-window causal attention, the working
+memory whose cost per byte does not grow with the stream, and a static MLP. The last quarter of
+the blocks (at least one) also carry a *dynamic* MLP with its own norm, in parallel with the
+static one. Only the dynamic MLPs are fast weights: they are passed into :meth:`ByteLM.suffix`
+explicitly, so the same code serves plain training, meta-learning (differentiating through inner
+steps) and streaming, where the frozen prefix runs once per chunk without autograd.
+
+Reference: Tandon et al., "End-to-End Test-Time Training for Long Context" (TTT-E2E,
+arXiv 2512.23675); Krause et al., "Dynamic Evaluation of Transformer Language Models" (2019).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memsdk.errors import ConfigError
+
+__all__ = ["ByteLM", "FastWeights", "KVCache", "ModelConfig"]
+
+VOCAB_SIZE = 256
+START_BYTE = 0  # the context before the first byte of a stream: NUL never occurs in text
+
+# Fast weights by name, e.g. "blocks.3.up" (d_model, dynamic_hidden) and "blocks.3.down"
+# (dynamic_hidden, d_model); during meta-learning each carries a leading batch dimension.
+FastWeights = dict[str, Tensor]
+# Per block: keys (before the rotary embedding) and values of the last `window` positions.
+KVCache = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a :class:`ByteLM`. Use the presets: ``tiny`` (tests), ``small`` (the CPU
+    default), ``base`` (trained on a GPU)."""
+
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    window: int = 256
+    mlp_ratio: int = 4
+    dynamic_ratio: int = 4
+    rope_base: float = 10_000.0
+
+    def __post_init__(self) -> None:
+        if self.n_layer < 1 or self.d_model < 1 or self.window < 1:
+            raise ConfigError(
+                f"n_layer, d_model and window must be positive, got {self.n_layer}, "
+                f"{self.d_model}, {self.window}"
+            )
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ConfigError(
+                f"d_model={self.d_model} must split into n_head={self.n_head} heads of an even "
+                "width (rotary embeddings rotate pairs of channels)"
+            )
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        return cls(n_layer=4, d_model=64, n_head=2, window=64)
+
+    @classmethod
+    def small(cls) -> ModelConfig:
+        # Sized to stream at 20 kB/s or more on a 2-core laptop CPU (benchmarks/weights.py).
+        return cls(n_layer=4, d_model=128, n_head=4, window=256, mlp_ratio=3, dynamic_ratio=2)
+
+    @classmethod
+    def base(cls) -> ModelConfig:
+        return cls(n_layer=8, d_model=384, n_head=6, window=1024)
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        presets = {"tiny": cls.tiny, "small": cls.small, "base": cls.base}
+        if name not in presets:
+            raise ConfigError(f"unknown model preset {name!r}: choose one of {sorted(presets)}")
+        return presets[name]()
+
+    @property
+    def n_dynamic(self) -> int:
+        """How many of the last blocks carry a dynamic MLP: a quarter, at least one."""
+        return max(1, self.n_layer // 4)
+
+    @property
+    def first_dynamic(self) -> int:
+        return self.n_layer - self.n_dynamic
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"not a model config: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _rotary_table(
+    length: int, dim: int, base: float, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()  # (T, D/2) each
+
+
+def _rotary(x: Tensor, start: int, base: float) -> Tensor:
+    """Rotate channel pairs of ``x`` (B, H, T, D) by angles of positions start..start+T-1.
+
+    Positions are relative to the oldest cached key, so angles stay small however long the
+    stream; attention scores depend only on the distance between positions.
+    """
+    _, _, length, dim = x.shape
+    cos, sin = _rotary_table(start + length, dim, base, x.device)
+    cos, sin = cos[start:].to(x.dtype), sin[start:].to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_mask(length: int, total: int, window: int, device: torch.device) -> Tensor:
+    """Additive mask (C, L): query i, at absolute position total-length+i, sees keys j with
+    i_abs - window < j <= i_abs."""
+    qpos = torch.arange(total - length, total, device=device)[:, None]
+    kpos = torch.arange(total, device=device)[None, :]
+    allowed = (kpos <= qpos) & (kpos > qpos - window)
+    return torch.zeros(length, total, device=device).masked_fill(~allowed, float("-inf"))
+
+
+class SlidingWindowAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: Tensor, past: KVCache | None) -> tuple[Tensor, KVCache]:
+        cfg = self.config
+        batch, length, _ = x.shape  # (B, C, d)
+        q, k, v = self.qkv(x).view(batch, length, 3, cfg.n_head, cfg.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, C, hd)
+        if past is not None:
+            k = torch.cat((past[0].expand(batch, -1, -1, -1), k), dim=2)
+            v = torch.cat((past[1].expand(batch, -1, -1, -1), v), dim=2)
+        total = k.shape[2]
+        offset = total - length  # cached positions before this chunk
+        mask = _window_mask(length, total, cfg.window, x.device).to(q.dtype)
+        y = F.scaled_dot_product_attention(
+            _rotary(q, offset, cfg.rope_base), _rotary(k, 0, cfg.rope_base), v, attn_mask=mask
+        )
+        y = y.transpose(1, 2).reshape(batch, length, cfg.d_model)
+        keep = min(total, cfg.window)
+        return self.proj(y), (k[:, :, total - keep :], v[:, :, total - keep :])
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+def dynamic_mlp(x: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """The dynamic MLP with its weights passed in: x (B, C, d), up (d, h) or (B, d, h),
+    down (h, d) or (B, h, d)."""
+    return F.gelu(x @ up) @ down
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, dynamic: bool) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.d_model)
+        self.attn = SlidingWindowAttention(config)
+        self.ln_mlp = nn.LayerNorm(config.d_model)
+        self.mlp = MLP(config.d_model, config.mlp_ratio * config.d_model)
+        self.dynamic = dynamic
+        if dynamic:
+            hidden = config.dynamic_ratio * config.d_model
+            self.ln_dynamic = nn.LayerNorm(config.d_model)
+            # The initial fast weights: slow parameters the outer loop meta-learns; the down
+            # projection starts at zero so an untrained dynamic branch adds nothing.
+            self.up0 = nn.Parameter(torch.randn(config.d_model, hidden) / math.sqrt(config.d_model))
+            self.down0 = nn.Parameter(torch.zeros(hidden, config.d_model))
+
+    def forward(
+        self, x: Tensor, past: KVCache | None, up: Tensor | None = None, down: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
+        attended, cache = self.attn(self.ln_attn(x), past)
+        x = x + attended
+        out = x + self.mlp(self.ln_mlp(x))
+        if self.dynamic:
+            out = out + dynamic_mlp(self.ln_dynamic(x), up, down)
+        return out, cache
+
+
+class ByteLM(nn.Module):
+    """The weight-memory model. Call :meth:`embed`, :meth:`prefix`, :meth:`suffix` in turn;
+    :meth:`forward` chains them for plain training with the initial fast weights."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(VOCAB_SIZE, config.d_model)
+        self.blocks = nn.ModuleList(
+            Block(config, dynamic=i >= config.first_dynamic) for i in range(config.n_layer)
+        )
+        self.ln_out = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, VOCAB_SIZE, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> ByteLM:
+        return cls(config)
+
+    def fast_weight_names(self) -> list[str]:
+        return [
+            f"blocks.{i}.{part}"
+            for i in range(self.config.first_dynamic, self.config.n_layer)
+            for part in ("up", "down")
+        ]
+
+    def initial_fast_weights(self) -> FastWeights:
+        """The meta-learned starting point of every stream (live parameters, not copies)."""
+        weights = {}
+        for i in range(self.config.first_dynamic, self.config.n_layer):
+            weights[f"blocks.{i}.up"] = self.blocks[i].up0
+            weights[f"blocks.{i}.down"] = self.blocks[i].down0
+        return weights
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        return self.embedding(inputs)  # (B, C) -> (B, C, d)
+
+    def prefix(self, x: Tensor, caches: list[KVCache | None]) -> tuple[Tensor, list[KVCache]]:
+        """The frozen first blocks: x (B, C, d), one cache per prefix block."""
+        new = []
+        for block, past in zip(self.blocks[: self.config.first_dynamic], caches, strict=True):
+            x, cache = block(x, past)
+            new.append(cache)
+        return x, new
+
+    def suffix(
+        self, x: Tensor, caches: list[KVCache | None], fast_weights: FastWeights
+    ) -> tuple[Tensor, list[KVCache]]:
+        """The blocks with dynamic MLPs and the head: x (B, C, d) -> logits (B, C, 256)."""
+        new = []
+        first = self.config.first_dynamic
+        for i, (block, past) in enumerate(zip(self.blocks[first:], caches, strict=True)):
+            name = f"blocks.{first + i}"
+            up, down = fast_weights[f"{name}.up"], fast_weights[f"{name}.down"]
+            x, cache = block(x, past, up, down)
+            new.append(cache)
+        return self.head(self.ln_out(x)), new
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Plain next-byte logits (B, T, 256) for inputs (B, T), initial fast weights."""
+        x = self.embed(inputs)
+        x, _ = self.prefix(x, [None] * self.config.first_dynamic)
+        logits, _ = self.suffix(x, [None] * self.config.n_dynamic, self.initial_fast_weights())
+        return logits
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,442 @@
+"""Test-time training: the fast-weight state of one stream and its prequential inner loop.
+
+The streaming contract (DESIGN.md, "The weight memory"), per chunk of ``chunk_bytes``:
+
+1. score the chunk with the current fast weights (the honest, prequential loss);
+2. then take one inner SGD step on the same chunk's next-byte loss, with gradient-norm clipping
+   and an optional decay toward the initial fast weights; a non-finite loss or gradient rejects
+   the step and keeps the previous fast weights;
+3. carry the sliding-window cache forward.
+
+The frozen prefix runs once per chunk without autograd; only the suffix blocks and the head run
+backward, and only toward the fast weights. A byte is never scored by weights that trained on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from memsdk.engine.model import START_BYTE, ByteLM, FastWeights, KVCache
+from memsdk.errors import ConfigError, FormatError, InputError
+from memsdk.files import atomic_write_bytes
+
+__all__ = [
+    "StreamReport",
+    "TTTConfig",
+    "TTTState",
+    "bits_per_byte",
+    "byte_losses",
+    "generate",
+    "inner_update",
+    "stream",
+]
+
+STATE_FORMAT = "memsdk.ttt_state/1"
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    """Inner-loop settings. ``inner_lr=0`` freezes the fast weights (the frozen baseline)."""
+
+    chunk_bytes: int = 512
+    inner_lr: float = 0.1
+    max_grad_norm: float = 1.0
+    decay: float = 0.0  # fraction of (fast - initial) removed per step; 0 keeps all changes
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < 1:
+            raise ConfigError(f"chunk_bytes must be at least 1, got {self.chunk_bytes}")
+        if self.inner_lr < 0 or not math.isfinite(self.inner_lr):
+            raise ConfigError(f"inner_lr must be a finite number >= 0, got {self.inner_lr}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"decay must be in [0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What one :func:`stream` call did. ``bits_per_byte`` is prequential: each chunk was
+    scored before the inner step that trained on it (nan when no byte was scored)."""
+
+    bytes_scored: int
+    chunks: int
+    steps: int
+    rejected_steps: int
+    pending_bytes: int
+    bits: float
+    seconds: float
+    chunk_bits_per_byte: tuple[float, ...]
+    byte_bits: Tensor | None = None  # (bytes_scored,) bits of each byte, when asked for
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.bits / self.bytes_scored if self.bytes_scored else math.nan
+
+
+def fingerprint(model: ByteLM) -> str:
+    """A short hash of a model's config and weights: states and deltas name their base."""
+    digest = hashlib.sha256(model.config.to_json().encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _empty_caches(model: ByteLM) -> list[KVCache]:
+    cfg = model.config
+    empty = torch.zeros(1, cfg.n_head, 0, cfg.head_dim)
+    return [(empty, empty) for _ in range(cfg.n_layer)]
+
+
+class TTTState:
+    """The weight memory of one stream: fast weights, the partial-chunk buffer, the window cache,
+    the position and the step count. One per scope; states never share tensors.
+
+    Args:
+        model: the (frozen) model whose fast weights this state adapts.
+        config: inner-loop settings; defaults to the model's tuned defaults.
+    """
+
+    def __init__(self, model: ByteLM, config: TTTConfig | None = None) -> None:
+        self.model = model
+        self.config = config or getattr(model, "default_ttt", None) or TTTConfig()
+        self.model_fingerprint = fingerprint(model)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: initial fast weights, empty cache, position 0."""
+        self.fast_weights: FastWeights = {
+            name: weight.detach().clone()
+            for name, weight in self.model.initial_fast_weights().items()
+        }
+        self.pending = b""
+        self.caches = _empty_caches(self.model)
+        self.last_byte = START_BYTE
+        self.position = 0
+        self.steps = 0
+        self.rejected_steps = 0
+
+    def drift(self) -> float:
+        """Relative distance of the fast weights from the initial ones (0 after a reset)."""
+        initial = self.model.initial_fast_weights()
+        num = sum(float((w - initial[n]).pow(2).sum()) for n, w in self.fast_weights.items())
+        den = sum(float(w.pow(2).sum()) for w in initial.values())
+        return math.sqrt(num / den) if den else math.sqrt(num)
+
+    def to_bytes(self) -> bytes:
+        """The state as a safetensors file (bytes); :meth:`from_bytes` reads it back exactly."""
+        tensors = {f"fast.{name}": w.contiguous() for name, w in self.fast_weights.items()}
+        for i, (k, v) in enumerate(self.caches):
+            tensors[f"cache.{i}.k"] = k.contiguous()
+            tensors[f"cache.{i}.v"] = v.contiguous()
+        tensors["pending"] = torch.tensor(list(self.pending), dtype=torch.uint8)
+        metadata = {
+            "format": STATE_FORMAT,
+            "model": self.model_fingerprint,
+            "model_config": self.model.config.to_json(),
+            "ttt_config": json.dumps(asdict(self.config), sort_keys=True),
+            "last_byte": str(self.last_byte),
+            "position": str(self.position),
+            "steps": str(self.steps),
+            "rejected_steps": str(self.rejected_steps),
+        }
+        return save_safetensors(tensors, metadata=metadata)
+
+    def save(self, path: str) -> None:
+        """Write the state atomically (temp file, fsync, rename) as safetensors."""
+        atomic_write_bytes(path, self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model: ByteLM, *, source: str = "state") -> TTTState:
+        """Read a state written by :meth:`to_bytes` for the same model.
+
+        Raises:
+            FormatError: not a state file, truncated or forged, or saved for another model.
+        """
+        try:
+            tensors = load_safetensors(bytes(data))
+            metadata = _safetensors_metadata(data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise FormatError(f"{source} is not a readable safetensors file: {exc}") from exc
+        if metadata.get("format") != STATE_FORMAT:
+            raise FormatError(
+                f"{source} has format {metadata.get('format')!r}, expected {STATE_FORMAT!r}"
+            )
+        state = cls.__new__(cls)
+        state.model = model
+        state.model_fingerprint = fingerprint(model)
+        if metadata.get("model") != state.model_fingerprint:
+            raise FormatError(
+                f"{source} was saved for model {metadata.get('model')}, this engine runs model "
+                f"{state.model_fingerprint}: open it with the model it was saved with, or reset it"
+            )
+        try:
+            state.config = TTTConfig(**json.loads(metadata["ttt_config"]))
+            state.last_byte = int(metadata["last_byte"])
+            state.position = int(metadata["position"])
+            state.steps = int(metadata["steps"])
+            state.rejected_steps = int(metadata["rejected_steps"])
+            state.pending = bytes(tensors["pending"].tolist())
+            state.fast_weights = {}
+            for name, initial in model.initial_fast_weights().items():
+                weight = tensors[f"fast.{name}"]
+                if weight.shape != initial.shape or weight.dtype != initial.dtype:
+                    raise ValueError(f"fast weight {name} has shape {tuple(weight.shape)}")
+                state.fast_weights[name] = weight
+            cfg = model.config
+            state.caches = []
+            for i in range(cfg.n_layer):
+                k, v = tensors[f"cache.{i}.k"], tensors[f"cache.{i}.v"]
+                if k.shape != v.shape or k.shape[:2] != (1, cfg.n_head) or k.shape[2] > cfg.window:
+                    raise ValueError(f"cache {i} has shape {tuple(k.shape)}")
+                state.caches.append((k, v))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{source} is damaged: {exc}") from exc
+        if not 0 <= state.last_byte < 256 or len(state.pending) >= state.config.chunk_bytes:
+            raise FormatError(f"{source} is damaged: bad last byte or partial-chunk buffer")
+        return state
+
+    @classmethod
+    def load(cls, path: str, model: ByteLM) -> TTTState:
+        """Read a state file written by :meth:`save` (see :meth:`from_bytes` for errors)."""
+        with open(path, "rb") as f:
+            return cls.from_bytes(f.read(), model, source=str(path))
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory."""
+    if len(data) < 8:
+        raise ValueError("file is shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise ValueError("header is longer than the file")
+    header = json.loads(bytes(data[8 : 8 + size]))
+    return dict(header.get("__metadata__") or {})
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise InputError(f"{what} must be bytes or str, got {type(data).__name__}")
+
+
+def _tokens(data: bytes) -> Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()[None]  # (1, C)
+
+
+def clip_factor(grads: list[Tensor], max_norm: float, batched: bool) -> tuple[Tensor, Tensor]:
+    """Global gradient norm (per example when ``batched``) and the factor that clips it."""
+    if batched:
+        squares = sum(g.pow(2).flatten(1).sum(1) for g in grads)  # (B,)
+    else:
+        squares = sum(g.pow(2).sum() for g in grads)
+    norm = squares.sqrt()
+    return norm, (max_norm / (norm + 1e-6)).clamp(max=1.0)
+
+
+def inner_update(
+    fast_weights: FastWeights,
+    grads: list[Tensor],
+    initial: FastWeights,
+    config: TTTConfig,
+    *,
+    batched: bool = False,
+) -> tuple[FastWeights, Tensor]:
+    """One clipped SGD step with decay toward ``initial``; differentiable (used by the outer
+    loop with ``create_graph=True``). Returns the new fast weights and the gradient norm."""
+    norm, factor = clip_factor(grads, config.max_grad_norm, batched)
+    new = {}
+    for (name, weight), grad in zip(fast_weights.items(), grads, strict=True):
+        scale = factor.view(-1, *([1] * (grad.dim() - 1))) if batched else factor
+        step = weight - config.inner_lr * scale * grad
+        if config.decay:
+            step = step - config.decay * (weight - initial[name])
+        new[name] = step
+    return new, norm
+
+
+def _prefix(state: TTTState, inputs: Tensor) -> tuple[Tensor, list[KVCache]]:
+    model = state.model
+    with torch.no_grad():
+        return model.prefix(model.embed(inputs), state.caches[: model.config.first_dynamic])
+
+
+def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
+    """Score one chunk, then one inner step on it. Returns the bits of each byte (C,)."""
+    model, config = state.model, state.config
+    inputs = _tokens(bytes([state.last_byte]) + chunk[:-1])
+    targets = _tokens(chunk)
+    hidden, prefix_caches = _prefix(state, inputs)
+    learn = config.inner_lr > 0
+    fast = {n: w.detach().requires_grad_(learn) for n, w in state.fast_weights.items()}
+    with torch.enable_grad() if learn else torch.no_grad():
+        logits, suffix_caches = model.suffix(
+            hidden, state.caches[model.config.first_dynamic :], fast
+        )
+        losses = F.cross_entropy(logits[0], targets[0], reduction="none")  # (C,) nats
+        loss = losses.mean()
+        accepted = False
+        if learn and torch.isfinite(loss):
+            grads = torch.autograd.grad(loss, list(fast.values()))
+            new, norm = inner_update(fast, grads, model.initial_fast_weights(), config)
+            if torch.isfinite(norm):
+                state.fast_weights = {n: w.detach() for n, w in new.items()}
+                accepted = True
+    if learn:
+        state.steps += accepted
+        state.rejected_steps += not accepted
+    state.caches = [(k.detach(), v.detach()) for k, v in prefix_caches + suffix_caches]
+    state.last_byte = chunk[-1]
+    state.position += len(chunk)
+    return losses.detach() / LN2
+
+
+def stream(
+    state: TTTState, data: bytes | str, *, final: bool = False, record_bytes: bool = False
+) -> StreamReport:
+    """Absorb ``data`` into ``state`` prequentially, whole chunks at a time.
+
+    Bytes that do not fill a chunk wait in the partial-chunk buffer for the next call; with
+    ``final=True`` they are streamed now as a short chunk. ``record_bytes`` keeps the bits of
+    every scored byte in the report.
+
+    Raises:
+        InputError: ``data`` is neither bytes nor str.
+    """
+    data = _as_bytes(data, "data")
+    started = time.perf_counter()
+    size = state.config.chunk_bytes
+    buffer = state.pending + data
+    cut = len(buffer) if final else len(buffer) - len(buffer) % size
+    bits, per_chunk, steps_before, rejected_before = 0.0, [], state.steps, state.rejected_steps
+    recorded = []
+    for start in range(0, cut, size):
+        chunk = buffer[start : min(start + size, cut)]
+        chunk_bits = _stream_chunk(state, chunk)
+        bits += float(chunk_bits.sum())
+        per_chunk.append(float(chunk_bits.mean()))
+        if record_bytes:
+            recorded.append(chunk_bits)
+    state.pending = buffer[cut:]
+    return StreamReport(
+        bytes_scored=cut,
+        chunks=len(per_chunk),
+        steps=state.steps - steps_before,
+        rejected_steps=state.rejected_steps - rejected_before,
+        pending_bytes=len(state.pending),
+        bits=bits,
+        seconds=time.perf_counter() - started,
+        chunk_bits_per_byte=tuple(per_chunk),
+        byte_bits=(torch.cat(recorded) if recorded else torch.zeros(0)) if record_bytes else None,
+    )
+
+
+def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> Tensor:
+    """Bits for each byte of ``data`` (N,) under the state's current fast weights, in a fresh
+    window that holds only ``context`` (which is not scored). The state is not changed.
+
+    Raises:
+        InputError: ``data`` or ``context`` is neither bytes nor str.
+    """
+    data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
+    if not data:
+        return torch.zeros(0)
+    model, size = state.model, state.config.chunk_bytes
+    text = context + data
+    inputs_all = bytes([START_BYTE]) + text[:-1]
+    caches = _empty_caches(model)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(text), size):
+            inputs, targets = (
+                _tokens(inputs_all[start : start + size]),
+                _tokens(text[start : start + size]),
+            )
+            hidden, prefix_caches = model.prefix(
+                model.embed(inputs), caches[: model.config.first_dynamic]
+            )
+            logits, suffix_caches = model.suffix(
+                hidden, caches[model.config.first_dynamic :], state.fast_weights
+            )
+            caches = prefix_caches + suffix_caches
+            out.append(F.cross_entropy(logits[0], targets[0], reduction="none") / LN2)
+    return torch.cat(out)[len(context) :]
+
+
+def bits_per_byte(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> float:
+    """Mean bits per byte of ``data`` under the state (no update); see :func:`byte_losses`.
+
+    Raises:
+        InputError: ``data`` is empty, or not bytes or str.
+    """
+    losses = byte_losses(state, data, context=context)
+    if not len(losses):
+        raise InputError("data is empty: give at least one byte to score")
+    return float(losses.mean())
+
+
+def generate(
+    state: TTTState,
+    prompt: bytes | str,
+    max_bytes: int,
+    *,
+    temperature: float = 0.0,
+    stop: bytes | None = None,
+    seed: int | None = None,
+) -> bytes:
+    """Continue ``prompt`` under the state's fast weights, in a fresh window; greedy by default.
+
+    Stops after ``max_bytes`` bytes, or once the output ends with ``stop``. The state is not
+    changed. Returns the continuation only (not the prompt).
+
+    Raises:
+        InputError: ``max_bytes`` below 0, a negative temperature, or a prompt of the wrong type.
+    """
+    prompt = _as_bytes(prompt, "prompt")
+    if max_bytes < 0:
+        raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
+    if temperature < 0:
+        raise InputError(f"temperature must be >= 0, got {temperature}")
+    model, size = state.model, state.config.chunk_bytes
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    caches = _empty_caches(model)
+    first = model.config.first_dynamic
+
+    def feed(tokens: bytes) -> Tensor:
+        nonlocal caches
+        hidden, prefix_caches = model.prefix(model.embed(_tokens(tokens)), caches[:first])
+        logits, suffix_caches = model.suffix(hidden, caches[first:], state.fast_weights)
+        caches = prefix_caches + suffix_caches
+        return logits[0, -1]
+
+    out = bytearray()
+    with torch.no_grad():
+        inputs = bytes([START_BYTE]) + prompt
+        for start in range(0, len(inputs), size):
+            logits = feed(inputs[start : start + size])
+        while len(out) < max_bytes:
+            if temperature == 0:
+                byte = int(logits.argmax())
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                byte = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(byte)
+            if stop and out.endswith(stop):
+                break
+            logits = feed(bytes([byte]))
+    return bytes(out)
