@@ -6,6 +6,8 @@
     python -m memsdk.engine.train fit --corpus data/corpus --out runs/meta --init runs/small \\
         --mode meta --steps 1000
     python -m memsdk.engine.train tune --corpus data/corpus --model runs/meta
+    python -m memsdk.engine.train export --corpus data/corpus --model runs/meta \
+        --out engine/weights/default --name small-meta
 
 ``plain`` is next-byte pre-training with the initial fast weights. ``meta`` is TTT-E2E: each
 sequence is cut into chunks; the loss of each chunk is taken with the fast weights produced by
@@ -13,6 +15,8 @@ inner steps on the chunks before it, and the outer gradient flows through those 
 (second order), so the slow weights and the initial fast weights learn to learn. ``tune`` picks
 the inner learning rate by prequential bits per byte on the development slice of the training
 side (the last 1% of ``train.bin``, never used for a training step) and stores it in the model.
+``export`` writes the weights without optimizer state plus a model card with held-out bits per
+byte, for shipping in ``engine/weights/``.
 
 Checkpoints hold the model, the optimizer moments and a card; ``fit`` resumes from ``--out``
 when it already holds a checkpoint. Logs are JSON lines on stdout.
@@ -233,6 +237,50 @@ def tune(args: argparse.Namespace) -> None:
     _log({"chosen_inner_lr": best})
 
 
+def heldout_streams(corpus_summary: dict, per_source: int) -> dict[str, bytes]:
+    """Up to ``per_source`` bytes of each source's held-out files, in the listed order (for
+    loghub: per held-out system)."""
+    from memsdk.engine.corpus import CorpusFile, read_text
+
+    streams: dict[str, bytes] = {}
+    for entry in corpus_summary["heldout"]:
+        file = CorpusFile(entry["source"], entry["path"], entry["name"])
+        key = f"loghub/{file.name.split('/')[0]}" if file.source == "loghub" else file.source
+        have = streams.get(key, b"")
+        if len(have) < per_source and Path(file.path).exists():
+            streams[key] = (have + read_text(file))[:per_source]
+    return streams
+
+
+def export(args: argparse.Namespace) -> None:
+    """Write a checkpoint's weights (no optimizer moments) and a model card with held-out
+    bits per byte, for shipping as package data."""
+    torch.set_num_threads(args.threads)
+    model, metadata, _ = load_model(args.model)
+    corpus = Corpus(Path(args.corpus))
+    card = dict(metadata.get("card") or {})
+    ttt = model.default_ttt
+    heldout = {}
+    for source, data in heldout_streams(corpus.summary, args.heldout_bytes).items():
+        heldout[source] = {
+            "bytes": len(data),
+            "bpb_frozen": prequential_bpb(model, data, replace(ttt, inner_lr=0.0)),
+            "bpb_ttt": prequential_bpb(model, data, ttt),
+        }
+        _log({"heldout": source, **heldout[source]})
+    card.update(
+        name=args.name,
+        parameters=model.num_parameters(),
+        heldout_bits_per_byte=heldout,
+        heldout_note=(
+            "prequential bits per byte on the first bytes of each held-out source (files never "
+            "used for training), with inner_lr=0 (frozen) and with the shipped inner loop"
+        ),
+    )
+    save_model(model, args.out, card=card, ttt=ttt)
+    _log({"exported": args.out, "parameters": model.num_parameters()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m memsdk.engine.train", description=__doc__.split("\n")[0]
@@ -270,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     tuning.add_argument("--model", required=True)
     tuning.add_argument("--threads", type=int, default=torch.get_num_threads())
 
+    exporting = sub.add_parser("export", help="ship a checkpoint: weights + model card")
+    exporting.add_argument("--model", required=True)
+    exporting.add_argument("--corpus", required=True)
+    exporting.add_argument("--out", required=True)
+    exporting.add_argument("--name", required=True)
+    exporting.add_argument("--heldout-bytes", type=int, default=64 * 1024)
+    exporting.add_argument("--threads", type=int, default=torch.get_num_threads())
+
     args = parser.parse_args(argv)
     if args.command == "corpus":
         summary = build_corpus(
@@ -281,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "fit":
         fit(args)
+    elif args.command == "export":
+        export(args)
     else:
         tune(args)
     return 0

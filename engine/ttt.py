@@ -114,6 +114,7 @@ class TTTState:
         self.model = model
         self.config = config or getattr(model, "default_ttt", None) or TTTConfig()
         self.model_fingerprint = fingerprint(model)
+        self.extra: dict[str, str] = {}  # caller's bookkeeping, saved with the state
         self.reset()
 
     def reset(self) -> None:
@@ -137,7 +138,8 @@ class TTTState:
         return math.sqrt(num / den) if den else math.sqrt(num)
 
     def to_bytes(self) -> bytes:
-        """The state as a safetensors file (bytes); :meth:`from_bytes` reads it back exactly."""
+        """The state as a safetensors file (bytes); :meth:`from_bytes` reads it back exactly,
+        with :attr:`extra` (string metadata the caller keeps beside the state)."""
         tensors = {f"fast.{name}": w.contiguous() for name, w in self.fast_weights.items()}
         for i, (k, v) in enumerate(self.caches):
             tensors[f"cache.{i}.k"] = k.contiguous()
@@ -153,6 +155,7 @@ class TTTState:
             "steps": str(self.steps),
             "rejected_steps": str(self.rejected_steps),
         }
+        metadata.update({f"extra.{k}": str(v) for k, v in self.extra.items()})
         return save_safetensors(tensors, metadata=metadata)
 
     def save(self, path: str) -> None:
@@ -177,6 +180,7 @@ class TTTState:
             )
         state = cls.__new__(cls)
         state.model = model
+        state.extra = {k[6:]: v for k, v in metadata.items() if k.startswith("extra.")}
         state.model_fingerprint = fingerprint(model)
         if metadata.get("model") != state.model_fingerprint:
             raise FormatError(

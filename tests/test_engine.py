@@ -144,10 +144,11 @@ def test_reset_state_equals_the_initial_one(model):
 def test_save_and_load_round_trip_exactly(model, tmp_path):
     state = TTTState(model, _config(decay=0.01))
     stream(state, TEXT[:150])
+    state.extra["through_chunk_id"] = "42"
     path = tmp_path / "state.safetensors"
     state.save(path)
     loaded = TTTState.load(path, model)
-    assert _same_state(loaded, state)
+    assert _same_state(loaded, state) and loaded.extra == {"through_chunk_id": "42"}
     assert (loaded.position, loaded.steps, loaded.pending, loaded.config) == (
         state.position,
         state.steps,
