@@ -1,9 +1,12 @@
-"""The memsdk demo: ingest real text that every machine has, then search it.
+"""The memsdk demo: ingest real text that every machine has, then search it and recall it.
 
 Streams the Python standard library's ``logging`` package (documentation and code) and the
-tail of a system log (when one is readable) into a memory directory, then answers three kinds of
-query: a question in plain words, an exact identifier, and a filtered search. Run it again and
-the ingest is nearly free: duplicate chunks are skipped.
+earlier part of a system log (when one is readable; else of ``argparse.py``) into a memory
+directory, then answers three kinds of query from the notepad: a question in plain words, an
+exact identifier, and a filtered search. Then the weight memory at work: how surprising the
+later, never-ingested part of the stream is (bits per byte) before and after the earlier part
+was absorbed, and a completion. Run it again and the ingest is nearly free: duplicate chunks
+are skipped (and the weights already hold them).
 
     python examples/demo.py [--memory DIR]
 """
@@ -11,6 +14,7 @@ the ingest is nearly free: duplicate chunks are skipped.
 from __future__ import annotations
 
 import argparse
+import argparse as stdlib_argparse
 import logging as stdlib_logging
 import re
 import sys
@@ -88,27 +92,44 @@ def main() -> int:
                 log_lines = tail(log, TAIL_LINES)
             except OSError as e:
                 print(f"cannot read {log}: {e}")
-        if log_lines:
-            name = f"{log} (last {len(log_lines)} lines)"
-            report = mem.ingest(log_lines, scope=scope, name=name, metadata={"kind": "log"})
-            print(f"ingested the last {len(log_lines)} lines of {log}: {report.chunks} new chunks")
-        print(f"ingest took {time.perf_counter() - started:.1f} s")
+        if len(log_lines) < 40:  # no readable log: a long text file every Python has
+            log = Path(stdlib_argparse.__file__)
+            log_lines = log.read_text(encoding="utf-8").splitlines(keepends=True)[:TAIL_LINES]
+        cut = len(log_lines) * 3 // 4
+        earlier, later = log_lines[:cut], "".join(log_lines[cut:])
+        surprise_before = mem.bits_per_byte(later, scope=scope)
+        name = f"{log} (lines 1-{cut} of the last {len(log_lines)})"
+        report = mem.ingest(earlier, scope=scope, name=name, metadata={"kind": "log"})
+        print(f"ingested {cut} lines of {log}: {report.chunks} new chunks")
+        mem.flush()  # wait until the weight memory has absorbed everything stored
+        print(f"ingest took {time.perf_counter() - started:.1f} s (weight memory included)")
 
         for question in QUESTIONS:
             show(question, mem.search(question, scope=scope, k=3), label="question: ")
         ident = "LOG_LOCAL7"
         if log_lines:  # an identifier from the log itself, e.g. a package name with its arch
-            found = re.findall(r"\b[a-z0-9][\w.+-]*:(?:amd64|arm64|all|i386)\b", "".join(log_lines))
+            found = re.findall(r"\b[a-z0-9][\w.+-]*:(?:amd64|arm64|all|i386)\b", "".join(earlier))
             ident = found[len(found) // 2] if found else ident
         show(ident, mem.search(ident, scope=scope, k=3), label="exact identifier: ")
         query = "configure handlers from a dictionary"
         hits = mem.search(query, scope=scope, k=3, filters={"kind": {"eq": "code"}})
         show(query, hits, label='filtered to {"kind": "code"}: ')
+
+        print(f"\n== weight memory: the last {len(log_lines) - cut} lines of {log}, never ingested")
+        surprise_after = mem.bits_per_byte(later, scope=scope)
+        print(f"  bits per byte before ingesting the earlier lines: {surprise_before:.3f}")
+        print(f"  bits per byte after absorbing them:               {surprise_after:.3f}")
+        prompt = later.splitlines()[0][:24]
+        print(f"  completion of {prompt!r}: {mem.complete(prompt, scope=scope, max_bytes=80)!r}")
+
         mem.flush()  # write the index file now, so its size below is the real one
         stats = mem.stats()
+        weights = stats.scopes[0].weights
         print(
             f"\n{stats.index_vectors} chunks in memory, "
-            f"index {stats.index_bytes / 1e6:.1f} MB on disk"
+            f"index {stats.index_bytes / 1e6:.1f} MB on disk; weight memory "
+            f"({stats.weights_model}): {weights.bytes_absorbed / 1e3:.0f} kB absorbed "
+            f"in {weights.steps} steps, snapshot {weights.snapshot_bytes / 1e6:.1f} MB"
         )
     return 0
 

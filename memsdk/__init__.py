@@ -33,6 +33,7 @@ from memsdk.results import (
     ScopeStats,
     SearchHit,
     SkippedSource,
+    WeightFigures,
 )
 from memsdk.scope import Scope
 
@@ -59,5 +60,6 @@ __all__ = [
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "WeightFigures",
     "__version__",
 ]

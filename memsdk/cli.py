@@ -41,6 +41,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             )
             for skipped in report.skipped:
                 print(f"  skipped {skipped.source}: {skipped.reason}")
+        if mem.weights is not None:
+            print("absorbing into the weight memory ...", flush=True)
+            mem.flush()
     return 0
 
 
@@ -71,8 +74,16 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"database   {stats.database} (format {stats.format_version})")
     print(f"embedder   {stats.embedder}")
     print(f"index      {stats.index_vectors} vectors, {stats.index_bytes} bytes on disk")
+    print(f"weights    {stats.weights_model or 'off (weight_memory=False)'}")
     for s in stats.scopes:
         print(f"scope      {s.scope}: {s.documents} documents, {s.chunks} chunks, {s.bytes} bytes")
+        if s.weights is not None:
+            w = s.weights
+            print(
+                f"  weights  {w.bytes_absorbed} bytes absorbed in {w.steps} steps "
+                f"({w.rejected_steps} rejected), through chunk {w.through_chunk_id}, "
+                f"drift {w.drift:.4f}, snapshot {w.snapshot_bytes} bytes"
+            )
     return 0
 
 

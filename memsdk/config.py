@@ -60,6 +60,25 @@ class MemoryConfig(BaseModel):
         description="an ingest saves the vector index file only if the last save is older than "
         "this (flush() and close() always save; after a crash the index catches up from SQL)",
     )
+    weight_memory: bool = Field(
+        True,
+        description="also stream every scope's chunks into its weight memory (test-time "
+        "training in a background worker); False keeps the notepad only",
+    )
+    weights_model: str = Field(
+        "default",
+        min_length=1,
+        description="the weight-memory model: a shipped model name or a checkpoint folder",
+    )
+    weights_batch_chunks: int = Field(
+        16, ge=1, le=4096, description="chunks the background worker absorbs per batch"
+    )
+    weights_save_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="a busy worker saves changed weight snapshots at most this often (flush() "
+        "and close() always save; after a crash a scope resumes from its last snapshot)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MemoryConfig:

@@ -1,11 +1,14 @@
 """HybridMemory: the public API over one memory directory.
 
-Today the memory is the exact notepad (SQL + FAISS); the weight memory plugs in behind the same
-calls. Every read and write names a :class:`~memsdk.scope.Scope`.
+Two memories behind one set of calls: the exact notepad (SQL + FAISS) and, per scope, the
+weight memory (a byte-level model whose fast weights absorb the scope's chunks by test-time
+training in a background worker, :mod:`memsdk.consolidation`). Every read and write names a
+:class:`~memsdk.scope.Scope`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -20,6 +23,8 @@ from typing import Any, BinaryIO, TextIO
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
+from memsdk.consolidation import Consolidator
+from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.progress import progress_bar
@@ -32,11 +37,13 @@ from memsdk.results import (
     ScopeStats,
     SearchHit,
     SkippedSource,
+    WeightFigures,
 )
 from memsdk.scope import Scope
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import ChunkRecord, NewChunk
+from memsdk.stores.weights import WeightSnapshots
 
 __all__ = ["HybridMemory"]
 
@@ -53,6 +60,18 @@ _TRIM = "\"'`()[]{}<>,;!?"
 
 _embedder: MiniLMEmbedder | None = None
 _embedder_lock = threading.Lock()
+_models: dict[str, ByteLM] = {}
+_models_lock = threading.Lock()
+MAX_COMPLETION_BYTES = 4096
+
+
+def _shared_model(name: str) -> ByteLM:
+    """The weight-memory model, loaded once per process and shared (it is never trained in
+    place: fast weights live in each scope's state)."""
+    with _models_lock:
+        if name not in _models:
+            _models[name], _, _ = load_model(name)
+        return _models[name]
 
 
 def _shared_embedder() -> MiniLMEmbedder:
@@ -167,6 +186,14 @@ def _sources(source: Any, name: str | None) -> list[_Source]:
     )
 
 
+def _to_bytes(text: Any, what: str) -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogateescape")
+    if isinstance(text, bytes | bytearray):
+        return bytes(text)
+    raise InputError(f"{what} must be str or bytes, got {type(text).__name__}")
+
+
 def _check_scope(scope: Any) -> Scope:
     if not isinstance(scope, Scope):
         raise InputError(
@@ -228,6 +255,19 @@ class HybridMemory:
         )
         self.path = self.notepad.directory
         self._closed = False
+        self.weights: Consolidator | None = None
+        if self.config.weight_memory:
+            try:
+                self.weights = Consolidator(
+                    self.notepad.sql,
+                    WeightSnapshots(self.path),
+                    _shared_model(self.config.weights_model),
+                    batch_chunks=self.config.weights_batch_chunks,
+                    save_interval_s=self.config.weights_save_interval_s,
+                )
+            except BaseException:
+                self.notepad.close()
+                raise
         if rebuild_index:
             self.rebuild_index(progress=progress)
 
@@ -254,14 +294,23 @@ class HybridMemory:
         return f"HybridMemory({str(self.path)!r}, {state})"
 
     def close(self) -> None:
-        """Save the vector index and release the database. Safe to call twice."""
+        """Save the vector index and the weight snapshots and release the database. Chunks the
+        weight memory has not absorbed yet are absorbed after the next open. Safe to call
+        twice."""
         if not self._closed:
             self._closed = True
-            self.notepad.close()
+            try:
+                if self.weights is not None:
+                    self.weights.close()
+            finally:
+                self.notepad.close()
 
     def flush(self) -> None:
-        """Write everything pending to disk (the vector index file)."""
+        """Wait until the weight memory has absorbed every stored chunk, then write everything
+        pending to disk (the vector index file, the weight snapshots)."""
         self._live()
+        if self.weights is not None:
+            self.weights.flush()
         self.notepad.save_index()
 
     def _live(self) -> None:
@@ -286,12 +335,7 @@ class HybridMemory:
             InputError: ``text`` is not str/bytes, is empty or blank, or is larger than
                 ``config.max_text_bytes``; bad metadata or scope.
         """
-        if isinstance(text, str):
-            data = text.encode("utf-8", "surrogateescape")
-        elif isinstance(text, bytes | bytearray):
-            data = bytes(text)
-        else:
-            raise InputError(f"text must be str or bytes, got {type(text).__name__}")
+        data = _to_bytes(text, "text")
         if not data.strip():
             raise InputError("text is empty or only white space: there is nothing to remember")
         if len(data) > self.config.max_text_bytes:
@@ -427,6 +471,8 @@ class HybridMemory:
             dups += sum(i is None for i in ids)
             new_ids.extend(i for i in ids if i is not None)
             self.notepad.sync()
+            if self.weights is not None:
+                self.weights.notify(scope_id)
 
         for chunk in chunk_stream(
             hashed(), chunk_bytes=self.config.chunk_bytes, max_line_bytes=self.config.max_line_bytes
@@ -507,7 +553,93 @@ class HybridMemory:
         deleted = self.notepad.sql.delete_chunks(scope_id)
         self.notepad.sync()
         self.notepad.save_index()
+        if self.weights is not None:
+            self.weights.reset(scope_id)  # forgetting everything includes the weights
         return len(deleted)
+
+    # ---- the weight memory -------------------------------------------------------------------
+
+    def _weight_state(self, scope: Scope) -> TTTState:
+        """The scope's weight memory as it is now (the initial weights for a scope without
+        data). Raises MemsdkError when the memory was opened with weight_memory=False."""
+        scope_id = self._scope_id(scope, create=False)
+        if self.weights is None:
+            raise MemsdkError(
+                f"memory {self.path} was opened with weight_memory=False: open it with "
+                "MemoryConfig(weight_memory=True) to use the weight memory"
+            )
+        if scope_id is None:
+            return self.weights.initial_state()
+        return self.weights.state(scope_id)
+
+    def _query_bytes(self, text: Any, what: str) -> bytes:
+        data = _to_bytes(text, what)
+        if not data:
+            raise InputError(f"{what} is empty: give at least one byte")
+        if len(data) > self.config.max_text_bytes:
+            raise InputError(
+                f"{what} is {len(data)} bytes, at most {self.config.max_text_bytes} are accepted "
+                "(config.max_text_bytes)"
+            )
+        return data
+
+    def bits_per_byte(self, text: str | bytes, *, scope: Scope) -> float:
+        """How surprising ``text`` is to the scope's weight memory, in bits per byte (lower:
+        more familiar). Scored in a fresh window with the current fast weights; nothing is
+        learned from it. Call :meth:`flush` first to include chunks still being absorbed.
+
+        Raises:
+            InputError: empty, oversized or non-text input; a bad scope.
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        data = self._query_bytes(text, "text")
+        return float(byte_losses(self._weight_state(scope), data).mean())
+
+    def complete(
+        self,
+        prompt: str | bytes,
+        *,
+        scope: Scope,
+        max_bytes: int = 200,
+        stop: str | None = "\n",
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> str:
+        """Continue ``prompt`` with the scope's weight memory (greedy unless ``temperature``
+        > 0). Stops after ``max_bytes`` bytes or at ``stop`` (default: the end of the line;
+        None runs to ``max_bytes``). Returns the continuation, without the prompt.
+
+        Raises:
+            InputError: empty, oversized or non-text prompt; ``max_bytes`` outside
+                1..4096; a negative temperature; a bad scope.
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        data = self._query_bytes(prompt, "prompt")
+        if not isinstance(max_bytes, int) or not 1 <= max_bytes <= MAX_COMPLETION_BYTES:
+            raise InputError(
+                f"max_bytes must be an int in 1..{MAX_COMPLETION_BYTES}, got {max_bytes!r}"
+            )
+        out = generate(
+            self._weight_state(scope),
+            data,
+            max_bytes,
+            temperature=temperature,
+            stop=stop.encode() if stop else None,
+            seed=seed,
+        )
+        return out.decode("utf-8", "replace")
+
+    def reset_weights(self, *, scope: Scope) -> None:
+        """Forget what the scope's weight memory learned: back to the initial fast weights.
+        The notepad keeps its chunks, and they are not absorbed again; later ingests are.
+
+        Raises:
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        self._weight_state(scope)
+        scope_id = self._scope_id(scope, create=False)
+        if scope_id is not None:
+            self.weights.reset(scope_id)
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -656,7 +788,13 @@ class HybridMemory:
         for scope_id, (tenant, user, agent, run) in sql.scopes():
             docs, chunks, size = counts.get(scope_id, (0, 0, 0))
             scope = Scope(tenant=tenant, user=user or None, agent=agent or None, run=run or None)
-            scopes.append(ScopeStats(scope=scope, documents=docs, chunks=chunks, bytes=size))
+            weights = None
+            if self.weights is not None:
+                figures = self.weights.figures(scope_id)
+                weights = WeightFigures(**dataclasses.asdict(figures))
+            scopes.append(
+                ScopeStats(scope=scope, documents=docs, chunks=chunks, bytes=size, weights=weights)
+            )
         index_file = self.notepad.index_path
         return MemoryStats(
             path=str(self.path),
@@ -665,6 +803,7 @@ class HybridMemory:
             embedder=self.embedder.name,
             index_vectors=len(self.notepad.index),
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
+            weights_model=self.weights.model_name() if self.weights is not None else None,
             scopes=scopes,
         )
 

@@ -18,6 +18,7 @@ __all__ = [
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "WeightFigures",
 ]
 
 _FROZEN = ConfigDict(frozen=True)
@@ -108,6 +109,21 @@ class IngestReport(BaseModel):
     skipped: list[SkippedSource] = Field(description="sources not ingested (binary, empty, ...)")
 
 
+class WeightFigures(BaseModel):
+    """A scope's weight memory: how much it absorbed and how far it moved."""
+
+    model_config = _FROZEN
+
+    bytes_absorbed: int = Field(description="bytes streamed into the fast weights")
+    steps: int = Field(description="inner-loop steps taken")
+    rejected_steps: int = Field(description="steps refused for a non-finite loss or gradient")
+    through_chunk_id: int = Field(
+        description="the last chunk absorbed (chunks are absorbed in id order)"
+    )
+    drift: float = Field(description="relative distance of the fast weights from the initial ones")
+    snapshot_bytes: int = Field(description="size of the saved snapshot file")
+
+
 class ScopeStats(BaseModel):
     model_config = _FROZEN
 
@@ -115,6 +131,7 @@ class ScopeStats(BaseModel):
     documents: int
     chunks: int
     bytes: int
+    weights: WeightFigures | None = Field(None, description="None without the weight memory")
 
 
 class MemoryStats(BaseModel):
@@ -128,4 +145,5 @@ class MemoryStats(BaseModel):
     embedder: str
     index_vectors: int
     index_bytes: int
+    weights_model: str | None = Field(None, description="name and fingerprint of the model")
     scopes: list[ScopeStats]

@@ -691,6 +691,28 @@ class SQLStore:
         newest = max(r[0] for r in rows)
         return newest, np.unique(np.fromiter((r[1] for r in rows), dtype=np.int64))
 
+    def chunk_bytes_after(
+        self, scope_id: int, after_id: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """The scope's chunks with id > ``after_id`` in id order (ingest order): (id, exact
+        bytes), at most ``limit``. The weight memory consolidates from this."""
+        with self.reading() as s:
+            rows = s.execute(
+                select(ChunkRow.id, ChunkRow.text, ChunkRow.raw)
+                .where(ChunkRow.scope_id == scope_id, ChunkRow.id > after_id)
+                .order_by(ChunkRow.id)
+                .limit(limit)
+            ).all()
+        return [(r[0], r[2] if r[2] is not None else r[1].encode("utf-8")) for r in rows]
+
+    def newest_chunk_ids(self) -> dict[int, int]:
+        """Per scope id: the largest chunk id (scopes without chunks are absent)."""
+        with self.reading() as s:
+            rows = s.execute(
+                select(ChunkRow.scope_id, func.max(ChunkRow.id)).group_by(ChunkRow.scope_id)
+            ).all()
+        return {int(r[0]): int(r[1]) for r in rows}
+
     def all_chunk_ids(self) -> np.ndarray:
         with self.reading() as s:
             return np.fromiter(s.scalars(select(ChunkRow.id)), dtype=np.int64)
