@@ -138,6 +138,42 @@ def _window_mask(length: int, total: int, window: int, device: torch.device) -> 
     return torch.zeros(length, total, device=device).masked_fill(~allowed, float("-inf"))
 
 
+@functools.lru_cache(maxsize=64)
+def _band_mask(blocks: int, past: int, window: int, device: torch.device) -> Tensor:
+    """Additive mask (blocks, W, 2W) of :func:`_blocked_attention`: query r of a block sees
+    local keys t with r < t <= W + r; in the first block, the W - past left-padding keys are
+    hidden too."""
+    r = torch.arange(window, device=device)[:, None]
+    t = torch.arange(2 * window, device=device)[None, :]
+    allowed = ((t > r) & (t <= window + r)).expand(blocks, -1, -1).clone()
+    allowed[0, :, : window - past] = False
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+
+def _blocked_attention(q: Tensor, k: Tensor, v: Tensor, past: int, window: int) -> Tensor:
+    """Sliding-window attention by blocks of W = window queries, each against the 2W keys that
+    can reach it, instead of every query against every key: O(T * W) work.
+
+    q (B, H, C, D) for the chunk; k, v (B, H, past + C, D) with past <= W cached positions
+    first; returns (B, H, C, D). Keys are padded to W + blocks * W: W - past on the left
+    (hidden by the mask) and enough on the right to fill the last block.
+    """
+    batch, heads, length, dim = q.shape
+    blocks = -(-length // window)
+    pad_right = blocks * window - length
+    q = F.pad(q, (0, 0, 0, pad_right)).view(batch * heads, blocks, window, dim)
+
+    def windows(x: Tensor) -> Tensor:  # (B, H, past + C, D) -> (B * H, blocks, 2W, D)
+        x = F.pad(x, (0, 0, window - past, pad_right)).unfold(2, 2 * window, window)
+        return x.transpose(-1, -2).reshape(batch * heads, blocks, 2 * window, dim)
+
+    # A 4-D mask (1, blocks, W, 2W), broadcast over batch and heads: the CPU kernel takes a
+    # fast path for it.
+    mask = _band_mask(blocks, past, window, q.device).to(q.dtype)[None]
+    y = F.scaled_dot_product_attention(q, windows(k), windows(v), attn_mask=mask)
+    return y.view(batch, heads, blocks * window, dim)[:, :, :length]
+
+
 class SlidingWindowAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -155,10 +191,12 @@ class SlidingWindowAttention(nn.Module):
             v = torch.cat((past[1].expand(batch, -1, -1, -1), v), dim=2)
         total = k.shape[2]
         offset = total - length  # cached positions before this chunk
-        mask = _window_mask(length, total, cfg.window, x.device).to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            _rotary(q, offset, cfg.rope_base), _rotary(k, 0, cfg.rope_base), v, attn_mask=mask
-        )
+        q, k_rotated = _rotary(q, offset, cfg.rope_base), _rotary(k, 0, cfg.rope_base)
+        if length >= cfg.window:
+            y = _blocked_attention(q, k_rotated, v, offset, cfg.window)
+        else:
+            mask = _window_mask(length, total, cfg.window, x.device).to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k_rotated, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(batch, length, cfg.d_model)
         keep = min(total, cfg.window)
         return self.proj(y), (k[:, :, total - keep :], v[:, :, total - keep :])

@@ -278,3 +278,20 @@ def test_a_saved_model_loads_frozen_with_its_inner_loop_settings(tmp_path, model
     assert not any(p.requires_grad for p in loaded.parameters())
     assert TTTState(loaded).config == ttt
     assert TTTState(loaded).model_fingerprint == TTTState(model).model_fingerprint
+
+
+@pytest.mark.parametrize("past", [0, 3, 8])
+@pytest.mark.parametrize("length", [8, 13, 16, 63])
+def test_blocked_sliding_window_attention_matches_the_dense_masked_form(past, length):
+    from memsdk.engine.model import _blocked_attention, _window_mask
+
+    window = 8
+    g = torch.Generator().manual_seed(past * 100 + length)
+    q = torch.randn(2, 3, length, 6, generator=g)
+    k, v = (torch.randn(2, 3, past + length, 6, generator=g) for _ in range(2))
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=_window_mask(length, past + length, window, q.device)
+    )
+    blocked = _blocked_attention(q, k, v, past, window)
+    assert blocked.shape == dense.shape
+    assert torch.allclose(blocked, dense, atol=1e-5)
