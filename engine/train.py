@@ -44,7 +44,7 @@ from memsdk.engine.ttt import LN2, TTTConfig, TTTState, inner_update, stream
 DEV_FRACTION = 0.01
 DEV_EVAL_BYTES = 64 * 1024
 TUNE_BYTES = 256 * 1024
-TUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
+TUNE_RATES = (0.0, 0.3, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 class Corpus:
@@ -123,7 +123,10 @@ def fit(args: argparse.Namespace) -> None:
         card = dict(metadata.get("card") or {})
         model.requires_grad_(True).train()
         if source != out:  # a new run from an initial model: its own step count and optimizer
-            card = {"init": str(source), "init_card": card}
+            stage = {
+                k: card.get(k) for k in ("mode", "steps", "bytes_seen", "batch", "sequence_bytes")
+            }
+            card = {"init": str(source), "stages": [*card.get("stages", []), stage]}
             extra = {}
     else:
         model = ByteLM(ModelConfig.preset(args.preset))
@@ -166,6 +169,8 @@ def fit(args: argparse.Namespace) -> None:
             },
             batch=args.batch,
             sequence_bytes=length,
+            total_steps=step + sum(st["steps"] for st in card.get("stages", [])),
+            total_bytes_seen=bytes_seen + sum(st["bytes_seen"] for st in card.get("stages", [])),
         )
         model.cpu()
         save_model(model, out, card=card, ttt=ttt, extra=moments)
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seq-bytes", type=int, default=512, help="plain: sequence length")
     train.add_argument("--chunks", type=int, default=4, help="meta: chunks per sequence")
     train.add_argument("--chunk-bytes", type=int, default=512)
-    train.add_argument("--inner-lr", type=float, default=0.1)
+    train.add_argument("--inner-lr", type=float, default=3.0)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--warmup", type=int, default=100)
     train.add_argument("--seed", type=int, default=0)

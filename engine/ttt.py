@@ -51,7 +51,7 @@ class TTTConfig:
     """Inner-loop settings. ``inner_lr=0`` freezes the fast weights (the frozen baseline)."""
 
     chunk_bytes: int = 512
-    inner_lr: float = 0.1
+    inner_lr: float = 3.0  # with max_grad_norm=1: each step moves the fast weights by at most 3
     max_grad_norm: float = 1.0
     decay: float = 0.0  # fraction of (fast - initial) removed per step; 0 keeps all changes
 

@@ -227,7 +227,8 @@ class HybridMemory:
         InputError: ``path`` is a file or a foreign non-empty directory.
         FormatError: the directory was written by a newer memsdk or another embedder.
         IndexCorruptedError: the vector index is missing or corrupted (see ``rebuild_index``).
-        ModelNotFoundError: the embedding model package is not installed.
+        ModelNotFoundError: the embedding model package or the weight-memory model
+            (``config.weights_model``) is not installed.
     """
 
     def __init__(

@@ -25,7 +25,7 @@ def test_the_shipped_model_loads_offline_with_a_card():
     model, metadata, extra = load_model()
     card = model.card
     assert extra == {}  # no optimizer moments in the shipped files
-    for key in ("name", "steps", "bytes_seen", "corpus", "heldout_bits_per_byte"):
+    for key in ("name", "total_steps", "total_bytes_seen", "corpus", "heldout_bits_per_byte"):
         assert key in card, key
     assert model.default_ttt.inner_lr > 0
     assert metadata["config"]["n_layer"] == model.config.n_layer
