@@ -36,6 +36,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/notepad.py --sizes 10000
+	$(PY) benchmarks/weights.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-memory
