@@ -195,7 +195,7 @@ def fit(args: argparse.Namespace) -> None:
             _log(
                 {
                     "step": step,
-                    "train_bpb": float(loss) / LN2,
+                    "train_bpb": float(loss.detach()) / LN2,
                     "lr": lr,
                     "bytes_seen": bytes_seen,
                     "seconds": round(time.perf_counter() - started, 1),

@@ -153,8 +153,15 @@ def test_the_wheel_installs_one_namespace(tmp_path):
         "memsdk/stores/sql.py",
         "memsdk/stores/embedder.py",
         "memsdk/py.typed",
+        "memsdk/engine/weights/default/index.json",
+        "memsdk/engine/weights/default/shard-00001.safetensors",
+        "memsdk/engine/weights/small-plain/index.json",
     ):
         assert required in names
+    shipped = sum(
+        i.file_size for i in zipfile.ZipFile(wheel).infolist() if "/weights/" in i.filename
+    )
+    assert shipped <= 60 * 1024 * 1024  # the shipped models stay within 60 MB
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "memsdk = memsdk.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -168,6 +175,7 @@ def test_the_wheel_installs_one_namespace(tmp_path):
     assert install.returncode == 0, install.stderr
     probe = (
         "import memsdk, memsdk.engine, memsdk.kernels, memsdk.stores.sql, importlib.util as u;"
+        "model, _, _ = memsdk.engine.load_model();"  # the default model loads from the wheel
         "print(memsdk.__file__);"
         "print([u.find_spec(n) is None for n in ('engine', 'kernels', 'stores')])"
     )

@@ -1,0 +1,105 @@
+"""The outer loop on a tiny corpus: build, pre-train, resume, meta-learn, tune, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memsdk.engine import load_model
+from memsdk.engine.corpus import HELDOUT_SYSTEMS, build_corpus, split_files
+from memsdk.engine.train import main as train
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared):
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, shared=shared(), max_source_bytes=48 * 1024)
+    return out
+
+
+def test_the_split_is_by_whole_files_and_holds_out_three_log_systems(shared):
+    split = split_files(shared())
+    train = {f.path for f in split.train}
+    heldout = {f.path for f in split.heldout}
+    assert train and heldout and not train & heldout
+    systems = {f.name.split("/")[0] for f in split.heldout if f.source == "loghub"}
+    assert systems == set(HELDOUT_SYSTEMS)
+    assert not any(f.source == "loghub" and f.name.split("/")[0] in systems for f in split.train)
+    assert not any(f.source == "tickets" for f in split.train)
+    for source in {f.source for f in split.train}:  # some files of every other source
+        assert any(f.source == source for f in split.heldout), source
+    assert [f.path for f in split_files(shared()).heldout] == [f.path for f in split.heldout]
+
+
+def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
+    summary = json.loads((corpus / "corpus.json").read_text())
+    assert summary["train_bytes"] == (corpus / "train.bin").stat().st_size > 0
+    common = ["--corpus", str(corpus), "--batch", "2", "--log-every", "1", "--threads", "1"]
+    plain = tmp_path / "plain"
+    fit = ["fit", "--out", str(plain), "--preset", "tiny", "--seq-bytes", "64", *common]
+    assert train([*fit, "--steps", "2", "--eval-every", "2"]) == 0
+    first, *_ = load_model(plain)
+    assert first.card["steps"] == 2 and first.card["history"][-1]["step"] == 2
+    assert train([*fit, "--steps", "3", "--eval-every", "100"]) == 0  # resumes from step 2
+    resumed, _, moments = load_model(plain)
+    assert resumed.card["steps"] == 3 and resumed.card["bytes_seen"] == 3 * 2 * 64
+    assert any(k.endswith(".exp_avg_sq") for k in moments)  # optimizer state travels along
+
+    meta = tmp_path / "meta"
+    assert (
+        train(
+            [
+                "fit",
+                "--out",
+                str(meta),
+                "--init",
+                str(plain),
+                "--mode",
+                "meta",
+                "--chunks",
+                "3",
+                "--chunk-bytes",
+                "32",
+                "--steps",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
+    learned, *_ = load_model(meta)
+    assert learned.card["mode"] == "meta" and learned.card["total_steps"] == 4
+
+    assert train(["tune", "--corpus", str(corpus), "--model", str(meta), "--threads", "1"]) == 0
+    tuned, *_ = load_model(meta)
+    assert set(tuned.card["tuning"]["dev_bpb_by_inner_lr"]) >= {"0.0", "3.0"}
+
+    shipped = tmp_path / "shipped"
+    assert (
+        train(
+            [
+                "export",
+                "--corpus",
+                str(corpus),
+                "--model",
+                str(meta),
+                "--out",
+                str(shipped),
+                "--name",
+                "tiny-test",
+                "--heldout-bytes",
+                "1024",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    model, _, extra = load_model(shipped)
+    assert extra == {} and model.card["name"] == "tiny-test"
+    heldout = model.card["heldout_bits_per_byte"]
+    assert {"loghub/BGL", "loghub/HDFS", "loghub/OpenStack"} <= set(heldout)
+    assert all(v["bytes"] == 1024 for v in heldout.values())
+    out = capsys.readouterr().out
+    assert '"train_bpb"' in out and '"chosen_inner_lr"' in out
