@@ -97,6 +97,7 @@ def main() -> int:
             log_lines = log.read_text(encoding="utf-8").splitlines(keepends=True)[:TAIL_LINES]
         cut = len(log_lines) * 3 // 4
         earlier, later = log_lines[:cut], "".join(log_lines[cut:])
+        mem.flush()  # the weight memory has absorbed the code; not yet the log
         surprise_before = mem.bits_per_byte(later, scope=scope)
         name = f"{log} (lines 1-{cut} of the last {len(log_lines)})"
         report = mem.ingest(earlier, scope=scope, name=name, metadata={"kind": "log"})
