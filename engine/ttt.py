@@ -274,25 +274,27 @@ def inner_update(
     return new, norm
 
 
-def _prefix(state: TTTState, inputs: Tensor) -> tuple[Tensor, list[KVCache]]:
-    model = state.model
+def _forward(
+    model: ByteLM, inputs: bytes, caches: list[KVCache], fast_weights: FastWeights
+) -> tuple[Tensor, list[KVCache]]:
+    """Logits (C, 256) for one chunk of input bytes and the caches after it. The frozen prefix
+    runs without autograd; the suffix runs in the caller's grad mode."""
+    first = model.config.first_dynamic
     with torch.no_grad():
-        return model.prefix(model.embed(inputs), state.caches[: model.config.first_dynamic])
+        hidden, prefix_caches = model.prefix(model.embed(_tokens(inputs)), caches[:first])
+    logits, suffix_caches = model.suffix(hidden, caches[first:], fast_weights)
+    return logits[0], prefix_caches + suffix_caches
 
 
 def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
     """Score one chunk, then one inner step on it. Returns the bits of each byte (C,)."""
     model, config = state.model, state.config
-    inputs = _tokens(bytes([state.last_byte]) + chunk[:-1])
-    targets = _tokens(chunk)
-    hidden, prefix_caches = _prefix(state, inputs)
     learn = config.inner_lr > 0
     fast = {n: w.detach().requires_grad_(learn) for n, w in state.fast_weights.items()}
     with torch.enable_grad() if learn else torch.no_grad():
-        logits, suffix_caches = model.suffix(
-            hidden, state.caches[model.config.first_dynamic :], fast
-        )
-        losses = F.cross_entropy(logits[0], targets[0], reduction="none")  # (C,) nats
+        inputs = bytes([state.last_byte]) + chunk[:-1]
+        logits, caches = _forward(model, inputs, state.caches, fast)
+        losses = F.cross_entropy(logits, _tokens(chunk)[0], reduction="none")  # (C,) nats
         loss = losses.mean()
         accepted = False
         if learn and torch.isfinite(loss):
@@ -304,7 +306,7 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
     if learn:
         state.steps += accepted
         state.rejected_steps += not accepted
-    state.caches = [(k.detach(), v.detach()) for k, v in prefix_caches + suffix_caches]
+    state.caches = [(k.detach(), v.detach()) for k, v in caches]
     state.last_byte = chunk[-1]
     state.position += len(chunk)
     return losses.detach() / LN2
@@ -362,23 +364,16 @@ def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"
         return torch.zeros(0)
     model, size = state.model, state.config.chunk_bytes
     text = context + data
-    inputs_all = bytes([START_BYTE]) + text[:-1]
+    inputs = bytes([START_BYTE]) + text[:-1]
     caches = _empty_caches(model)
     out = []
     with torch.no_grad():
         for start in range(0, len(text), size):
-            inputs, targets = (
-                _tokens(inputs_all[start : start + size]),
-                _tokens(text[start : start + size]),
+            logits, caches = _forward(
+                model, inputs[start : start + size], caches, state.fast_weights
             )
-            hidden, prefix_caches = model.prefix(
-                model.embed(inputs), caches[: model.config.first_dynamic]
-            )
-            logits, suffix_caches = model.suffix(
-                hidden, caches[model.config.first_dynamic :], state.fast_weights
-            )
-            caches = prefix_caches + suffix_caches
-            out.append(F.cross_entropy(logits[0], targets[0], reduction="none") / LN2)
+            targets = _tokens(text[start : start + size])[0]
+            out.append(F.cross_entropy(logits, targets, reduction="none") / LN2)
     return torch.cat(out)[len(context) :]
 
 
@@ -419,14 +414,11 @@ def generate(
     model, size = state.model, state.config.chunk_bytes
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     caches = _empty_caches(model)
-    first = model.config.first_dynamic
 
     def feed(tokens: bytes) -> Tensor:
         nonlocal caches
-        hidden, prefix_caches = model.prefix(model.embed(_tokens(tokens)), caches[:first])
-        logits, suffix_caches = model.suffix(hidden, caches[first:], state.fast_weights)
-        caches = prefix_caches + suffix_caches
-        return logits[0, -1]
+        logits, caches = _forward(model, tokens, caches, state.fast_weights)
+        return logits[-1]
 
     out = bytearray()
     with torch.no_grad():

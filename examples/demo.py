@@ -100,8 +100,8 @@ def main() -> int:
         mem.flush()  # the weight memory has absorbed the code; not yet the log
         surprise_before = mem.bits_per_byte(later, scope=scope)
         name = f"{log} (lines 1-{cut} of the last {len(log_lines)})"
-        report = mem.ingest(earlier, scope=scope, name=name, metadata={"kind": "log"})
-        print(f"ingested {cut} lines of {log}: {report.chunks} new chunks")
+        log_report = mem.ingest(earlier, scope=scope, name=name, metadata={"kind": "log"})
+        print(f"ingested {cut} lines of {log}: {log_report.chunks} new chunks")
         mem.flush()  # wait until the weight memory has absorbed everything stored
         print(f"ingest took {time.perf_counter() - started:.1f} s (weight memory included)")
 
@@ -120,6 +120,8 @@ def main() -> int:
         surprise_after = mem.bits_per_byte(later, scope=scope)
         print(f"  bits per byte before ingesting the earlier lines: {surprise_before:.3f}")
         print(f"  bits per byte after absorbing them:               {surprise_after:.3f}")
+        if not log_report.chunks:
+            print(f"  (absorbed by an earlier run already: delete {mem.path} to see the change)")
         prompt = later.splitlines()[0][:24]
         print(f"  completion of {prompt!r}: {mem.complete(prompt, scope=scope, max_bytes=80)!r}")
 

@@ -608,7 +608,8 @@ class HybridMemory:
     ) -> str:
         """Continue ``prompt`` with the scope's weight memory (greedy unless ``temperature``
         > 0). Stops after ``max_bytes`` bytes or at ``stop`` (default: the end of the line;
-        None runs to ``max_bytes``). Returns the continuation, without the prompt.
+        None runs to ``max_bytes``). Returns the continuation, without the prompt and without
+        the stop string.
 
         Raises:
             InputError: empty, oversized or non-text prompt; ``max_bytes`` outside
@@ -620,14 +621,17 @@ class HybridMemory:
             raise InputError(
                 f"max_bytes must be an int in 1..{MAX_COMPLETION_BYTES}, got {max_bytes!r}"
             )
+        stop_bytes = stop.encode() if stop else None
         out = generate(
             self._weight_state(scope),
             data,
             max_bytes,
             temperature=temperature,
-            stop=stop.encode() if stop else None,
+            stop=stop_bytes,
             seed=seed,
         )
+        if stop_bytes and out.endswith(stop_bytes):
+            out = out[: -len(stop_bytes)]
         return out.decode("utf-8", "replace")
 
     def reset_weights(self, *, scope: Scope) -> None:
