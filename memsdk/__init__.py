@@ -23,6 +23,7 @@ from memsdk.errors import (
     ModelNotFoundError,
     NotFoundError,
 )
+from memsdk.aio import AsyncHybridMemory
 from memsdk.memory import HybridMemory
 from memsdk.results import (
     AddResult,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddResult",
+    "AsyncHybridMemory",
     "ConfigError",
     "DuplicateError",
     "FilterError",

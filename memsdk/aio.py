@@ -1,0 +1,172 @@
+"""AsyncHybridMemory: the same memory for asyncio code, without blocking the event loop.
+
+Every method runs the matching :class:`~memsdk.memory.HybridMemory` method in a worker thread
+(``asyncio.to_thread``), so there is one implementation underneath and the async twin returns
+exactly what the sync call returns. ``HybridMemory`` is thread-safe, so several coroutines may
+use one instance at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, BinaryIO, TextIO
+
+from memsdk.config import MemoryConfig
+from memsdk.memory import HybridMemory
+from memsdk.results import (
+    AddResult,
+    HistoryEvent,
+    IngestReport,
+    MemoryItem,
+    MemoryStats,
+    SearchHit,
+)
+from memsdk.scope import Scope
+
+__all__ = ["AsyncHybridMemory"]
+
+
+class AsyncHybridMemory:
+    """The async twin of :class:`~memsdk.memory.HybridMemory` (same arguments, results and
+    errors). Open it with ``await AsyncHybridMemory.open(path)`` and close it with
+    ``await mem.close()`` or ``async with``.
+
+    Args:
+        memory: an open ``HybridMemory`` to wrap (``open`` makes one).
+    """
+
+    def __init__(self, memory: HybridMemory) -> None:
+        if not isinstance(memory, HybridMemory):
+            raise TypeError(f"memory must be a HybridMemory, got {type(memory).__name__}")
+        self.sync = memory
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        config: MemoryConfig | None = None,
+        rebuild_index: bool = False,
+    ) -> AsyncHybridMemory:
+        """Create or reopen the memory at ``path`` (see :class:`HybridMemory`)."""
+        memory = await asyncio.to_thread(
+            HybridMemory.open, path, config=config, rebuild_index=rebuild_index
+        )
+        return cls(memory)
+
+    async def __aenter__(self) -> AsyncHybridMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+    @property
+    def path(self) -> Any:
+        return self.sync.path
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.sync.flush)
+
+    async def add(
+        self, text: str | bytes, *, scope: Scope, metadata: Mapping[str, Any] | None = None
+    ) -> AddResult:
+        return await asyncio.to_thread(self.sync.add, text, scope=scope, metadata=metadata)
+
+    async def ingest(
+        self,
+        source: str | os.PathLike[str] | BinaryIO | TextIO | Iterable[str | bytes],
+        *,
+        scope: Scope,
+        metadata: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> IngestReport:
+        """As :meth:`HybridMemory.ingest`; an iterable source is read in the worker thread."""
+        return await asyncio.to_thread(
+            self.sync.ingest, source, scope=scope, metadata=metadata, name=name
+        )
+
+    async def search(
+        self,
+        query: str,
+        *,
+        scope: Scope,
+        k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        return await asyncio.to_thread(self.sync.search, query, scope=scope, k=k, filters=filters)
+
+    async def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
+        return await asyncio.to_thread(self.sync.get, memory_id, scope=scope)
+
+    async def get_all(
+        self,
+        *,
+        scope: Scope,
+        filters: Mapping[str, Any] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[MemoryItem]:
+        return await asyncio.to_thread(
+            self.sync.get_all, scope=scope, filters=filters, limit=limit, offset=offset
+        )
+
+    async def update(
+        self,
+        memory_id: int,
+        *,
+        scope: Scope,
+        text: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MemoryItem:
+        return await asyncio.to_thread(
+            self.sync.update, memory_id, scope=scope, text=text, metadata=metadata
+        )
+
+    async def delete(self, memory_id: int, *, scope: Scope) -> None:
+        await asyncio.to_thread(self.sync.delete, memory_id, scope=scope)
+
+    async def delete_all(self, *, scope: Scope) -> int:
+        return await asyncio.to_thread(self.sync.delete_all, scope=scope)
+
+    async def history(self, memory_id: int, *, scope: Scope) -> list[HistoryEvent]:
+        return await asyncio.to_thread(self.sync.history, memory_id, scope=scope)
+
+    async def stats(self) -> MemoryStats:
+        return await asyncio.to_thread(self.sync.stats)
+
+    async def rebuild_index(self) -> int:
+        return await asyncio.to_thread(self.sync.rebuild_index)
+
+    async def bits_per_byte(self, text: str | bytes, *, scope: Scope) -> float:
+        return await asyncio.to_thread(self.sync.bits_per_byte, text, scope=scope)
+
+    async def complete(
+        self,
+        prompt: str | bytes,
+        *,
+        scope: Scope,
+        max_bytes: int = 200,
+        stop: str | None = "\n",
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> str:
+        return await asyncio.to_thread(
+            self.sync.complete,
+            prompt,
+            scope=scope,
+            max_bytes=max_bytes,
+            stop=stop,
+            temperature=temperature,
+            seed=seed,
+        )
+
+    async def reset_weights(self, *, scope: Scope) -> None:
+        await asyncio.to_thread(self.sync.reset_weights, scope=scope)
