@@ -11,6 +11,7 @@ memory behind one API::
         hits = mem.search("VPN drops after sleep", scope=scope, k=5)
 """
 
+from memsdk.aio import AsyncHybridMemory
 from memsdk.config import MemoryConfig
 from memsdk.errors import (
     ConfigError,
@@ -23,7 +24,6 @@ from memsdk.errors import (
     ModelNotFoundError,
     NotFoundError,
 )
-from memsdk.aio import AsyncHybridMemory
 from memsdk.memory import HybridMemory
 from memsdk.results import (
     AddResult,
