@@ -15,6 +15,7 @@ from memsdk.engine.ttt import (
     bits_per_byte,
     byte_losses,
     generate,
+    score_bytes,
     stream,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "score_bytes",
     "stream",
 ]

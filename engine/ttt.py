@@ -39,6 +39,7 @@ __all__ = [
     "byte_losses",
     "generate",
     "inner_update",
+    "score_bytes",
     "stream",
 ]
 
@@ -352,6 +353,39 @@ def stream(
     )
 
 
+def score_bytes(
+    state: TTTState, data: bytes | str, *, context: bytes | str = b""
+) -> tuple[Tensor, Tensor]:
+    """Score ``data`` under the state's current fast weights, in a fresh window that holds only
+    ``context`` (which is not scored). The state is not changed.
+
+    Returns:
+        (bits, greedy): the bits of each byte of ``data`` (N,) and whether each byte is the
+        model's most likely next byte (N,) bool. Greedy decoding after ``context`` reproduces
+        ``data`` exactly when every entry of ``greedy`` is true.
+
+    Raises:
+        InputError: ``data`` or ``context`` is neither bytes nor str.
+    """
+    data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
+    if not data:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+    model, size = state.model, state.config.chunk_bytes
+    text = context + data
+    inputs = bytes([START_BYTE]) + text[:-1]
+    caches = _empty_caches(model)
+    bits, greedy = [], []
+    with torch.no_grad():
+        for start in range(0, len(text), size):
+            logits, caches = _forward(
+                model, inputs[start : start + size], caches, state.fast_weights
+            )
+            targets = _tokens(text[start : start + size])[0]
+            bits.append(F.cross_entropy(logits, targets, reduction="none") / LN2)
+            greedy.append(logits.argmax(-1) == targets)
+    return torch.cat(bits)[len(context) :], torch.cat(greedy)[len(context) :]
+
+
 def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> Tensor:
     """Bits for each byte of ``data`` (N,) under the state's current fast weights, in a fresh
     window that holds only ``context`` (which is not scored). The state is not changed.
@@ -359,22 +393,7 @@ def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"
     Raises:
         InputError: ``data`` or ``context`` is neither bytes nor str.
     """
-    data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
-    if not data:
-        return torch.zeros(0)
-    model, size = state.model, state.config.chunk_bytes
-    text = context + data
-    inputs = bytes([START_BYTE]) + text[:-1]
-    caches = _empty_caches(model)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(text), size):
-            logits, caches = _forward(
-                model, inputs[start : start + size], caches, state.fast_weights
-            )
-            targets = _tokens(text[start : start + size])[0]
-            out.append(F.cross_entropy(logits, targets, reduction="none") / LN2)
-    return torch.cat(out)[len(context) :]
+    return score_bytes(state, data, context=context)[0]
 
 
 def bits_per_byte(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> float:
