@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     column,
     create_engine,
     delete,
@@ -712,6 +713,17 @@ class SQLStore:
                 select(ChunkRow.scope_id, func.max(ChunkRow.id)).group_by(ChunkRow.scope_id)
             ).all()
         return {int(r[0]): int(r[1]) for r in rows}
+
+    def bytes_after(self, scope_id: int, after_id: int) -> tuple[int, int]:
+        """The scope's text bytes: (all of them, those in chunks with id > ``after_id``)."""
+        size = ChunkRow.end_byte - ChunkRow.start_byte
+        with self.reading() as s:
+            total, after = s.execute(
+                select(
+                    func.sum(size), func.sum(case((ChunkRow.id > after_id, size), else_=0))
+                ).where(ChunkRow.scope_id == scope_id)
+            ).one()
+        return int(total or 0), int(after or 0)
 
     def all_chunk_ids(self) -> np.ndarray:
         with self.reading() as s:
