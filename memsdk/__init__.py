@@ -27,13 +27,19 @@ from memsdk.errors import (
 from memsdk.memory import HybridMemory
 from memsdk.results import (
     AddResult,
+    Answer,
     HistoryEvent,
     IngestReport,
     MemoryItem,
     MemoryStats,
+    RouteDecision,
+    RouteFeatures,
+    RouterCalibration,
     ScopeStats,
     SearchHit,
     SkippedSource,
+    Surprise,
+    SurpriseLine,
     WeightFigures,
 )
 from memsdk.scope import Scope
@@ -42,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddResult",
+    "Answer",
     "AsyncHybridMemory",
     "ConfigError",
     "DuplicateError",
@@ -58,10 +65,15 @@ __all__ = [
     "MemsdkError",
     "ModelNotFoundError",
     "NotFoundError",
+    "RouteDecision",
+    "RouteFeatures",
+    "RouterCalibration",
     "Scope",
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "Surprise",
+    "SurpriseLine",
     "WeightFigures",
     "__version__",
 ]

@@ -17,11 +17,14 @@ from memsdk.config import MemoryConfig
 from memsdk.memory import HybridMemory
 from memsdk.results import (
     AddResult,
+    Answer,
     HistoryEvent,
     IngestReport,
     MemoryItem,
     MemoryStats,
+    RouterCalibration,
     SearchHit,
+    Surprise,
 )
 from memsdk.scope import Scope
 
@@ -170,3 +173,35 @@ class AsyncHybridMemory:
 
     async def reset_weights(self, *, scope: Scope) -> None:
         await asyncio.to_thread(self.sync.reset_weights, scope=scope)
+
+    async def query(
+        self,
+        query: str,
+        *,
+        scope: Scope,
+        route: str = "auto",
+        k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+        max_bytes: int = 200,
+    ) -> Answer:
+        return await asyncio.to_thread(
+            self.sync.query,
+            query,
+            scope=scope,
+            route=route,
+            k=k,
+            filters=filters,
+            max_bytes=max_bytes,
+        )
+
+    async def surprise(
+        self, text: str | bytes, *, scope: Scope, weights: str = "adapted"
+    ) -> Surprise:
+        return await asyncio.to_thread(self.sync.surprise, text, scope=scope, weights=weights)
+
+    async def calibrate_router(
+        self, *, scope: Scope, probes: int = 200, seed: int = 0, progress: bool = False
+    ) -> RouterCalibration:
+        return await asyncio.to_thread(
+            self.sync.calibrate_router, scope=scope, probes=probes, seed=seed, progress=progress
+        )

@@ -1,4 +1,4 @@
-"""The ``memsdk`` command line: ingest, search, stats and rebuild-index on a memory directory."""
+"""The ``memsdk`` command line: ingest, search, query, calibrate, stats and rebuild-index."""
 
 from __future__ import annotations
 
@@ -64,6 +64,53 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_query(args: argparse.Namespace) -> int:
+    filters = json.loads(args.filters) if args.filters else None
+    with HybridMemory.open(args.memory) as mem:
+        ans = mem.query(
+            args.query,
+            scope=_scope(args),
+            route=args.route,
+            k=args.k,
+            filters=filters,
+            max_bytes=args.max_bytes,
+        )
+    if args.json:
+        print(ans.model_dump_json(indent=2))
+        return 0
+    route = ans.route
+    print(f"branch      {route.branch} ({'forced' if route.forced else route.policy + ' policy'})")
+    print(f"reason      {route.reason}")
+    f = route.features
+    print(
+        f"features    identifiers {f.identifiers}, exact hits {f.exact_hits}, similarity "
+        f"{f.top_similarity:.2f} (margin {f.similarity_margin:.2f}), query {f.query_bits:.2f} "
+        f"bits/byte ({f.query_bits_gain:+.2f} vs initial), unabsorbed "
+        f"{f.unconsolidated_share:.0%}"
+    )
+    print(f"completion  {args.query}⟨{ans.completion}⟩")
+    for rank, hit in enumerate(ans.passages, 1):
+        first = hit.text.strip().splitlines()[0][:160] if hit.text.strip() else ""
+        mark = " (exact id)" if hit.exact_match else ""
+        print(f"{rank}. [id {hit.id}] score {hit.score:.4f}{mark}  {first}")
+    timings = ", ".join(f"{stage} {ms:.0f}" for stage, ms in ans.timings.items())
+    print(f"timings ms  {timings}")
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    with HybridMemory.open(args.memory) as mem:
+        cal = mem.calibrate_router(scope=_scope(args), probes=args.probes, progress=not args.quiet)
+    print(
+        f"calibrated the router of {cal.scope} on {cal.probes} probes ({cal.needle_probes} "
+        f"needles, {cal.pattern_probes} patterns) in {cal.seconds:.1f} s"
+    )
+    bits = ", ".join(f"{name} {value:.3f}" for name, value in cal.mean_bits.items())
+    print(f"mean bits per byte of the answers: {bits}")
+    print("routes: " + ", ".join(f"{b} {n}" for b, n in cal.chosen.items()))
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     with HybridMemory.open(args.memory) as mem:
         stats = mem.stats()
@@ -113,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, default=3, help="lines of each hit to show")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     p.set_defaults(handler=_cmd_search)
+
+    p = sub.add_parser("query", help="routed query: notepad, weights or both, and why")
+    p.add_argument("query")
+    _memory_arg(p)
+    _add_scope_args(p)
+    p.add_argument("--route", default="auto", choices=["auto", "notepad", "weights", "both"])
+    p.add_argument("-k", type=int, default=5, help="number of passages (default 5)")
+    p.add_argument("--filters", help="metadata filter as JSON (as for search)")
+    p.add_argument("--max-bytes", type=int, default=200, help="longest completion (default 200)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(handler=_cmd_query)
+
+    p = sub.add_parser("calibrate", help="fit a scope's router on probes from its own data")
+    _memory_arg(p)
+    _add_scope_args(p)
+    p.add_argument("--probes", type=int, default=200, help="probes to make (default 200)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_calibrate)
 
     p = sub.add_parser("stats", help="what a memory holds")
     _memory_arg(p)

@@ -60,6 +60,13 @@ class MemoryConfig(BaseModel):
         description="an ingest saves the vector index file only if the last save is older than "
         "this (flush() and close() always save; after a crash the index catches up from SQL)",
     )
+    query_context_bytes: int = Field(
+        512,
+        ge=0,
+        le=1 << 16,
+        description="bytes of retrieved passage lines a routed query puts in the weight "
+        "model's window before the query (the default model attends 256 bytes back per block)",
+    )
     weight_memory: bool = Field(
         True,
         description="also stream every scope's chunks into its weight memory (test-time "

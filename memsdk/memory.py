@@ -13,13 +13,16 @@ import hashlib
 import itertools
 import logging
 import os
+import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
+
+import torch
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
@@ -30,20 +33,39 @@ from memsdk.filters import compile_filters, validate_metadata
 from memsdk.progress import progress_bar
 from memsdk.results import (
     AddResult,
+    Answer,
     HistoryEvent,
     IngestReport,
     MemoryItem,
     MemoryStats,
+    RouteDecision,
+    RouteFeatures,
+    RouterCalibration,
     ScopeStats,
     SearchHit,
     SkippedSource,
+    Surprise,
+    SurpriseLine,
     WeightFigures,
+)
+from memsdk.router import (
+    BRANCHES,
+    ROUTES,
+    Policy,
+    Probe,
+    default_policy,
+    explain,
+    fit_policy,
+    identifier_spans,
+    make_probes,
+    passage_context,
+    score_branches,
 )
 from memsdk.scope import Scope
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import ChunkRecord, NewChunk
-from memsdk.stores.weights import WeightSnapshots
+from memsdk.stores.weights import RouterPolicies, WeightSnapshots
 
 __all__ = ["HybridMemory"]
 
@@ -54,9 +76,6 @@ SNIFF_BYTES = 8192
 MAX_K = 1000
 MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 
-# Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs.
-_IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[/~.]?\w+(?:[-_:/.]\w+)+$")
-_TRIM = "\"'`()[]{}<>,;!?"
 
 _embedder: MiniLMEmbedder | None = None
 _embedder_lock = threading.Lock()
@@ -82,16 +101,6 @@ def _shared_embedder() -> MiniLMEmbedder:
         if _embedder is None:
             _embedder = MiniLMEmbedder()
         return _embedder
-
-
-def identifier_spans(query: str) -> list[str]:
-    """Identifier-like pieces of a query: ``blk_-160...``, ``R02-M1-N0-C:J12-U11``, ``4812``."""
-    spans = []
-    for piece in query.split():
-        piece = piece.strip(_TRIM).rstrip(".:")  # sentence punctuation is not part of an id
-        if _IDENTIFIER.match(piece):
-            spans.append(piece)
-    return spans
 
 
 def _whole(span: str) -> re.Pattern[str]:
@@ -256,6 +265,8 @@ class HybridMemory:
         )
         self.path = self.notepad.directory
         self._closed = False
+        self.policies = RouterPolicies(self.path)
+        self._policy_cache: dict[int, Policy] = {}
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
@@ -556,6 +567,8 @@ class HybridMemory:
         self.notepad.save_index()
         if self.weights is not None:
             self.weights.reset(scope_id)  # forgetting everything includes the weights
+        self.policies.delete(scope_id)  # and the router fitted on that data
+        self._policy_cache.pop(scope_id, None)
         return len(deleted)
 
     # ---- the weight memory -------------------------------------------------------------------
@@ -646,6 +659,327 @@ class HybridMemory:
         if scope_id is not None:
             self.weights.reset(scope_id)
 
+    # ---- routed queries ----------------------------------------------------------------------
+
+    def surprise(self, text: str | bytes, *, scope: Scope, weights: str = "adapted") -> Surprise:
+        """How novel each line of ``text`` is to the scope's memory: bits per byte per line
+        (each line with its newline), scored in one pass so every line sees the lines before
+        it in the window. High values flag lines unlike anything the scope absorbed (anomalies,
+        new templates). Nothing is learned from ``text``.
+
+        Args:
+            weights: ``"adapted"`` (the scope's fast weights) or ``"initial"`` (the weights
+                before any of the scope's data: the baseline to compare against).
+
+        Raises:
+            InputError: empty, oversized or non-text input; an unknown ``weights``; a bad scope.
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        data = self._query_bytes(text, "text")
+        if weights not in ("adapted", "initial"):
+            raise InputError(f"weights must be 'adapted' or 'initial', got {weights!r}")
+        state = self._weight_state(scope)
+        if weights == "initial":
+            state = self.weights.initial_state()  # type: ignore[union-attr]
+        bits = byte_losses(state, data)
+        lines, start = [], 0
+        for number, raw in enumerate(data.splitlines(keepends=True)):
+            end = start + len(raw)
+            text_line, _ = decode_chunk(raw.rstrip(b"\r\n"))
+            mean = float(bits[start:end].mean())
+            lines.append(SurpriseLine(line=number, text=text_line, bits_per_byte=mean))
+            start = end
+        return Surprise(bits_per_byte=float(bits.mean()), weights=weights, lines=lines)
+
+    def query(
+        self,
+        query: str,
+        *,
+        scope: Scope,
+        route: str = "auto",
+        k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+        max_bytes: int = 200,
+    ) -> Answer:
+        """Answer ``query`` from the memory that holds the answer: the notepad, the weights, or
+        both, decided per query by the router (or forced with ``route``).
+
+        The query is a prompt to continue, like the first words of a log line or a fact
+        (``"blk_-1608999687919862906 was"``). The notepad is searched (:meth:`search`, with
+        ``filters``); the router reads cheap features of the query and the hits (identifiers
+        held verbatim, similarity, how familiar the query is to the scope's weights, how much
+        of the scope is not absorbed yet) and picks a branch with the scope's calibrated
+        policy (:meth:`calibrate_router`) or the shipped default. The completion is the
+        weight memory's greedy continuation of the query up to the end of the line:
+
+        - ``notepad``: with the passage lines most relevant to the query in the window, read
+          by the initial weights;
+        - ``weights``: the query alone, read by the scope's fast weights;
+        - ``both``: the passage lines, read by the scope's fast weights.
+
+        A scope that holds nothing gets an empty answer (no passages, empty completion,
+        ``route.reason`` says so). With ``weight_memory=False`` the notepad answers alone and
+        the completion is empty.
+
+        Args:
+            route: ``"auto"``, or a branch to force (``"weights"`` skips the notepad search).
+            k: passages to return (1..1000).
+            filters: metadata filters for the notepad search (see :meth:`search`).
+            max_bytes: the longest completion in bytes (1..4096).
+
+        Raises:
+            InputError: an empty or oversized query, an unknown route, a bad ``k``,
+                ``max_bytes`` or scope.
+            FilterError: a malformed filter.
+            MemsdkError: ``route`` is ``weights`` or ``both`` on a memory opened with
+                ``weight_memory=False``.
+        """
+        started = time.perf_counter()
+        self._check_query(query, k)
+        if route not in ROUTES:
+            raise InputError(f"route must be one of {', '.join(ROUTES)}; got {route!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise InputError(f"max_bytes must be an int, got {max_bytes!r}")
+        if not 1 <= max_bytes <= MAX_COMPLETION_BYTES:
+            raise InputError(f"max_bytes must be in 1..{MAX_COMPLETION_BYTES}, got {max_bytes}")
+        if self.weights is None and route in ("weights", "both"):
+            raise MemsdkError(
+                f"route={route!r} needs the weight memory, and {self.path} was opened with "
+                "weight_memory=False: use route='notepad', or open it with weight_memory=True"
+            )
+        timings: dict[str, float] = {}
+
+        def lap(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[stage] = (now - since) * 1000
+            return now
+
+        hits: list[SearchHit] = []
+        clock = started
+        if route != "weights":
+            # Two hits at least: the similarity margin needs a runner-up.
+            hits = self.search(query, scope=scope, k=max(k, 2), filters=filters)
+            clock = lap("search", clock)
+        scope_id = self._scope_id(scope, create=False)
+        chunks = self.notepad.sql.bytes_after(scope_id, 0)[0] if scope_id is not None else 0
+        if not chunks:
+            features = RouteFeatures(
+                identifiers=len(identifier_spans(query)),
+                exact_hits=0,
+                top_similarity=0.0,
+                similarity_margin=0.0,
+                query_bits=0.0,
+                query_bits_gain=0.0,
+                unconsolidated_share=0.0,
+            )
+            decision = RouteDecision(
+                branch="notepad" if route == "auto" else route,  # type: ignore[arg-type]
+                reason=f"the scope {scope} holds no memories yet: nothing to recall",
+                features=features,
+                forced=route != "auto",
+                policy="none",
+            )
+            lap("total", started)
+            return Answer(
+                query=query,
+                scope=scope,
+                route=decision,
+                passages=[],
+                context="",
+                completion="",
+                timings=timings,
+            )
+        features, exact_span = self._route_features(query, scope_id, hits)
+        clock = lap("features", clock)
+        if route != "auto":
+            branch, policy_kind = route, "forced"
+            reason = f"{route}: forced by route={route!r}"
+        elif self.weights is None:
+            branch, policy_kind = "notepad", "none"
+            reason = "notepad: the weight memory is off (weight_memory=False)"
+        else:
+            policy = self._policy(scope_id)
+            branch, policy_kind = policy.choose(features), policy.kind
+            reason = explain(branch, features, exact_span=exact_span)
+        clock = lap("route", clock)
+        context = ""
+        if branch != "weights":
+            context = passage_context(query, hits[:k], budget=self.config.query_context_bytes)
+        completion = ""
+        if self.weights is not None:
+            state = self.weights.initial_state()
+            if branch != "notepad":
+                state = self.weights.state(scope_id)
+            prompt = (context + query).encode("utf-8", "surrogateescape")
+            out = generate(state, prompt, max_bytes, stop=b"\n")
+            completion = out.removesuffix(b"\n").decode("utf-8", "replace")
+            clock = lap("complete", clock)
+        lap("total", started)
+        return Answer(
+            query=query,
+            scope=scope,
+            route=RouteDecision(
+                branch=branch,  # type: ignore[arg-type]
+                reason=reason,
+                features=features,
+                forced=route != "auto",
+                policy=policy_kind,
+            ),
+            passages=hits[:k],
+            context=context,
+            completion=completion,
+            timings=timings,
+        )
+
+    def _route_features(
+        self, query: str, scope_id: int, hits: Sequence[SearchHit]
+    ) -> tuple[RouteFeatures, str | None]:
+        """The router's features for one query and its hits, and an identifier of the query
+        that a hit holds verbatim (None if none does)."""
+        spans = identifier_spans(query)[:MAX_IDENTIFIERS]
+        held = [s for s in spans if any(_whole(s).search(h.text) for h in hits)]
+        similarities = sorted(
+            (h.similarity for h in hits if h.similarity is not None), reverse=True
+        )
+        top = similarities[0] if similarities else 0.0
+        margin = top - similarities[1] if len(similarities) > 1 else top
+        query_bits = gain = share = 0.0
+        if self.weights is not None:
+            data = query.encode("utf-8", "surrogateescape")
+            adapted = self.weights.state(scope_id)
+            query_bits = float(byte_losses(adapted, data).mean())
+            gain = float(byte_losses(self.weights.initial_state(), data).mean()) - query_bits
+            through = self.weights.figures(scope_id).through_chunk_id
+            total, pending = self.notepad.sql.bytes_after(scope_id, through)
+            share = pending / total if total else 0.0
+        features = RouteFeatures(
+            identifiers=len(spans),
+            exact_hits=len(held),
+            top_similarity=top,
+            similarity_margin=margin,
+            query_bits=query_bits,
+            query_bits_gain=gain,
+            unconsolidated_share=share,
+        )
+        return features, max(held, key=len) if held else None  # the most specific id
+
+    def _policy(self, scope_id: int) -> Policy:
+        """The scope's calibrated policy if it has one, else the shipped default. A damaged
+        policy file is reported in the log and the default is used."""
+        if scope_id not in self._policy_cache:
+            data = self.policies.read(scope_id)
+            policy = default_policy()
+            if data is not None:
+                try:
+                    policy = Policy.from_json(data, source=str(self.policies.path(scope_id)))
+                except MemsdkError as e:
+                    logger.warning("%s; using the default policy", e)
+            self._policy_cache[scope_id] = policy
+        return self._policy_cache[scope_id]
+
+    def calibrate_router(
+        self,
+        *,
+        scope: Scope,
+        probes: int = 200,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> RouterCalibration:
+        """Fit the scope's router on probes made from its own data, and store it with the
+        memory (``router/scope-<id>.json``); later queries of the scope use it.
+
+        Probes come in two kinds (:func:`memsdk.router.make_probes`): needles (a line cut
+        after an identifier found in one chunk only; the answer is the rest of the line) and
+        patterns (a line of a frequent shape cut early; its own chunk is left out of the
+        retrieval, so the notepad cannot simply copy it). Each branch is scored by the bits
+        per byte of the probe's answer, and a policy is fitted to minimise them
+        (:func:`memsdk.router.fit_policy`). The weight memory is flushed first.
+
+        Args:
+            probes: how many probes to make at most (half needles, half patterns).
+            seed: picks the sampled chunks and lines.
+
+        Raises:
+            NotFoundError: the scope holds no data.
+            InputError: the scope's data yields fewer than 20 probes (too little or too
+                uniform data); bad arguments.
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        started = time.perf_counter()
+        if isinstance(probes, bool) or not isinstance(probes, int) or not 20 <= probes <= 10_000:
+            raise InputError(f"probes must be an int in 20..10000, got {probes!r}")
+        self._weight_state(scope)
+        scope_id = self._scope_id(scope, create=False)
+        if scope_id is None or not self.notepad.sql.bytes_after(scope_id, 0)[0]:
+            raise NotFoundError(f"{scope} holds no data to calibrate on: ingest first")
+        self.flush()
+        made, features, bits = self._probe_scores(scope, scope_id, probes, seed, progress)
+        if len(made) < 20:
+            raise InputError(
+                f"{scope} yields {len(made)} probes, calibration needs at least 20: ingest more "
+                "data (the default policy stays in use)"
+            )
+        policy = fit_policy(features, bits)
+        self.policies.write(scope_id, policy.to_json())
+        self._policy_cache[scope_id] = policy
+        chosen = [BRANCHES.index(policy.choose(f)) for f in features]
+        rows = torch.arange(len(made))
+        mean_bits = {b: float(bits[:, i].mean()) for i, b in enumerate(BRANCHES)}
+        mean_bits["router"] = float(bits[rows, torch.tensor(chosen)].mean())
+        mean_bits["oracle"] = float(bits.min(1).values.mean())
+        return RouterCalibration(
+            scope=scope,
+            probes=len(made),
+            needle_probes=sum(p.kind == "needle" for p in made),
+            pattern_probes=sum(p.kind == "pattern" for p in made),
+            mean_bits=mean_bits,
+            chosen={b: chosen.count(i) for i, b in enumerate(BRANCHES)},
+            seconds=time.perf_counter() - started,
+        )
+
+    def _probe_scores(
+        self, scope: Scope, scope_id: int, probes: int, seed: int, progress: bool
+    ) -> tuple[list[Probe], list[RouteFeatures], torch.Tensor]:
+        """Probes from a sample of the scope's chunks, their features and their bits per byte
+        under each branch (N, 3)."""
+        sql = self.notepad.sql
+        ids = sql.chunk_ids(scope_id).tolist()
+        sample = random.Random(seed).sample(ids, min(len(ids), 4 * probes))
+        records = sql.get_chunks(scope_id, sample)
+        chunks = [(cid, records[cid].text) for cid in sample if cid in records]
+
+        def is_rare(span: str) -> bool:
+            return len(sql.keyword_search(scope_id, span, limit=2)) == 1
+
+        made = make_probes(
+            chunks, is_rare=is_rare, needles=probes // 2, patterns=probes - probes // 2, seed=seed
+        )
+        assert self.weights is not None
+        initial, adapted = self.weights.initial_state(), self.weights.state(scope_id)
+        features, bits = [], []
+        k = 5
+        bar = progress_bar(progress, total=len(made), desc="calibrate", unit="probe")
+        for probe in made:
+            bar.update(1)
+            hits = self.search(probe.query, scope=scope, k=k + 1)
+            if probe.kind == "pattern":
+                hits = [h for h in hits if h.id != probe.chunk_id]
+            hits = hits[:k]
+            f, _ = self._route_features(probe.query, scope_id, hits)
+            context = passage_context(probe.query, hits, budget=self.config.query_context_bytes)
+            scores = score_branches(
+                initial,
+                adapted,
+                context=context,
+                query=probe.query,
+                answer=probe.answer,
+                branches=BRANCHES,
+            )
+            features.append(f)
+            bits.append([scores[b].bits_per_byte for b in BRANCHES])
+        bar.close()
+        return made, features, torch.tensor(bits, dtype=torch.float64).reshape(-1, len(BRANCHES))
+
     # ---- reading -----------------------------------------------------------------------------
 
     def search(
@@ -672,16 +1006,7 @@ class HybridMemory:
             InputError: empty or oversized query, bad ``k`` or scope.
             FilterError: a malformed filter (see :mod:`memsdk.filters`).
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("query must be a non-empty string")
-        size = len(query.encode("utf-8", "surrogatepass"))
-        if size > self.config.max_query_bytes:
-            raise InputError(
-                f"query is {size} bytes, at most {self.config.max_query_bytes}: search with a "
-                "shorter query (raise MemoryConfig.max_query_bytes if you need longer ones)"
-            )
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
+        self._check_query(query, k)
         notepad = self.notepad
         where = compile_filters(filters, dialect=notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
@@ -725,6 +1050,18 @@ class HybridMemory:
             )
             for cid in order
         ]
+
+    def _check_query(self, query: Any, k: Any) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("query must be a non-empty string")
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > self.config.max_query_bytes:
+            raise InputError(
+                f"query is {size} bytes, at most {self.config.max_query_bytes}: search with a "
+                "shorter query (raise MemoryConfig.max_query_bytes if you need longer ones)"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
 
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
         """One memory by id.

@@ -11,13 +11,19 @@ from memsdk.scope import Scope
 
 __all__ = [
     "AddResult",
+    "Answer",
     "HistoryEvent",
     "IngestReport",
     "MemoryItem",
     "MemoryStats",
+    "RouteDecision",
+    "RouteFeatures",
+    "RouterCalibration",
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "Surprise",
+    "SurpriseLine",
     "WeightFigures",
 ]
 
@@ -147,3 +153,97 @@ class MemoryStats(BaseModel):
     index_bytes: int
     weights_model: str | None = Field(None, description="name and fingerprint of the model")
     scopes: list[ScopeStats]
+
+
+Branch = Literal["notepad", "weights", "both"]
+
+
+class RouteFeatures(BaseModel):
+    """The numbers the router decides on, all computed per query in a few milliseconds."""
+
+    model_config = _FROZEN
+
+    identifiers: int = Field(description="identifier-like spans in the query (ids, hex, paths)")
+    exact_hits: int = Field(description="of those, how many a retrieved passage holds verbatim")
+    top_similarity: float = Field(description="cosine similarity of the best notepad passage")
+    similarity_margin: float = Field(description="best minus second-best passage similarity")
+    query_bits: float = Field(description="bits per byte of the query under the scope's weights")
+    query_bits_gain: float = Field(
+        description="bits per byte the scope's weights save on the query against the initial "
+        "weights: how familiar the query's kind of text has become"
+    )
+    unconsolidated_share: float = Field(
+        description="share of the scope's bytes the weight memory has not absorbed yet"
+    )
+
+
+class RouteDecision(BaseModel):
+    """Where a query's answer was looked for, and why."""
+
+    model_config = _FROZEN
+
+    branch: Branch = Field(
+        description="notepad: retrieved passages with the initial weights; weights: the "
+        "scope's fast weights alone; both: retrieved passages with the scope's fast weights"
+    )
+    reason: str = Field(description="one line a person understands")
+    features: RouteFeatures
+    forced: bool = Field(description="the caller named the branch (route= other than auto)")
+    policy: str = Field(description="'default' or 'calibrated' (fitted on the scope's probes)")
+
+
+class Answer(BaseModel):
+    """What :meth:`HybridMemory.query` returns."""
+
+    model_config = _FROZEN
+
+    query: str
+    scope: Scope
+    route: RouteDecision
+    passages: list[SearchHit] = Field(
+        description="the notepad's hits, best first (empty when route='weights' was forced, "
+        "which skips the notepad)"
+    )
+    context: str = Field(
+        description="the passage lines the completion was conditioned on ('' for the weights "
+        "branch)"
+    )
+    completion: str = Field(description="the weight memory's continuation of the query")
+    timings: dict[str, float] = Field(description="milliseconds per stage")
+
+
+class SurpriseLine(BaseModel):
+    """One line of a text scored by :meth:`HybridMemory.surprise`."""
+
+    model_config = _FROZEN
+
+    line: int = Field(description="0-based line number")
+    text: str
+    bits_per_byte: float = Field(description="mean bits per byte of the line and its newline")
+
+
+class Surprise(BaseModel):
+    """How novel a text is to a scope's memory, line by line (high: unlike what it absorbed)."""
+
+    model_config = _FROZEN
+
+    bits_per_byte: float = Field(description="mean over every byte of the text")
+    weights: Literal["adapted", "initial"]
+    lines: list[SurpriseLine]
+
+
+class RouterCalibration(BaseModel):
+    """What :meth:`HybridMemory.calibrate_router` fitted and how it scores on its probes."""
+
+    model_config = _FROZEN
+
+    scope: Scope
+    probes: int = Field(description="probes made from the scope's data")
+    needle_probes: int
+    pattern_probes: int
+    mean_bits: dict[str, float] = Field(
+        description="mean bits per byte of the probes' answers: per branch, for the fitted "
+        "router ('router') and the per-probe best branch ('oracle')"
+    )
+    chosen: dict[str, int] = Field(description="probes the fitted router sends to each branch")
+    seconds: float

@@ -445,7 +445,7 @@ def test_a_process_killed_before_closing_loses_nothing_acknowledged(memory_dir):
 
 
 def test_identifier_spans_of_a_query():
-    from memsdk.memory import identifier_spans
+    from memsdk.router import identifier_spans
 
     query = (
         "what happened to blk_-1234567. on R02-M1-N0-C:J12-U11? see /var/log/syslog; ticket 4812"

@@ -153,6 +153,7 @@ def test_the_wheel_installs_one_namespace(tmp_path):
         "memsdk/stores/sql.py",
         "memsdk/stores/embedder.py",
         "memsdk/py.typed",
+        "memsdk/router_default.json",
         "memsdk/engine/weights/default/index.json",
         "memsdk/engine/weights/default/shard-00001.safetensors",
         "memsdk/engine/weights/small-plain/index.json",

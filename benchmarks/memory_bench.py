@@ -1,0 +1,373 @@
+"""The memory benchmark: does the router send each query to the memory that holds its answer?
+
+Protocol (DESIGN.md, "How memory quality is measured"). Each stream is a real file the weight
+model never trained on: the held-out Loghub systems (BGL, HDFS, OpenStack) and the issue-tracker
+tickets. Its first three quarters (whole lines) are ingested into a fresh scope, with facts
+inserted once at random lines ("FACT ref-3fa9c1: the backup window of db-17 is 02:10 UTC");
+queries are built from the stream:
+
+- needles: a line of the ingested part cut after an identifier found in one chunk only (the
+  answer is the rest of the line), and the inserted facts cut before their value;
+- patterns: a line of the last quarter, never ingested, cut at about 40% at a space (the
+  answer is the rest of the line).
+
+Every query is scored on every branch (frozen, notepad, weights, both) by the bits per byte of
+its reference answer and by whether greedy decoding reproduces it exactly; then the router's
+choice (``HybridMemory.query``, route auto) with the shipped default policy and with the
+scope's own calibrated policy, the oracle (per-query best branch) and each always-one-branch
+policy. Also:
+
+- each whole stream scored prequentially by each branch (notepad and both retrieve, for each
+  chunk, from the chunks before it), beside ``xz -9e`` and ``zstd -19 --long``;
+- anomaly: the AUROC of ``surprise`` for BGL's alert lines (``Label`` not ``-``) in the second
+  half of the log after ingesting the first half, adapted weights versus initial weights.
+
+``--fit-default`` instead builds the same queries on development streams (Loghub systems the
+model trained on) and fits the shipped default policy, ``memsdk/router_default.json``: the
+router is tuned on development data and reported on held-out data.
+
+Usage::
+
+    python benchmarks/memory_bench.py                  # ~15 min on 2 cores
+    python benchmarks/memory_bench.py --fit-default    # refit the shipped default policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from memsdk import HybridMemory, Scope
+from memsdk.engine import TTTState, score_bytes, stream
+from memsdk.files import atomic_write_bytes
+from memsdk.results import RouteFeatures
+from memsdk.router import (
+    BRANCHES,
+    DEFAULT_POLICY_PATH,
+    fit_policy,
+    make_probes,
+    passage_context,
+    score_branches,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared"
+DEFAULT_OUT = REPO / "benchmarks" / "out"
+HELDOUT = {
+    "logs/BGL": "loghub/BGL/BGL_2k.log",
+    "logs/HDFS": "loghub/HDFS/HDFS_2k.log",
+    "logs/OpenStack": "loghub/OpenStack/OpenStack_2k.log",
+    "tickets": "tickets/issues_train.csv",
+}
+DEVELOPMENT = {
+    "logs/Linux": "loghub/Linux/Linux_2k.log",
+    "logs/Apache": "loghub/Apache/Apache_2k.log",
+    "logs/Hadoop": "loghub/Hadoop/Hadoop_2k.log",
+    "logs/HPC": "loghub/HPC/HPC_2k.log",
+}
+COMPRESSORS = {
+    "zstd -19 --long": ["zstd", "-19", "--long", "-c", "-q"],
+    "xz -9e": ["xz", "-9e", "-c"],
+}
+ALL_BRANCHES = ("frozen", *BRANCHES)
+SUBJECTS = [
+    "the backup window of {host} is",
+    "the on-call owner of {host} is",
+    "the rollback plan for {host} is",
+    "the root cause on {host} was",
+    "the maintenance contact for {host} is",
+]
+VALUES = [
+    "02:10 UTC every Sunday",
+    "Dana Okafor, extension 5512",
+    "restore snapshot 41 and pin kernel 6.1.0-13",
+    "a stale resolver cache in nscd",
+    "Ravi Menon from the storage team",
+    "a full /var partition after log rotation failed",
+]
+
+
+def read_stream(shared: Path, relative: str, size: int) -> list[str]:
+    """The stream's first ``size`` bytes, whole lines only."""
+    data = (shared / "data" / relative).read_bytes()[:size]
+    return data[: data.rfind(b"\n") + 1].decode("utf-8", "replace").splitlines(keepends=True)
+
+
+def insert_facts(lines: list[str], count: int, rng: random.Random) -> tuple[list[str], list]:
+    """``lines`` with ``count`` facts inserted at random positions, and the fact queries."""
+    lines = list(lines)
+    facts = []
+    for _ in range(count):
+        ref = f"ref-{rng.randrange(16**6):06x}"
+        subject = rng.choice(SUBJECTS).format(host=f"db-{rng.randrange(10, 99)}")
+        value = rng.choice(VALUES)
+        lines.insert(rng.randrange(len(lines) + 1), f"FACT {ref}: {subject} {value}\n")
+        facts.append(("needle", f"FACT {ref}: {subject}", f" {value}"))
+    return lines, facts
+
+
+def build_queries(
+    mem: HybridMemory, scope: Scope, rest: list[str], facts: list, per_kind: int, seed: int
+) -> list[tuple[str, str, str]]:
+    """(kind, query, answer): needles from the ingested part, facts, patterns from ``rest``."""
+    sql = mem.notepad.sql
+    scope_id = sql.find_scope(scope.key())
+    ids = sql.chunk_ids(scope_id).tolist()
+    records = sql.get_chunks(scope_id, ids)
+    chunks = [(cid, records[cid].text) for cid in ids]
+
+    def is_rare(span: str) -> bool:
+        return len(sql.keyword_search(scope_id, span, limit=2)) == 1
+
+    needles = make_probes(chunks, is_rare=is_rare, needles=per_kind, patterns=0, seed=seed)
+    patterns = make_probes(
+        [(-1, "".join(rest))], is_rare=lambda _: False, needles=0, patterns=per_kind, seed=seed
+    )
+    return [(p.kind, p.query, p.answer) for p in needles + patterns] + facts
+
+
+def score_queries(mem: HybridMemory, scope: Scope, queries: list, calibrated: bool) -> list[dict]:
+    """Each query on each branch, and the router's choice (default and calibrated policies)."""
+    scope_id = mem.notepad.sql.find_scope(scope.key())
+    initial, adapted = mem.weights.initial_state(), mem.weights.state(scope_id)
+    rows = []
+    for kind, query, answer in queries:
+        started = time.perf_counter()
+        ans = mem.query(query, scope=scope, k=5, max_bytes=1)
+        route_ms = (time.perf_counter() - started) * 1000
+        context = passage_context(query, ans.passages, budget=mem.config.query_context_bytes)
+        scores = score_branches(initial, adapted, context=context, query=query, answer=answer)
+        line = (query + answer).strip()
+        rows.append(
+            {
+                "kind": "fact" if query.startswith("FACT ref-") else kind,
+                "query": query,
+                "answer": answer,
+                "bits": {b: s.bits_per_byte for b, s in scores.items()},
+                "exact": {b: s.exact for b, s in scores.items()},
+                "in_top5": any(line in p.text for p in ans.passages),
+                "route_default": ans.route.branch,
+                "features": ans.route.features.model_dump(),
+                "reason": ans.route.reason,
+                "route_ms": route_ms,
+            }
+        )
+    if calibrated:
+        policy = mem._policy(scope_id)
+        assert policy.kind == "calibrated"
+        for row, (_, query, _) in zip(rows, queries, strict=True):
+            ans = mem.query(query, scope=scope, k=5, max_bytes=1)
+            row["route_calibrated"] = ans.route.branch
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean bits per byte and exact-match rate of every policy over ``rows``."""
+    if not rows:
+        return {}
+    policies = {f"always {b}": [b] * len(rows) for b in ALL_BRANCHES}
+    policies["oracle"] = [min(BRANCHES, key=r["bits"].__getitem__) for r in rows]
+    policies["router (default)"] = [r["route_default"] for r in rows]
+    if "route_calibrated" in rows[0]:
+        policies["router (calibrated)"] = [r["route_calibrated"] for r in rows]
+    out = {}
+    for name, choice in policies.items():
+        out[name] = {
+            "bits_per_byte": sum(r["bits"][c] for r, c in zip(rows, choice, strict=True))
+            / len(rows),
+            "exact_match": sum(r["exact"][c] for r, c in zip(rows, choice, strict=True))
+            / len(rows),
+            "retrieval_share": sum(c in ("notepad", "both") for c in choice) / len(rows),
+        }
+    return out
+
+
+def prequential(mem: HybridMemory, data: bytes, name: str) -> dict:
+    """The whole stream scored chunk by chunk (score, then learn and store) by each branch."""
+    model = mem.weights.model
+    ttt = TTTState(model, model.default_ttt)
+    frozen = TTTState(model, model.default_ttt)
+    scope = Scope(tenant="prequential", user=name.replace("/", "-"))
+    size = ttt.config.chunk_bytes
+    bits = {b: 0.0 for b in ALL_BRANCHES}
+    for start in range(0, len(data), size):
+        chunk = data[start : start + size]
+        recent = data[max(0, start - size) : start]
+        last_line = recent.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
+        context = ""
+        if last_line.strip():
+            hits = mem.search(last_line[-200:], scope=scope, k=5)
+            context = passage_context(last_line, hits, budget=mem.config.query_context_bytes)
+        prefix = context.encode("utf-8", "surrogateescape") + recent
+        bits["notepad"] += float(score_bytes(frozen, chunk, context=prefix)[0].sum())
+        bits["both"] += float(score_bytes(ttt, chunk, context=prefix)[0].sum())
+        bits["frozen"] += float(score_bytes(frozen, chunk, context=recent)[0].sum())
+        report = stream(ttt, chunk)  # the weights branch: score, then one inner step
+        bits["weights"] += report.bits
+        mem.add(chunk, scope=scope)  # the notepad learns the chunk after it was scored
+    out = {b: v / len(data) for b, v in bits.items()}
+    for label, command in COMPRESSORS.items():
+        if shutil.which(command[0]):
+            packed = subprocess.run(command, input=data, capture_output=True, check=True).stdout
+            out[label] = 8 * len(packed) / len(data)
+    return out
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    """Probability that a random alert line scores above a random normal line (ties: half)."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def anomaly(mem: HybridMemory, shared: Path) -> dict:
+    """AUROC of per-line surprise for BGL alerts, second half, after ingesting the first."""
+    log = (shared / "data/loghub/BGL/BGL_2k.log").read_text().splitlines(keepends=True)
+    with open(shared / "data/loghub/BGL/BGL_2k.log_structured.csv", newline="") as f:
+        labels = [row["Label"] != "-" for row in csv.DictReader(f)]
+    half = len(log) // 2
+    scope = Scope(tenant="anomaly", user="bgl")
+    mem.ingest(log[:half], scope=scope, name="BGL first half")
+    mem.flush()
+    out = {"lines": len(log) - half, "alerts": sum(labels[half:])}
+    for weights in ("adapted", "initial"):
+        surprise = mem.surprise("".join(log[half:]), scope=scope, weights=weights)
+        scores = [line.bits_per_byte for line in surprise.lines]
+        out[f"auroc_{weights}"] = auroc(scores, labels[half:])
+    return out
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    kinds = list(summary["by_kind"])
+    width = 0.8 / len(ALL_BRANCHES)
+    for i, branch in enumerate(ALL_BRANCHES):
+        values = [summary["by_kind"][k][f"always {branch}"]["bits_per_byte"] for k in kinds]
+        left.bar([x + i * width for x in range(len(kinds))], values, width, label=branch)
+    left.set_xticks([x + 0.4 - width / 2 for x in range(len(kinds))], kinds)
+    left.set_ylabel("bits per byte of the answer")
+    left.set_title("held-out queries, by branch and kind")
+    left.legend(fontsize=8)
+    for name, figures in summary["all"].items():
+        right.scatter(figures["retrieval_share"], figures["exact_match"], s=40)
+        right.annotate(name, (figures["retrieval_share"], figures["exact_match"]), fontsize=7)
+    right.set_xlabel("share of queries sent to retrieval (notepad or both)")
+    right.set_ylabel("exact match of greedy decoding")
+    right.set_title("accuracy versus retrieval share")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    partial = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(partial, dpi=110)
+    os.replace(partial, path)
+
+
+def run_stream(
+    mem: HybridMemory, shared: Path, name: str, relative: str, args, calibrate: bool
+) -> list[dict]:
+    rng = random.Random(args.seed)
+    lines = read_stream(shared, relative, args.stream_bytes)
+    cut = len(lines) * 3 // 4
+    ingested, facts = insert_facts(lines[:cut], args.facts, rng)
+    scope = Scope(tenant="bench", user=name.replace("/", "-"))
+    mem.ingest(ingested, scope=scope, name=name)
+    mem.flush()
+    queries = build_queries(mem, scope, lines[cut:], facts, args.queries, args.seed)
+    if calibrate:
+        mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
+    rows = score_queries(mem, scope, queries, calibrated=calibrate)
+    for row in rows:
+        row["stream"] = name
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--stream-bytes", type=int, default=96 * 1024)
+    parser.add_argument("--queries", type=int, default=40, help="needles and patterns each")
+    parser.add_argument("--facts", type=int, default=10, help="facts inserted per stream")
+    parser.add_argument("--probes", type=int, default=120, help="calibration probes per scope")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit-default", action="store_true")
+    parser.add_argument("--skip-prequential", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp) as mem:
+        if args.fit_default:
+            rows = []
+            for name, relative in DEVELOPMENT.items():
+                rows += run_stream(mem, args.shared, name, relative, args, calibrate=False)
+            features = [RouteFeatures(**r["features"]) for r in rows]
+            bits = torch.tensor([[r["bits"][b] for b in BRANCHES] for r in rows])
+            policy = fit_policy(features, bits, kind="default")
+            atomic_write_bytes(DEFAULT_POLICY_PATH, policy.to_json())
+            summary = summarize(rows)
+            print(
+                json.dumps(
+                    {
+                        "fitted": str(DEFAULT_POLICY_PATH),
+                        "queries": len(rows),
+                        "development": summary,
+                    }
+                )
+            )
+            return 0
+        rows = []
+        for name, relative in HELDOUT.items():
+            rows += run_stream(mem, args.shared, name, relative, args, calibrate=True)
+        result = {
+            "benchmark": "memory",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads "
+            f"{torch.get_num_threads()}",
+            "model": mem.weights.model_name(),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "queries": len(rows),
+            "needle_top5": sum(r["in_top5"] for r in rows if r["kind"] != "pattern")
+            / max(1, sum(r["kind"] != "pattern" for r in rows)),
+            "all": summarize(rows),
+            "by_kind": {
+                k: summarize([r for r in rows if r["kind"] == k])
+                for k in ("needle", "fact", "pattern")
+            },
+            "by_stream": {s: summarize([r for r in rows if r["stream"] == s]) for s in HELDOUT},
+            "route_ms_p50": sorted(r["route_ms"] for r in rows)[len(rows) // 2],
+        }
+        if not args.skip_prequential:
+            result["prequential"] = {
+                name: prequential(
+                    mem, "".join(read_stream(args.shared, rel, args.stream_bytes)).encode(), name
+                )
+                for name, rel in HELDOUT.items()
+            }
+        result["anomaly_bgl"] = anomaly(mem, args.shared)
+        result["seconds"] = time.perf_counter() - started
+        atomic_write_bytes(args.out / "memory.json", json.dumps(result, indent=1).encode())
+        atomic_write_bytes(args.out / "memory_queries.json", json.dumps(rows, indent=1).encode())
+        plot(result, args.out / "memory.png")
+        print(json.dumps({k: v for k, v in result.items() if k not in ("by_stream",)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
