@@ -65,6 +65,41 @@ class Corpus:
         return bytes(self.data[self.dev_start : self.dev_start + size])
 
 
+def with_copies(
+    tokens: torch.Tensor, fraction: float, generator: torch.Generator, *, reach: int = 200
+) -> torch.Tensor:
+    """Training rows in which lines recur, as retrieved passages recur before a query.
+
+    In a ``fraction`` of the rows (B, L), after each line, with probability 0.35, one of the
+    lines that ended within the last ``reach`` bytes is written again; the row is then cut back
+    to L. The copy sits inside the attention window of its original, so the model learns to
+    continue a line by copying an earlier one: what the notepad branch of a routed query needs
+    (the plain corpus holds too few exact repeats within the window to teach it).
+    """
+    out = tokens.clone()
+    width = tokens.shape[1]
+    for r in range(len(tokens)):
+        if float(torch.rand(1, generator=generator)) >= fraction:
+            continue
+        row = bytes(tokens[r].tolist())
+        built = bytearray()
+        recent: list[tuple[int, bytes]] = []  # (end offset in built, line)
+        for line in row.splitlines(keepends=True):
+            built += line
+            recent = [(end, ln) for end, ln in recent if len(built) - end <= reach]
+            if 8 <= len(line) <= reach:
+                recent.append((len(built), line))
+            if len(built) >= width:
+                break
+            if recent and float(torch.rand(1, generator=generator)) < 0.35:
+                pick = int(torch.randint(0, len(recent), (1,), generator=generator))
+                built += recent[pick][1]
+        out[r] = torch.tensor(list(built[:width]) + list(row[len(built) :]), dtype=out.dtype)[
+            :width
+        ]
+    return out
+
+
 def plain_loss(model: ByteLM, tokens: torch.Tensor) -> torch.Tensor:
     logits = model(tokens[:, :-1])
     return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
@@ -124,7 +159,9 @@ def fit(args: argparse.Namespace) -> None:
         model.requires_grad_(True).train()
         if source != out:  # a new run from an initial model: its own step count and optimizer
             stage = {
-                k: card.get(k) for k in ("mode", "steps", "bytes_seen", "batch", "sequence_bytes")
+                k: card.get(k)
+                for k in ("mode", "steps", "bytes_seen", "batch", "sequence_bytes", "copy_fraction")
+                if k in card
             }
             card = {"init": str(source), "stages": [*card.get("stages", []), stage]}
             extra = {}
@@ -169,6 +206,7 @@ def fit(args: argparse.Namespace) -> None:
             },
             batch=args.batch,
             sequence_bytes=length,
+            copy_fraction=args.copy_fraction,
             total_steps=step + sum(st["steps"] for st in card.get("stages", [])),
             total_bytes_seen=bytes_seen + sum(st["bytes_seen"] for st in card.get("stages", [])),
         )
@@ -180,7 +218,10 @@ def fit(args: argparse.Namespace) -> None:
         lr = _learning_rate(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        tokens = corpus.batch(generator, args.batch, length).to(device)
+        tokens = corpus.batch(generator, args.batch, length)
+        if args.copy_fraction:
+            tokens = with_copies(tokens, args.copy_fraction, generator)
+        tokens = tokens.to(device)
         if args.mode == "meta":
             loss = meta_loss(model, tokens, args.chunk_bytes, ttt)
         else:
@@ -309,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--chunks", type=int, default=4, help="meta: chunks per sequence")
     train.add_argument("--chunk-bytes", type=int, default=512)
     train.add_argument("--inner-lr", type=float, default=3.0)
+    train.add_argument(
+        "--copy-fraction",
+        type=float,
+        default=0.0,
+        help="share of rows in which lines recur within the window (teaches copying)",
+    )
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--warmup", type=int, default=100)
     train.add_argument("--seed", type=int, default=0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from memsdk.engine import load_model
 from memsdk.engine.corpus import HELDOUT_SYSTEMS, build_corpus, split_files
 from memsdk.engine.train import main as train
+from memsdk.engine.train import with_copies
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,8 @@ def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
                 "32",
                 "--steps",
                 "1",
+                "--copy-fraction",
+                "0.5",
                 *common,
             ]
         )
@@ -103,3 +107,22 @@ def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
     assert all(v["bytes"] == 1024 for v in heldout.values())
     out = capsys.readouterr().out
     assert '"train_bpb"' in out and '"chosen_inner_lr"' in out
+
+
+def test_copy_rows_repeat_a_recent_line_within_reach():
+    text = b"".join(f"job {i} finished on node-{i % 7} after {i} s\n".encode() for i in range(40))
+    tokens = torch.tensor([list(text[:513])] * 6)
+    generator = torch.Generator().manual_seed(0)
+    out = with_copies(tokens, 1.0, generator, reach=120)
+    assert out.shape == tokens.shape and out.dtype == tokens.dtype
+    assert torch.equal(with_copies(tokens, 0.0, generator), tokens)
+    repeated = 0
+    for row in out:
+        lines = bytes(row.tolist()).split(b"\n")[:-1]  # the last piece is cut short
+        seen = {}
+        for i, line in enumerate(lines):
+            if line in seen:
+                assert i - seen[line] <= 4  # a copy follows its original within reach
+                repeated += 1
+            seen[line] = i
+    assert repeated >= 6
