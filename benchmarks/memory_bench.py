@@ -56,6 +56,7 @@ from memsdk.results import RouteFeatures
 from memsdk.router import (
     BRANCHES,
     DEFAULT_POLICY_PATH,
+    default_policy,
     fit_policy,
     make_probes,
     passage_context,
@@ -138,8 +139,10 @@ def build_queries(
     return [(p.kind, p.query, p.answer) for p in needles + patterns] + facts
 
 
-def score_queries(mem: HybridMemory, scope: Scope, queries: list, calibrated: bool) -> list[dict]:
-    """Each query on each branch, and the router's choice (default and calibrated policies)."""
+def score_queries(mem: HybridMemory, scope: Scope, queries: list) -> list[dict]:
+    """Each query on each branch, and the router's choice: ``mem.query`` routes with the
+    scope's policy (calibrated when the scope was), and the shipped default policy is applied
+    to the same features."""
     scope_id = mem.notepad.sql.find_scope(scope.key())
     initial, adapted = mem.weights.initial_state(), mem.weights.state(scope_id)
     rows = []
@@ -158,18 +161,13 @@ def score_queries(mem: HybridMemory, scope: Scope, queries: list, calibrated: bo
                 "bits": {b: s.bits_per_byte for b, s in scores.items()},
                 "exact": {b: s.exact for b, s in scores.items()},
                 "in_top5": any(line in p.text for p in ans.passages),
-                "route_default": ans.route.branch,
+                "route_default": default_policy().choose(ans.route.features),
+                "route_calibrated": ans.route.branch,
                 "features": ans.route.features.model_dump(),
                 "reason": ans.route.reason,
                 "route_ms": route_ms,
             }
         )
-    if calibrated:
-        policy = mem._policy(scope_id)
-        assert policy.kind == "calibrated"
-        for row, (_, query, _) in zip(rows, queries, strict=True):
-            ans = mem.query(query, scope=scope, k=5, max_bytes=1)
-            row["route_calibrated"] = ans.route.branch
     return rows
 
 
@@ -180,7 +178,7 @@ def summarize(rows: list[dict]) -> dict:
     policies = {f"always {b}": [b] * len(rows) for b in ALL_BRANCHES}
     policies["oracle"] = [min(BRANCHES, key=r["bits"].__getitem__) for r in rows]
     policies["router (default)"] = [r["route_default"] for r in rows]
-    if "route_calibrated" in rows[0]:
+    if "route_calibrated" in rows[0]:  # mem.query's own choice, with the scope's policy
         policies["router (calibrated)"] = [r["route_calibrated"] for r in rows]
     out = {}
     for name, choice in policies.items():
@@ -292,9 +290,11 @@ def run_stream(
     queries = build_queries(mem, scope, lines[cut:], facts, args.queries, args.seed)
     if calibrate:
         mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
-    rows = score_queries(mem, scope, queries, calibrated=calibrate)
+    rows = score_queries(mem, scope, queries)
     for row in rows:
         row["stream"] = name
+        if not calibrate:
+            del row["route_calibrated"]  # mem.query routed with the default policy too
     return rows
 
 
