@@ -17,8 +17,8 @@ choice (``HybridMemory.query``, route auto) with the shipped default policy and 
 scope's own calibrated policy, the oracle (per-query best branch) and each always-one-branch
 policy. Also:
 
-- each whole stream scored prequentially by each branch (notepad and both retrieve, for each
-  chunk, from the chunks before it), beside ``xz -9e`` and ``zstd -19 --long``;
+- each whole stream scored prequentially, line by line, by each branch (notepad and both
+  retrieve from the lines before it), beside ``xz -9e`` and ``zstd -19 --long``;
 - anomaly: the AUROC of ``surprise`` for BGL's alert lines (``Label`` not ``-``) in the second
   half of the log after ingesting the first half, adapted weights versus initial weights.
 
@@ -192,34 +192,47 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def prequential(mem: HybridMemory, data: bytes, name: str) -> dict:
-    """The whole stream scored chunk by chunk (score, then learn and store) by each branch."""
+def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
+    """The whole stream scored line by line, each line before anything learns or stores it.
+
+    ``weights`` is plain test-time training (score each 512-byte chunk, then one inner step).
+    The other branches see the stream's last 128 bytes (whole lines) before the line; ``notepad``
+    (initial weights) and ``both`` (the fast weights as they are at that point) also see the
+    passage lines retrieved for the previous line, from a notepad that has stored every line
+    before it (in batches of 8 lines); ``frozen`` sees no passages.
+    """
     model = mem.weights.model
     ttt = TTTState(model, model.default_ttt)
     frozen = TTTState(model, model.default_ttt)
     scope = Scope(tenant="prequential", user=name.replace("/", "-"))
-    size = ttt.config.chunk_bytes
-    bits = {b: 0.0 for b in ALL_BRANCHES}
-    for start in range(0, len(data), size):
-        chunk = data[start : start + size]
-        recent = data[max(0, start - size) : start]
-        last_line = recent.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", "replace")
-        context = ""
-        if last_line.strip():
-            hits = mem.search(last_line[-200:], scope=scope, k=5)
-            context = passage_context(last_line, hits, budget=mem.config.query_context_bytes)
-        prefix = context.encode("utf-8", "surrogateescape") + recent
-        bits["notepad"] += float(score_bytes(frozen, chunk, context=prefix)[0].sum())
-        bits["both"] += float(score_bytes(ttt, chunk, context=prefix)[0].sum())
-        bits["frozen"] += float(score_bytes(frozen, chunk, context=recent)[0].sum())
-        report = stream(ttt, chunk)  # the weights branch: score, then one inner step
-        bits["weights"] += report.bits
-        mem.add(chunk, scope=scope)  # the notepad learns the chunk after it was scored
-    out = {b: v / len(data) for b, v in bits.items()}
+    bits = dict.fromkeys(ALL_BRANCHES, 0.0)
+    total = 0
+    pending: list[str] = []
+    for i, line in enumerate(lines):
+        data = line.encode("utf-8", "surrogateescape")
+        before = "".join(lines[max(0, i - 8) : i]).encode("utf-8", "surrogateescape")[-128:]
+        recent = before[before.find(b"\n") + 1 :] if b"\n" in before[:-1] else before
+        previous = lines[i - 1].strip() if i else ""
+        context = b""
+        if previous and i > len(pending):
+            hits = mem.search(previous[:500], scope=scope, k=5)
+            budget = mem.config.query_context_bytes
+            context = passage_context(previous, hits, budget=budget).encode("utf-8", "replace")
+        bits["frozen"] += float(score_bytes(frozen, data, context=recent)[0].sum())
+        bits["notepad"] += float(score_bytes(frozen, data, context=context + recent)[0].sum())
+        bits["both"] += float(score_bytes(ttt, data, context=context + recent)[0].sum())
+        bits["weights"] += stream(ttt, data, final=i == len(lines) - 1).bits
+        total += len(data)
+        pending.append(line)
+        if len(pending) == 8:  # the notepad stores lines only after they were scored
+            mem.ingest(pending, scope=scope, name=name)
+            pending = []
+    out = {b: v / total for b, v in bits.items()}
+    stream_bytes = "".join(lines).encode("utf-8", "surrogateescape")
     for label, command in COMPRESSORS.items():
         if shutil.which(command[0]):
-            packed = subprocess.run(command, input=data, capture_output=True, check=True).stdout
-            out[label] = 8 * len(packed) / len(data)
+            packed = subprocess.run(command, input=stream_bytes, capture_output=True, check=True)
+            out[label] = 8 * len(packed.stdout) / len(stream_bytes)
     return out
 
 
@@ -355,10 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if not args.skip_prequential:
             result["prequential"] = {
-                name: prequential(
-                    mem, "".join(read_stream(args.shared, rel, args.stream_bytes)).encode(), name
-                )
-                for name, rel in HELDOUT.items()
+                name: prequential(mem, read_stream(args.shared, relative, args.stream_bytes), name)
+                for name, relative in HELDOUT.items()
             }
         result["anomaly_bgl"] = anomaly(mem, args.shared)
         result["seconds"] = time.perf_counter() - started
