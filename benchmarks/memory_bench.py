@@ -195,17 +195,19 @@ def summarize(rows: list[dict]) -> dict:
 def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
     """The whole stream scored line by line, each line before anything learns or stores it.
 
-    ``weights`` is plain test-time training (score each 512-byte chunk, then one inner step).
-    The other branches see the stream's last 128 bytes (whole lines) before the line; ``notepad``
-    (initial weights) and ``both`` (the fast weights as they are at that point) also see the
-    passage lines retrieved for the previous line, from a notepad that has stored every line
-    before it (in batches of 8 lines); ``frozen`` sees no passages.
+    ``weights`` is plain test-time training (score each 512-byte chunk, then one inner step,
+    the window carried along). The other branches read each line in a fresh window holding the
+    stream's last 128 bytes (whole lines), with the match model that copies from the window
+    (as ``query`` reads): ``frozen`` (initial weights) and ``weights+copy`` (the fast weights as
+    they are at that point) see nothing else; ``notepad`` (initial weights) and ``both`` (fast
+    weights) also see the passage lines retrieved for the previous line, from a notepad that
+    has stored every line before it (in batches of 8 lines).
     """
     model = mem.weights.model
     ttt = TTTState(model, model.default_ttt)
     frozen = TTTState(model, model.default_ttt)
     scope = Scope(tenant="prequential", user=name.replace("/", "-"))
-    bits = dict.fromkeys(ALL_BRANCHES, 0.0)
+    bits = dict.fromkeys((*ALL_BRANCHES, "weights+copy"), 0.0)
     total = 0
     pending: list[str] = []
     for i, line in enumerate(lines):
@@ -218,9 +220,13 @@ def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
             hits = mem.search(previous[:500], scope=scope, k=5)
             budget = mem.config.query_context_bytes
             context = passage_context(previous, hits, budget=budget).encode("utf-8", "replace")
-        bits["frozen"] += float(score_bytes(frozen, data, context=recent)[0].sum())
-        bits["notepad"] += float(score_bytes(frozen, data, context=context + recent)[0].sum())
-        bits["both"] += float(score_bytes(ttt, data, context=context + recent)[0].sum())
+        for branch, state, prefix in (
+            ("frozen", frozen, recent),
+            ("notepad", frozen, context + recent),
+            ("weights+copy", ttt, recent),
+            ("both", ttt, context + recent),
+        ):
+            bits[branch] += float(score_bytes(state, data, context=prefix, copy=True)[0].sum())
         bits["weights"] += stream(ttt, data, final=i == len(lines) - 1).bits
         total += len(data)
         pending.append(line)

@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from memsdk.engine.copy import mix_copy
 from memsdk.engine.model import START_BYTE, ByteLM, FastWeights, KVCache
 from memsdk.errors import ConfigError, FormatError, InputError
 from memsdk.files import atomic_write_bytes
@@ -354,10 +355,12 @@ def stream(
 
 
 def score_bytes(
-    state: TTTState, data: bytes | str, *, context: bytes | str = b""
+    state: TTTState, data: bytes | str, *, context: bytes | str = b"", copy: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Score ``data`` under the state's current fast weights, in a fresh window that holds only
-    ``context`` (which is not scored). The state is not changed.
+    ``context`` (which is not scored). The state is not changed. With ``copy``, the match model
+    of :mod:`memsdk.engine.copy` is mixed in: repeats of earlier bytes of ``context + data``
+    are predicted to continue.
 
     Returns:
         (bits, greedy): the bits of each byte of ``data`` (N,) and whether each byte is the
@@ -381,8 +384,9 @@ def score_bytes(
                 model, inputs[start : start + size], caches, state.fast_weights
             )
             targets = _tokens(text[start : start + size])[0]
-            bits.append(F.cross_entropy(logits, targets, reduction="none") / LN2)
-            greedy.append(logits.argmax(-1) == targets)
+            log_probs = mix_copy(logits, text, start) if copy else logits.log_softmax(-1)
+            bits.append(-log_probs.gather(1, targets[:, None])[:, 0] / LN2)
+            greedy.append(log_probs.argmax(-1) == targets)
     return torch.cat(bits)[len(context) :], torch.cat(greedy)[len(context) :]
 
 
@@ -416,11 +420,13 @@ def generate(
     temperature: float = 0.0,
     stop: bytes | None = None,
     seed: int | None = None,
+    copy: bool = False,
 ) -> bytes:
     """Continue ``prompt`` under the state's fast weights, in a fresh window; greedy by default.
 
     Stops after ``max_bytes`` bytes, or once the output ends with ``stop``. The state is not
-    changed. Returns the continuation only (not the prompt).
+    changed. Returns the continuation only (not the prompt). ``copy`` mixes in the match model
+    (:mod:`memsdk.engine.copy`), so repeats of the prompt's text continue as they did there.
 
     Raises:
         InputError: ``max_bytes`` below 0, a negative temperature, or a prompt of the wrong type.
@@ -445,6 +451,9 @@ def generate(
         for start in range(0, len(inputs), size):
             logits = feed(inputs[start : start + size])
         while len(out) < max_bytes:
+            if copy:
+                text = prompt + out
+                logits = mix_copy(logits[None], text, len(text))[0]  # log-probabilities
             if temperature == 0:
                 byte = int(logits.argmax())
             else:

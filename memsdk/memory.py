@@ -710,7 +710,9 @@ class HybridMemory:
         held verbatim, similarity, how familiar the query is to the scope's weights, how much
         of the scope is not absorbed yet) and picks a branch with the scope's calibrated
         policy (:meth:`calibrate_router`) or the shipped default. The completion is the
-        weight memory's greedy continuation of the query up to the end of the line:
+        weight memory's greedy continuation of the query up to the end of the line, with the
+        match model of :mod:`memsdk.engine.copy` mixed in (a passage line the query repeats
+        is continued as it was written):
 
         - ``notepad``: with the passage lines most relevant to the query in the window, read
           by the initial weights;
@@ -811,7 +813,7 @@ class HybridMemory:
             if branch != "notepad":
                 state = self.weights.state(scope_id)
             prompt = (context + query).encode("utf-8", "surrogateescape")
-            out = generate(state, prompt, max_bytes, stop=b"\n")
+            out = generate(state, prompt, max_bytes, stop=b"\n", copy=True)
             completion = out.removesuffix(b"\n").decode("utf-8", "replace")
             clock = lap("complete", clock)
         lap("total", started)

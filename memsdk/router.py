@@ -7,6 +7,9 @@ is measured"):
 - ``weights``: the scope's fast weights (what test-time training absorbed), the query alone;
 - ``both``: the scope's fast weights, with the retrieved lines before the query.
 
+Every branch reads with the match model of :mod:`memsdk.engine.copy` mixed in, so a passage
+line that the query repeats is continued as it was written.
+
 A :class:`Policy` maps the query's :class:`~memsdk.results.RouteFeatures` to a branch: a
 linear model over standardised features predicts the bits per byte each branch would spend on
 the answer, and the cheapest branch wins. Fitting regresses the probes' measured costs, so a
@@ -286,7 +289,8 @@ def score_branches(
     branches: Sequence[str] = ("frozen", *BRANCHES),
 ) -> dict[str, BranchScore]:
     """Score ``answer`` as the continuation of ``query`` under each branch's conditioning
-    (``frozen``: the initial weights, the query alone, the baseline with no memory)."""
+    (``frozen``: the initial weights, the query alone, the baseline with no memory), reading as
+    ``HybridMemory.query`` reads: with the match model that copies from the window."""
     conditioning = {
         "frozen": (initial, ""),
         "notepad": (initial, context),
@@ -296,7 +300,7 @@ def score_branches(
     out = {}
     for branch in branches:
         state, prefix = conditioning[branch]
-        bits, greedy = score_bytes(state, answer, context=prefix + query)
+        bits, greedy = score_bytes(state, answer, context=prefix + query, copy=True)
         out[branch] = BranchScore(float(bits.mean()), bool(greedy.all()))
     return out
 

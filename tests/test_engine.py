@@ -17,6 +17,7 @@ from memsdk.engine import (
     bits_per_byte,
     byte_losses,
     generate,
+    score_bytes,
     stream,
 )
 from memsdk.engine.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -295,3 +296,40 @@ def test_blocked_sliding_window_attention_matches_the_dense_masked_form(past, le
     blocked = _blocked_attention(q, k, v, past, window)
     assert blocked.shape == dense.shape
     assert torch.allclose(blocked, dense, atol=1e-5)
+
+
+# ---- copying from the window (the match model) --------------------------------------------------
+
+
+def test_match_finds_the_longest_recent_repeat():
+    from memsdk.engine.copy import match
+
+    text = b"host db-17 backup at 02:10 UTC\nhost db-17 backup at 0"
+    t = len(text)
+    assert match(text, t) == (ord("2"), 16)  # a 22-byte repeat: 16 is the longest length tried
+    assert match(b"abcdefgh only once", 18) is None
+    assert match(b"short", 3) is None
+
+
+def test_the_copy_mixture_is_a_distribution_and_leaves_unmatched_positions_alone():
+    from memsdk.engine.copy import mix_copy
+
+    gen = torch.Generator().manual_seed(0)
+    text = b"0123456789abcdef-0123456789abcdef"
+    logits = torch.randn(len(text), 256, generator=gen)
+    out = mix_copy(logits, text, 0)
+    assert torch.allclose(out.logsumexp(-1), torch.zeros(len(text)), atol=1e-5)
+    assert torch.allclose(out[:17], logits[:17].log_softmax(-1))  # no repeat there yet
+    assert int(out[-1].argmax()) == ord("f")  # 16 bytes repeat: the copy dominates
+
+
+def test_a_line_in_the_window_is_copied_exactly_only_with_copy():
+    state = TTTState(load_model()[0])  # the shipped model: it does not copy on its own
+    line = b"FACT ref-3fa9c1: the backup window of db-17 is 02:10 UTC every Sunday\n"
+    query = b"FACT ref-3fa9c1: the backup window of db-17 is"
+    answer = line[len(query) :]
+    plain_bits, _ = score_bytes(state, answer, context=line + query)
+    copy_bits, greedy = score_bytes(state, answer, context=line + query, copy=True)
+    assert float(copy_bits.mean()) < 0.5 < float(plain_bits.mean())
+    assert bool(greedy.all())
+    assert generate(state, line + query, 40, stop=b"\n", copy=True) == answer

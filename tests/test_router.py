@@ -247,7 +247,7 @@ def test_calibration_fits_stores_and_isolates_the_scope_policy(tmp_path, hdfs_li
         mem.ingest(hdfs_lines[400:440], scope=other, name="hdfs")
         with pytest.raises(NotFoundError, match="no data to calibrate"):
             mem.calibrate_router(scope=Scope(tenant="empty"))
-        with pytest.raises(InputError, match="probes must be an int in 20..10000"):
+        with pytest.raises(InputError, match=r"probes must be an int in 20\.\.10000"):
             mem.calibrate_router(scope=SCOPE, probes=5)
         cal = mem.calibrate_router(scope=SCOPE, probes=40)
         assert cal.probes >= 20 and cal.needle_probes and cal.pattern_probes
