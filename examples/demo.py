@@ -125,6 +125,27 @@ def main() -> int:
         prompt = later.splitlines()[0][:24]
         print(f"  completion of {prompt!r}: {mem.complete(prompt, scope=scope, max_bytes=80)!r}")
 
+        # Routed queries: the router picks the notepad, the weights or both, and says why.
+        needle_line = next((ln for ln in earlier if ident in ln), earlier[len(earlier) // 2])
+        needle = (
+            needle_line[: needle_line.index(ident) + len(ident)]
+            if ident in needle_line
+            else (needle_line[: len(needle_line) // 2])
+        )
+        pattern_line = later.splitlines()[1] if len(later.splitlines()) > 1 else later
+        pattern = pattern_line[: max(pattern_line.rfind(" ", 0, len(pattern_line) * 2 // 5), 1)]
+        for kind, query, expected in (
+            ("needle (an identifier stored once)", needle, needle_line.rstrip("\n")),
+            ("pattern (a later line, never ingested)", pattern, pattern_line),
+        ):
+            ans = mem.query(query, scope=scope, k=3, max_bytes=80)
+            print(f"\n== routed query, {kind}: {query!r}")
+            print(f"  route: {ans.route.branch}, because {ans.route.reason.split(': ', 1)[1]}")
+            print(f"  completion: {ans.completion!r}")
+            print(f"  actual:     {expected[len(query) :]!r}")
+            if ans.passages:
+                print(f"  top passage: {best_line(ans.passages[0].text, query)[:110]}")
+
         mem.flush()  # write the index file now, so its size below is the real one
         stats = mem.stats()
         weights = stats.scopes[0].weights

@@ -12,7 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # What each example must print (a sign that it did its job, not just exited).
 EXPECTED = {
     "quickstart.py": "ADD",
-    "demo.py": "bits per byte after absorbing them",
+    "demo.py": "== routed query, pattern",
     "multi_tenant.py": "initech (no data): [] hits, 0 memories",
     "tail_log.py": "weight memory absorbed",
     "langchain_chain.py": "memsdk",
