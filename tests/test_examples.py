@@ -15,7 +15,7 @@ EXPECTED = {
     "demo.py": "== routed query, pattern",
     "multi_tenant.py": "initech (no data): [] hits, 0 memories",
     "tail_log.py": "weight memory absorbed",
-    "langchain_chain.py": "memsdk",
+    "langchain_chain.py": "[memsdk route: ",
 }
 
 
