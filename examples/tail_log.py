@@ -3,9 +3,10 @@
 A writer thread appends the lines of a real log (``/var/log/dpkg.log`` when readable, else the
 Python standard library's ``argparse.py``) to a file in bursts, as a service would. The main
 loop follows the file like ``tail -f``: every poll it ingests the complete new lines (a
-half-written last line waits for the next poll), then looks up an identifier it has just seen
-and asks the weight memory how surprising the newest lines are: familiar lines score low, a
-new kind of line scores high.
+half-written last line waits for the next poll), then sends a routed query (``mem.query``)
+with the start of a line that named an identifier, printing the branch the router chose, its
+reason and the completion, and asks the weight memory how surprising the newest line is:
+familiar lines score low, a new kind of line scores high.
 
     python examples/tail_log.py [--memory DIR] [--lines 300]
 """
@@ -82,10 +83,14 @@ def main() -> int:
                 report = mem.ingest([complete], scope=scope, name=f"{log.name} poll {polls}")
                 newest = complete.decode("utf-8", "replace").splitlines()[-1]
                 print(f"poll {polls}: {report.chunks} new chunks, {len(complete)} bytes")
-                ids = IDENTIFIER.findall(complete.decode("utf-8", "replace"))
-                if ids:
-                    hit = mem.search(ids[-1], scope=scope, k=1)[0]
-                    print(f"  {ids[-1]!r} -> chunk {hit.id} ({hit.source})")
+                text = complete.decode("utf-8", "replace")
+                ids = IDENTIFIER.findall(text)
+                if ids:  # a routed query: the line that named the id, up to the id
+                    line = next(ln for ln in reversed(text.splitlines()) if ids[-1] in ln)
+                    prompt = line[: line.index(ids[-1]) + len(ids[-1])]
+                    ans = mem.query(prompt, scope=scope, k=1, max_bytes=60)
+                    print(f"  query {prompt!r} -> {ans.route.branch}: {ans.completion!r}")
+                    print(f"    why: {ans.route.reason.split(': ', 1)[1][:150]}")
                 surprise = mem.bits_per_byte(newest, scope=scope)
                 print(f"  newest line at {surprise:.2f} bits/byte: {newest[:70]!r}")
             if finished and not partial and offset == log.stat().st_size:

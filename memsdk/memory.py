@@ -863,7 +863,9 @@ class HybridMemory:
             query_bits_gain=gain,
             unconsolidated_share=share,
         )
-        return features, max(held, key=len) if held else None  # the most specific id
+        # The most specific id names the reason: one with digits, then the longest.
+        specific = max(held, key=lambda s: (any(c.isdigit() for c in s), len(s)), default=None)
+        return features, specific
 
     def _policy(self, scope_id: int) -> Policy:
         """The scope's calibrated policy if it has one, else the shipped default. A damaged
