@@ -57,6 +57,7 @@ ROUTES = ("auto", *BRANCHES)
 FEATURES = tuple(RouteFeatures.model_fields)
 POLICY_FORMAT = "memsdk.router_policy/1"
 DEFAULT_POLICY_PATH = Path(__file__).with_name("router_default.json")
+CLIP = 5.0  # standardised features are clipped to [-CLIP, CLIP]
 
 _WORD = re.compile(r"\w+")
 # Tokens holding a digit: ids, numbers, times, addresses. Masking them gives a line's shape.
@@ -94,16 +95,27 @@ class Policy:
     probes: int  # how many probes it was fitted on
 
     def logits(self, features: RouteFeatures) -> list[float]:
-        values = feature_vector(features)
-        x = [(v - m) / s for v, m, s in zip(values, self.mean, self.scale, strict=True)]
+        return self._logits(feature_vector(features))
+
+    def choose(self, features: RouteFeatures) -> str:
+        return self.choose_vector(feature_vector(features))
+
+    def choose_vector(self, values: Sequence[float]) -> str:
+        """The branch for features already in FEATURES order (see :func:`feature_vector`)."""
+        logits = self._logits(values)
+        return BRANCHES[max(range(len(BRANCHES)), key=logits.__getitem__)]
+
+    def _logits(self, values: Sequence[float]) -> list[float]:
+        # Clipped: a feature that barely varied in the fit (the unabsorbed share, 0 after a
+        # flush) must not swing the decision when a query meets an unusual value of it.
+        x = [
+            max(-CLIP, min(CLIP, (v - m) / s))
+            for v, m, s in zip(values, self.mean, self.scale, strict=True)
+        ]
         return [
             b + sum(w * v for w, v in zip(row, x, strict=True))
             for row, b in zip(self.weights, self.bias, strict=True)
         ]
-
-    def choose(self, features: RouteFeatures) -> str:
-        logits = self.logits(features)
-        return BRANCHES[max(range(len(BRANCHES)), key=logits.__getitem__)]
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -180,12 +192,17 @@ def fit_policy(
     *,
     kind: str = "calibrated",
     ridge: float = 1.0,
+    folds: int = 5,
 ) -> Policy:
     """Fit a policy that sends each query to the branch with the lowest predicted cost.
 
     Each branch's bits per byte is regressed on the standardised features (ridge regression,
     closed form); the policy's logits are the negated predictions, so it picks the branch it
     expects to cost least. Regressing costs, not labels, weighs each mistake by what it costs.
+    The fit is cross-validated (``folds`` folds of the probes): when routing by features does
+    not beat always taking the branch that is best on average on the held-out folds, the
+    policy is that constant branch, so the router is never worse than the best single branch
+    on the data it was fitted to.
 
     Args:
         features: one per probe (N).
@@ -193,14 +210,40 @@ def fit_policy(
             BRANCHES order.
         ridge: L2 penalty on the feature weights (not the intercepts); it keeps the fit stable
             when features are few or collinear.
+        folds: cross-validation folds (at least 2, at most N).
     """
     x = torch.tensor([feature_vector(f) for f in features], dtype=torch.float64)  # (N, F)
     costs = bits.to(torch.float64)  # (N, 3)
+    n = len(x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    routed = constant = 0.0
+    for fold in range(max(2, min(folds, n))):
+        held = order[fold :: max(2, min(folds, n))]
+        kept = torch.ones(n, dtype=torch.bool)
+        kept[held] = False
+        policy = _ridge_policy(x[kept], costs[kept], kind, ridge)
+        chosen = [BRANCHES.index(policy.choose_vector(v)) for v in x[held].tolist()]
+        routed += float(costs[held, chosen].sum())
+        constant += float(costs[held, int(costs[kept].mean(0).argmin())].sum())
+    policy = _ridge_policy(x, costs, kind, ridge)
+    if routed >= constant:  # the features did not pay on held-out probes
+        zero = tuple(0.0 for _ in FEATURES)
+        policy = Policy(
+            kind,
+            policy.mean,
+            policy.scale,
+            (zero,) * len(BRANCHES),
+            tuple((-costs.mean(0)).tolist()),
+            n,
+        )
+    return policy
+
+
+def _ridge_policy(x: torch.Tensor, costs: torch.Tensor, kind: str, ridge: float) -> Policy:
     mean = x.mean(0)
     scale = x.std(0, unbiased=False).clamp_min(1e-3)
-    x = (x - mean) / scale
-    design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)  # (N, F + 1)
-    penalty = torch.eye(design.shape[1], dtype=torch.float64) * ridge
+    design = torch.cat([(x - mean) / scale, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    penalty = torch.eye(design.shape[1], dtype=x.dtype) * ridge
     penalty[-1, -1] = 0.0  # the intercept is not shrunk
     coef = torch.linalg.solve(design.T @ design + penalty, design.T @ costs)  # (F + 1, 3)
     return Policy(
@@ -209,7 +252,7 @@ def fit_policy(
         tuple(scale.tolist()),
         tuple(tuple(row) for row in (-coef[:-1].T).tolist()),
         tuple((-coef[-1]).tolist()),
-        len(features),
+        len(x),
     )
 
 

@@ -99,6 +99,17 @@ def test_fit_policy_learns_which_branch_is_cheaper():
     assert policy.choose(_features(identifiers=1, exact_hits=0, top_similarity=0.5)) == "weights"
 
 
+def test_fit_policy_keeps_the_best_branch_when_features_do_not_pay():
+    # Costs unrelated to the features: on held-out folds routing cannot beat the branch that
+    # is best on average, so the policy is that branch whatever the features say.
+    gen = torch.Generator().manual_seed(1)
+    features = [_features(top_similarity=float(v)) for v in torch.rand(60, generator=gen)]
+    bits = torch.rand(60, 3, generator=gen) + torch.tensor([1.0, 1.0, 0.8])
+    policy = fit_policy(features, bits)
+    assert all(w == 0.0 for row in policy.weights for w in row)
+    assert {policy.choose(f) for f in features} == {BRANCHES[int(bits.mean(0).argmin())]}
+
+
 def _hit(text: str, rank: int) -> SearchHit:
     from datetime import UTC, datetime
 
