@@ -37,6 +37,7 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) benchmarks/notepad.py --sizes 10000
 	$(PY) benchmarks/weights.py
+	$(PY) benchmarks/memory_bench.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-memory
