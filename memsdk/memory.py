@@ -839,7 +839,8 @@ class HybridMemory:
         """The router's features for one query and its hits, and an identifier of the query
         that a hit holds verbatim (None if none does)."""
         spans = identifier_spans(query)[:MAX_IDENTIFIERS]
-        held = [s for s in spans if any(_whole(s).search(h.text) for h in hits)]
+        holders = {s: sum(_whole(s).search(h.text) is not None for h in hits) for s in spans}
+        held = [s for s in spans if holders[s]]
         similarities = sorted(
             (h.similarity for h in hits if h.similarity is not None), reverse=True
         )
@@ -863,8 +864,8 @@ class HybridMemory:
             query_bits_gain=gain,
             unconsolidated_share=share,
         )
-        # The most specific id names the reason: one with digits, then the longest.
-        specific = max(held, key=lambda s: (any(c.isdigit() for c in s), len(s)), default=None)
+        # The most specific id names the reason: the one fewest passages hold, then the longest.
+        specific = min(held, key=lambda s: (holders[s], -len(s)), default=None)
         return features, specific
 
     def _policy(self, scope_id: int) -> Policy:
