@@ -18,7 +18,7 @@ scope's own calibrated policy, the oracle (per-query best branch) and each alway
 policy. Also:
 
 - each whole stream scored prequentially, line by line, by each branch (notepad and both
-  retrieve from the lines before it), beside ``xz -9e`` and ``zstd -19 --long``;
+  retrieve from the lines before it), beside ``gzip -9``, ``zstd -19 --long`` and ``xz -9e``;
 - anomaly: the AUROC of ``surprise`` for BGL's alert lines (``Label`` not ``-``) in the second
   half of the log after ingesting the first half, adapted weights versus initial weights.
 
@@ -40,14 +40,13 @@ import json
 import os
 import platform
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from weights import compressed_bpb  # the sibling benchmark script (benchmarks/ is on sys.path)
 
 from memsdk import HybridMemory, Scope
 from memsdk.engine import TTTState, score_bytes, stream
@@ -77,10 +76,6 @@ DEVELOPMENT = {
     "logs/Apache": "loghub/Apache/Apache_2k.log",
     "logs/Hadoop": "loghub/Hadoop/Hadoop_2k.log",
     "logs/HPC": "loghub/HPC/HPC_2k.log",
-}
-COMPRESSORS = {
-    "zstd -19 --long": ["zstd", "-19", "--long", "-c", "-q"],
-    "xz -9e": ["xz", "-9e", "-c"],
 }
 ALL_BRANCHES = ("frozen", *BRANCHES)
 SUBJECTS = [
@@ -234,11 +229,7 @@ def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
             mem.ingest(pending, scope=scope, name=name)
             pending = []
     out = {b: v / total for b, v in bits.items()}
-    stream_bytes = "".join(lines).encode("utf-8", "surrogateescape")
-    for label, command in COMPRESSORS.items():
-        if shutil.which(command[0]):
-            packed = subprocess.run(command, input=stream_bytes, capture_output=True, check=True)
-            out[label] = 8 * len(packed.stdout) / len(stream_bytes)
+    out.update(compressed_bpb("".join(lines).encode("utf-8", "surrogateescape")))
     return out
 
 
