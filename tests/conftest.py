@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run compiled Triton kernels on CUDA; without a GPU they skip."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the interpreter tests cover the logic)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test: that folder exists for developers and CI,
     not on a user's machine."""
