@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU (small shapes), so CI checks
+# their logic. The variable is read when a kernel is decorated, so it is set before any test
+# module imports memsdk (and with it memsdk.kernels).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from memsdk import HybridMemory, Scope
 
@@ -15,8 +23,6 @@ SHARED = REPO.parent / "shared"
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` run compiled Triton kernels on CUDA; without a GPU they skip."""
-    import torch
-
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (the interpreter tests cover the logic)")
