@@ -3,10 +3,13 @@
 The serving path (:mod:`~memsdk.engine.model`, :mod:`~memsdk.engine.ttt`) takes tensors and
 frozen dataclasses and returns tensors and dataclasses; it never touches SQL or FAISS. Model
 files are sharded safetensors (:mod:`~memsdk.engine.checkpoint`); the outer loop and the corpus
-builder live in :mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`.
+builder live in :mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`; Fisher masks and
+4-bit deltas in :mod:`~memsdk.engine.fisher` and :mod:`~memsdk.engine.delta`.
 """
 
 from memsdk.engine.checkpoint import DEFAULT_MODEL, load_checkpoint, load_model, save_checkpoint
+from memsdk.engine.delta import WeightDelta, make_delta, merge_delta, read_delta, restore_state
+from memsdk.engine.fisher import FisherDiagonal
 from memsdk.engine.model import ByteLM, ModelConfig
 from memsdk.engine.ttt import (
     StreamReport,
@@ -22,15 +25,21 @@ from memsdk.engine.ttt import (
 __all__ = [
     "DEFAULT_MODEL",
     "ByteLM",
+    "FisherDiagonal",
     "ModelConfig",
     "StreamReport",
     "TTTConfig",
     "TTTState",
+    "WeightDelta",
     "bits_per_byte",
     "byte_losses",
     "generate",
     "load_checkpoint",
     "load_model",
+    "make_delta",
+    "merge_delta",
+    "read_delta",
+    "restore_state",
     "save_checkpoint",
     "score_bytes",
     "stream",

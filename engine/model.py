@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +26,18 @@ from torch import Tensor, nn
 
 from memsdk.errors import ConfigError
 
-__all__ = ["ByteLM", "FastWeights", "KVCache", "ModelConfig"]
+__all__ = ["ByteLM", "FastWeights", "KVCache", "ModelConfig", "Overrides"]
 
 VOCAB_SIZE = 256
 START_BYTE = 0  # the context before the first byte of a stream: NUL never occurs in text
 
 # Fast weights by name, e.g. "blocks.3.up" (d_model, dynamic_hidden) and "blocks.3.down"
-# (dynamic_hidden, d_model); during meta-learning each carries a leading batch dimension.
+# (dynamic_hidden, d_model); during meta-learning each carries a leading batch dimension. Any
+# other suffix parameter may be overridden too, under its parameter name (e.g.
+# "blocks.3.mlp.up.weight", "head.weight"): the Fisher-masked mode trains those.
 FastWeights = dict[str, Tensor]
+Overrides = Mapping[str, Tensor]
+NO_OVERRIDES: Overrides = {}
 # Per block: keys (before the rotary embedding) and values of the last `window` positions.
 KVCache = tuple[Tensor, Tensor]
 
@@ -104,6 +109,16 @@ class ModelConfig:
             return cls(**json.loads(text))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"not a model config: {exc}") from exc
+
+
+def _linear(x: Tensor, layer: nn.Linear, overrides: Overrides, name: str) -> Tensor:
+    return F.linear(x, overrides.get(f"{name}.weight", layer.weight))
+
+
+def _norm(x: Tensor, layer: nn.LayerNorm, overrides: Overrides, name: str) -> Tensor:
+    weight = overrides.get(f"{name}.weight", layer.weight)
+    bias = overrides.get(f"{name}.bias", layer.bias)
+    return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,10 +196,13 @@ class SlidingWindowAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: Tensor, past: KVCache | None) -> tuple[Tensor, KVCache]:
+    def forward(
+        self, x: Tensor, past: KVCache | None, overrides: Overrides = NO_OVERRIDES
+    ) -> tuple[Tensor, KVCache]:
         cfg = self.config
         batch, length, _ = x.shape  # (B, C, d)
-        q, k, v = self.qkv(x).view(batch, length, 3, cfg.n_head, cfg.head_dim).unbind(2)
+        qkv = _linear(x, self.qkv, overrides, "qkv")
+        q, k, v = qkv.view(batch, length, 3, cfg.n_head, cfg.head_dim).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, C, hd)
         if past is not None:
             k = torch.cat((past[0].expand(batch, -1, -1, -1), k), dim=2)
@@ -199,7 +217,8 @@ class SlidingWindowAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k_rotated, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(batch, length, cfg.d_model)
         keep = min(total, cfg.window)
-        return self.proj(y), (k[:, :, total - keep :], v[:, :, total - keep :])
+        cache = (k[:, :, total - keep :], v[:, :, total - keep :])
+        return _linear(y, self.proj, overrides, "proj"), cache
 
 
 class MLP(nn.Module):
@@ -208,8 +227,9 @@ class MLP(nn.Module):
         self.up = nn.Linear(d_model, hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.up(x)))
+    def forward(self, x: Tensor, overrides: Overrides = NO_OVERRIDES) -> Tensor:
+        hidden = F.gelu(_linear(x, self.up, overrides, "up"))
+        return _linear(hidden, self.down, overrides, "down")
 
 
 def dynamic_mlp(x: Tensor, up: Tensor, down: Tensor) -> Tensor:
@@ -235,13 +255,24 @@ class Block(nn.Module):
             self.down0 = nn.Parameter(torch.zeros(hidden, config.d_model))
 
     def forward(
-        self, x: Tensor, past: KVCache | None, up: Tensor | None = None, down: Tensor | None = None
+        self,
+        x: Tensor,
+        past: KVCache | None,
+        up: Tensor | None = None,
+        down: Tensor | None = None,
+        overrides: Overrides = NO_OVERRIDES,
     ) -> tuple[Tensor, KVCache]:
-        attended, cache = self.attn(self.ln_attn(x), past)
+        """``overrides`` replaces parameters by name within the block (e.g. "mlp.up.weight"),
+        without touching the module: threads may share it."""
+        sub = {
+            part: {k[len(part) + 1 :]: v for k, v in overrides.items() if k.startswith(part + ".")}
+            for part in ("attn", "mlp")
+        }
+        attended, cache = self.attn(_norm(x, self.ln_attn, overrides, "ln_attn"), past, sub["attn"])
         x = x + attended
-        out = x + self.mlp(self.ln_mlp(x))
+        out = x + self.mlp(_norm(x, self.ln_mlp, overrides, "ln_mlp"), sub["mlp"])
         if self.dynamic:
-            out = out + dynamic_mlp(self.ln_dynamic(x), up, down)
+            out = out + dynamic_mlp(_norm(x, self.ln_dynamic, overrides, "ln_dynamic"), up, down)
         return out, cache
 
 
@@ -276,6 +307,18 @@ class ByteLM(nn.Module):
             for part in ("up", "down")
         ]
 
+    def suffix_parameters(self) -> dict[str, Tensor]:
+        """Every parameter :meth:`suffix` uses besides the initial fast weights, by name: the
+        candidates of the Fisher-masked fast-weight mode (live parameters, not copies)."""
+        first = self.config.first_dynamic
+        names = tuple(f"blocks.{i}." for i in range(first, self.config.n_layer))
+        return {
+            name: p
+            for name, p in self.named_parameters()
+            if name.startswith((*names, "ln_out.", "head."))
+            and not name.endswith((".up0", ".down0"))
+        }
+
     def initial_fast_weights(self) -> FastWeights:
         """The meta-learned starting point of every stream (live parameters, not copies)."""
         weights = {}
@@ -298,15 +341,24 @@ class ByteLM(nn.Module):
     def suffix(
         self, x: Tensor, caches: list[KVCache | None], fast_weights: FastWeights
     ) -> tuple[Tensor, list[KVCache]]:
-        """The blocks with dynamic MLPs and the head: x (B, C, d) -> logits (B, C, 256)."""
+        """The blocks with dynamic MLPs and the head: x (B, C, d) -> logits (B, C, 256).
+
+        ``fast_weights`` holds each dynamic block's "up" and "down", and optionally overrides
+        of other suffix parameters by name (see :meth:`suffix_parameters`)."""
         new = []
         first = self.config.first_dynamic
         for i, (block, past) in enumerate(zip(self.blocks[first:], caches, strict=True)):
             name = f"blocks.{first + i}"
             up, down = fast_weights[f"{name}.up"], fast_weights[f"{name}.down"]
-            x, cache = block(x, past, up, down)
+            inner = {
+                k[len(name) + 1 :]: v
+                for k, v in fast_weights.items()
+                if k.startswith(name + ".") and k not in (f"{name}.up", f"{name}.down")
+            }
+            x, cache = block(x, past, up, down, inner)
             new.append(cache)
-        return self.head(self.ln_out(x)), new
+        x = _norm(x, self.ln_out, fast_weights, "ln_out")
+        return _linear(x, self.head, fast_weights, "head"), new
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Plain next-byte logits (B, T, 256) for inputs (B, T), initial fast weights."""

@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from memsdk.engine.copy import mix_copy
+from memsdk.engine.fisher import FisherDiagonal, top_fraction
 from memsdk.engine.model import START_BYTE, ByteLM, FastWeights, KVCache
 from memsdk.errors import ConfigError, FormatError, InputError
 from memsdk.files import atomic_write_bytes
@@ -39,23 +40,34 @@ __all__ = [
     "bits_per_byte",
     "byte_losses",
     "generate",
+    "initial_weights",
     "inner_update",
     "score_bytes",
     "stream",
 ]
 
 STATE_FORMAT = "memsdk.ttt_state/1"
+FAST_PARAMS = ("dynamic_mlp", "fisher_masked")
 LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
 class TTTConfig:
-    """Inner-loop settings. ``inner_lr=0`` freezes the fast weights (the frozen baseline)."""
+    """Inner-loop settings. ``inner_lr=0`` freezes the fast weights (the frozen baseline).
+
+    ``fast_params`` picks what the inner steps move: ``"dynamic_mlp"`` (the default: the
+    dynamic MLPs, all of their entries) or ``"fisher_masked"`` (micro-TTT: among every suffix
+    parameter, dynamic MLPs included, only the ``mask_fraction`` of each tensor with the largest
+    running Fisher diagonal; the mask is chosen again every ``mask_refresh`` steps).
+    """
 
     chunk_bytes: int = 512
     inner_lr: float = 3.0  # with max_grad_norm=1: each step moves the fast weights by at most 3
     max_grad_norm: float = 1.0
     decay: float = 0.0  # fraction of (fast - initial) removed per step; 0 keeps all changes
+    fast_params: str = "dynamic_mlp"
+    mask_fraction: float = 0.01
+    mask_refresh: int = 16
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 1:
@@ -66,6 +78,12 @@ class TTTConfig:
             raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         if not 0.0 <= self.decay < 1.0:
             raise ConfigError(f"decay must be in [0, 1), got {self.decay}")
+        if self.fast_params not in FAST_PARAMS:
+            raise ConfigError(f"fast_params must be one of {FAST_PARAMS}, got {self.fast_params!r}")
+        if not 0.0 < self.mask_fraction <= 1.0:
+            raise ConfigError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
+        if self.mask_refresh < 1:
+            raise ConfigError(f"mask_refresh must be at least 1, got {self.mask_refresh}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,16 @@ def fingerprint(model: ByteLM) -> str:
     return digest.hexdigest()[:16]
 
 
+def initial_weights(model: ByteLM, config: TTTConfig) -> FastWeights:
+    """The starting point of every stream's fast weights under ``config.fast_params`` (live
+    parameters, not copies): the dynamic MLPs' meta-learned initial weights, and in the
+    Fisher-masked mode every other suffix parameter as well."""
+    weights = dict(model.initial_fast_weights())
+    if config.fast_params == "fisher_masked":
+        weights.update(model.suffix_parameters())
+    return weights
+
+
 def _empty_caches(model: ByteLM) -> list[KVCache]:
     cfg = model.config
     empty = torch.zeros(1, cfg.n_head, 0, cfg.head_dim)
@@ -122,19 +150,24 @@ class TTTState:
     def reset(self) -> None:
         """Forget everything: initial fast weights, empty cache, position 0."""
         self.fast_weights: FastWeights = {
-            name: weight.detach().clone()
-            for name, weight in self.model.initial_fast_weights().items()
+            name: weight.detach().clone() for name, weight in self.initial_weights().items()
         }
         self.pending = b""
         self.caches = _empty_caches(self.model)
+        self.recent_inputs = b""  # the input bytes whose keys and values the caches hold
+        self.fisher = FisherDiagonal()
+        self.mask: dict[str, Tensor] | None = None
         self.last_byte = START_BYTE
         self.position = 0
         self.steps = 0
         self.rejected_steps = 0
 
+    def initial_weights(self) -> FastWeights:
+        return initial_weights(self.model, self.config)
+
     def drift(self) -> float:
         """Relative distance of the fast weights from the initial ones (0 after a reset)."""
-        initial = self.model.initial_fast_weights()
+        initial = self.initial_weights()
         num = sum(float((w - initial[n]).pow(2).sum()) for n, w in self.fast_weights.items())
         den = sum(float(w.pow(2).sum()) for w in initial.values())
         return math.sqrt(num / den) if den else math.sqrt(num)
@@ -197,7 +230,9 @@ class TTTState:
             state.rejected_steps = int(metadata["rejected_steps"])
             state.pending = bytes(tensors["pending"].tolist())
             state.fast_weights = {}
-            for name, initial in model.initial_fast_weights().items():
+            state.recent_inputs = b""
+            state.fisher, state.mask = FisherDiagonal(), None
+            for name, initial in state.initial_weights().items():
                 weight = tensors[f"fast.{name}"]
                 if weight.shape != initial.shape or weight.dtype != initial.dtype:
                     raise ValueError(f"fast weight {name} has shape {tuple(weight.shape)}")
@@ -301,7 +336,10 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
         accepted = False
         if learn and torch.isfinite(loss):
             grads = torch.autograd.grad(loss, list(fast.values()))
-            new, norm = inner_update(fast, grads, model.initial_fast_weights(), config)
+            state.fisher.update(list(fast), grads)
+            if config.fast_params == "fisher_masked":
+                grads = _masked(state, grads)
+            new, norm = inner_update(fast, grads, state.initial_weights(), config)
             if torch.isfinite(norm):
                 state.fast_weights = {n: w.detach() for n, w in new.items()}
                 accepted = True
@@ -309,9 +347,20 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
         state.steps += accepted
         state.rejected_steps += not accepted
     state.caches = [(k.detach(), v.detach()) for k, v in caches]
+    state.recent_inputs = (state.recent_inputs + inputs)[-model.config.window :]
     state.last_byte = chunk[-1]
     state.position += len(chunk)
     return losses.detach() / LN2
+
+
+def _masked(state: TTTState, grads: tuple[Tensor, ...]) -> list[Tensor]:
+    """Keep each gradient only where the state's Fisher mask is set, choosing the mask again
+    from the running Fisher diagonal every ``mask_refresh`` steps."""
+    if not state.fisher.count:
+        return list(grads)  # non-finite gradients: the step is rejected anyway
+    if state.mask is None or state.steps % state.config.mask_refresh == 0:
+        state.mask = top_fraction(state.fisher.mean(), state.config.mask_fraction)
+    return [g * state.mask[name] for name, g in zip(state.fast_weights, grads, strict=True)]
 
 
 def stream(
