@@ -1,4 +1,5 @@
-"""The ``memsdk`` command line: ingest, search, query, calibrate, stats and rebuild-index."""
+"""The ``memsdk`` command line: ingest, search, query, calibrate, stats, sessions and
+rebuild-index."""
 
 from __future__ import annotations
 
@@ -129,8 +130,36 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             print(
                 f"  weights  {w.bytes_absorbed} bytes absorbed in {w.steps} steps "
                 f"({w.rejected_steps} rejected), through chunk {w.through_chunk_id}, "
-                f"drift {w.drift:.4f}, snapshot {w.snapshot_bytes} bytes"
+                f"drift {w.drift:.4f}, {w.deltas} deltas of {w.delta_bytes} bytes"
             )
+    return 0
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    with HybridMemory.open(args.memory) as mem:
+        if args.drop:
+            if not args.tenant:
+                raise ValueError("--drop needs the scope: give --tenant (and --user ...)")
+            mem.reset_weights(scope=_scope(args))
+            print(f"dropped the weight memory of {_scope(args)}")
+        if args.compact:
+            print(f"compacted the deltas of {mem.compact_weights()} scopes")
+        stats = mem.stats()
+    if stats.weights_model is None:
+        print("this memory has no weight memory (weight_memory=False)")
+        return 0
+    if args.json:
+        rows = [
+            {"scope": s.scope.model_dump(mode="json"), **s.weights.model_dump(mode="json")}
+            for s in stats.scopes
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'deltas':>6} {'delta bytes':>12} {'absorbed':>12}  {'last update (UTC)':<19}  scope")
+    for s in stats.scopes:
+        w = s.weights
+        saved = w.saved_at.strftime("%Y-%m-%d %H:%M:%S") if w.saved_at else "never"
+        print(f"{w.deltas:>6} {w.delta_bytes:>12} {w.bytes_absorbed:>12}  {saved:<19}  {s.scope}")
     return 0
 
 
@@ -183,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_stats)
+
+    p = sub.add_parser("sessions", help="each scope's saved weight memory: deltas, size, age")
+    _memory_arg(p)
+    p.add_argument("--compact", action="store_true", help="merge each scope's deltas into one")
+    p.add_argument("--drop", action="store_true", help="forget the given scope's weight memory")
+    p.add_argument("--tenant", help="scope tenant (for --drop)")
+    p.add_argument("--user", help="scope user")
+    p.add_argument("--agent", help="scope agent")
+    p.add_argument("--run", help="scope run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_sessions)
 
     p = sub.add_parser("rebuild-index", help="rebuild the vector index from the database")
     _memory_arg(p)

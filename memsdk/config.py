@@ -6,6 +6,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,6 +86,27 @@ class MemoryConfig(BaseModel):
         ge=0,
         description="a busy worker saves changed weight snapshots at most this often (flush() "
         "and close() always save; after a crash a scope resumes from its last snapshot)",
+    )
+
+    weights_fast_params: Literal["dynamic_mlp", "fisher_masked"] = Field(
+        "dynamic_mlp",
+        description="what test-time training moves: the dynamic MLPs (default), or micro-TTT's "
+        "most sensitive ~1% of every suffix parameter by a running Fisher diagonal; applies "
+        "to new scopes and after reset_weights (a scope saved in the other mode is rebuilt)",
+    )
+    weights_delta_keep: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of each fast weight's changed entries a saved delta keeps, "
+        "ranked by Fisher x change^2 (1 keeps every change; every kept value is 4-bit)",
+    )
+    weights_max_deltas: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="longest chain of session deltas per scope before a save compacts it "
+        "into one delta from the initial weights",
     )
 
     @model_validator(mode="after")

@@ -1,11 +1,19 @@
 """Background consolidation: every scope's notepad chunks, streamed into its weight memory.
 
 SQL is the source of truth. Each scope's :class:`~memsdk.engine.TTTState` remembers the id of
-the last chunk it absorbed (``through_chunk_id``, saved inside its snapshot); the worker streams
+the last chunk it absorbed (``through_chunk_id``, saved inside its delta); the worker streams
 the scope's newer chunks in id order, which is ingest order. Writers only *notify* the worker
 (a bounded queue of scope ids and commands), so agent code never waits for training and no
 ingested text is held twice in memory. After a crash, or when the model changed, a scope simply
-resumes from the chunk after its snapshot's ``through_chunk_id``.
+resumes from the chunk after its newest delta's ``through_chunk_id``.
+
+Sessions: a scope's weight memory is saved as a chain of 4-bit deltas
+(:mod:`memsdk.engine.delta`). Each open of the memory is a session; its saves (on a schedule and
+at close) rewrite one delta file, relative to the weights the session started from, and name
+the version before it as their parent. Opening merges the chain in order, so a third session
+starts with what the first two absorbed. When a chain would grow past ``max_deltas`` files, the
+save writes one delta relative to the initial weights instead and removes the older files
+(compaction); a file no chain names (left by a crash mid-compaction) is removed then too.
 
 One worker thread is the only writer of the states. Readers (scoring, completion) use a state's
 fast weights as they are: each inner step replaces the fast-weight dict, never edits it.
@@ -18,11 +26,23 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from memsdk.engine import ByteLM, TTTState, stream
+from torch import Tensor
+
+from memsdk.engine import (
+    ByteLM,
+    TTTConfig,
+    TTTState,
+    WeightDelta,
+    make_delta,
+    read_delta,
+    restore_state,
+    stream,
+)
 from memsdk.errors import FormatError
 from memsdk.stores.sql import SQLStore
-from memsdk.stores.weights import WeightSnapshots
+from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
 __all__ = ["Consolidator", "ScopeWeights"]
 
@@ -48,7 +68,20 @@ class ScopeWeights:
     rejected_steps: int
     through_chunk_id: int
     drift: float
-    snapshot_bytes: int
+    deltas: int
+    delta_bytes: int
+    saved_at: datetime | None
+
+
+@dataclass
+class _Session:
+    """Where this session's saves of one scope go: delta file ``version``, relative to
+    ``base`` (the weights after merging ``parent``'s chain of ``depth`` files; 0: none)."""
+
+    version: int
+    parent: int
+    depth: int
+    base: dict[str, Tensor]
 
 
 class Consolidator:
@@ -56,8 +89,13 @@ class Consolidator:
 
     Args:
         sql: the memory's SQL store (chunks are read from it).
-        snapshots: where the states are saved.
+        deltas: where the states are saved, as chains of deltas.
+        snapshots: full-state snapshots of memories written before deltas: read once, then
+            replaced by a delta.
         model: the frozen weight-memory model shared by every scope.
+        ttt_config: inner-loop settings of new states (default: the model's tuned ones).
+        delta_keep: fraction of each fast weight's changed entries a delta keeps (by Fisher).
+        max_deltas: longest chain of delta files before a save compacts it into one.
         batch_chunks: chunks read from SQL per inner-loop batch (bounds memory and the delay
             of :meth:`close`).
         save_interval_s: how often changed states are saved while the worker is busy.
@@ -67,16 +105,25 @@ class Consolidator:
     def __init__(
         self,
         sql: SQLStore,
+        deltas: WeightDeltas,
         snapshots: WeightSnapshots,
         model: ByteLM,
         *,
+        ttt_config: TTTConfig | None = None,
+        delta_keep: float = 1.0,
+        max_deltas: int = 8,
         batch_chunks: int = 16,
         save_interval_s: float = 30.0,
         queue_size: int = 1024,
     ) -> None:
         self.sql = sql
+        self.deltas = deltas
         self.snapshots = snapshots
         self.model = model
+        self.ttt_config = ttt_config or getattr(model, "default_ttt", None) or TTTConfig()
+        self.delta_keep = delta_keep
+        self.max_deltas = max_deltas
+        self._sessions: dict[int, _Session] = {}
         self.batch_chunks = batch_chunks
         self.save_interval_s = save_interval_s
         self._states: dict[int, TTTState] = {}
@@ -97,9 +144,9 @@ class Consolidator:
     # ---- called by HybridMemory ------------------------------------------------------------
 
     def state(self, scope_id: int) -> TTTState:
-        """The scope's state, loaded from its snapshot on first use (a fresh one if none, or
-        if the snapshot is unreadable or belongs to another model: it is then rebuilt from
-        the notepad's chunks)."""
+        """The scope's state, merged from its deltas on first use (a fresh one if none, or if
+        a delta is unreadable or belongs to another model or fast-weight mode: it is then
+        rebuilt from the notepad's chunks)."""
         with self._states_lock:
             state = self._states.get(scope_id)
             if state is None:
@@ -121,8 +168,14 @@ class Consolidator:
         self._call(_Command("finish"))
 
     def reset(self, scope_id: int) -> None:
-        """Back to the initial fast weights; chunks already stored are not absorbed again."""
+        """Back to the initial fast weights and no deltas; chunks already stored are not
+        absorbed again."""
         self._call(_Command("reset", scope_id))
+
+    def compact(self, scope_id: int) -> None:
+        """Merge the scope's chain of deltas into one delta relative to the initial weights
+        (what the scope absorbed is kept, up to 4-bit rounding) and remove the other files."""
+        self._call(_Command("compact", scope_id))
 
     def close(self) -> None:
         """Stop after the current batch and save every changed state. What was not absorbed
@@ -146,13 +199,18 @@ class Consolidator:
 
     def figures(self, scope_id: int) -> ScopeWeights:
         state = self.state(scope_id)
+        session = self._sessions[scope_id]
+        chain = self._chain_versions(scope_id)
+        modified = self.deltas.modified(scope_id)
         return ScopeWeights(
             bytes_absorbed=state.position + len(state.pending),
             steps=state.steps,
             rejected_steps=state.rejected_steps,
             through_chunk_id=self._through(state),
             drift=state.drift(),
-            snapshot_bytes=self.snapshots.size(scope_id),
+            deltas=len(chain) if session.version in chain else session.depth,
+            delta_bytes=self.deltas.size(scope_id, chain),
+            saved_at=None if modified is None else datetime.fromtimestamp(modified, UTC),
         )
 
     # ---- the worker ------------------------------------------------------------------------
@@ -169,16 +227,64 @@ class Consolidator:
     def _through(state: TTTState) -> int:
         return int(state.extra.get(THROUGH, "0"))
 
+    def _read(self, scope_id: int, version: int) -> WeightDelta:
+        path = self.deltas.path(scope_id, version)
+        try:
+            return read_delta(self.deltas.read(scope_id, version), source=str(path))
+        except OSError as exc:
+            raise FormatError(f"{path} cannot be read: {exc}") from exc
+
+    def _chain(self, scope_id: int, newest: int) -> list[tuple[int, WeightDelta]]:
+        """The deltas from the first to ``newest``, following each file's parent."""
+        chain, version = [], newest
+        while version:
+            delta = self._read(scope_id, version)
+            chain.append((version, delta))
+            parent = int(delta.labels.get("parent", "-1"))
+            if not 0 <= parent < version:
+                raise FormatError(f"delta {version} of scope {scope_id} names parent {parent}")
+            version = parent
+        return chain[::-1]
+
+    def _chain_versions(self, scope_id: int) -> list[int]:
+        """The versions on the chain of the scope's newest delta (empty if unreadable)."""
+        versions = self.deltas.versions(scope_id)
+        try:
+            return [v for v, _ in self._chain(scope_id, versions[-1])] if versions else []
+        except FormatError:
+            return []
+
     def _load(self, scope_id: int) -> TTTState:
-        data = self.snapshots.read(scope_id)
-        if data is not None:
-            try:
-                return TTTState.from_bytes(
-                    data, self.model, source=str(self.snapshots.path(scope_id))
+        versions = self.deltas.versions(scope_id)
+        following = (versions[-1] if versions else 0) + 1
+        state = None
+        try:
+            if versions:
+                chain = self._chain(scope_id, versions[-1])
+                state = restore_state(
+                    self.model, [d for _, d in chain], source=f"deltas of scope {scope_id}"
                 )
-            except FormatError as exc:
-                logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
-        return TTTState(self.model)
+                if state.config.fast_params != self.ttt_config.fast_params:
+                    raise FormatError(
+                        f"its deltas train {state.config.fast_params!r}, this memory is "
+                        f"configured for {self.ttt_config.fast_params!r}"
+                    )
+                self._sessions[scope_id] = _Session(
+                    following, versions[-1], len(chain), _copy(state.fast_weights)
+                )
+                return state
+            legacy = self.snapshots.read(scope_id)
+            if legacy is not None:
+                source = str(self.snapshots.path(scope_id))
+                state = TTTState.from_bytes(legacy, self.model, source=source)
+                self._dirty.add(scope_id)  # saved as a delta at the next save
+        except FormatError as exc:
+            logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
+            state = None
+        if state is None:
+            state = TTTState(self.model, self.ttt_config)
+        self._sessions[scope_id] = _Session(following, 0, 0, _copy(state.initial_weights()))
+        return state
 
     def _run(self) -> None:
         while True:
@@ -196,6 +302,8 @@ class Consolidator:
                     self._finish()
                 elif command.kind == "reset":
                     self._reset(command.scope_id)
+                elif command.kind == "compact":
+                    self._compact(command.scope_id)
             except Exception as exc:
                 logger.exception("weight consolidation failed")
                 command.error = exc
@@ -231,6 +339,16 @@ class Consolidator:
         state.reset()
         newest = self.sql.newest_chunk_ids().get(scope_id, 0)
         state.extra[THROUGH] = str(max(newest, self._through(state)))
+        for version in self.deltas.versions(scope_id):
+            self.deltas.delete(scope_id, version)
+        self._sessions[scope_id] = _Session(1, 0, 0, _copy(state.initial_weights()))
+        self._dirty.add(scope_id)
+        self._save(force=True)
+
+    def _compact(self, scope_id: int) -> None:
+        state = self.state(scope_id)
+        session = self._sessions[scope_id]
+        session.parent, session.depth, session.base = 0, 0, _copy(state.initial_weights())
         self._dirty.add(scope_id)
         self._save(force=True)
 
@@ -240,6 +358,25 @@ class Consolidator:
         ):
             return
         for scope_id in sorted(self._dirty):
-            self.snapshots.write(scope_id, self.state(scope_id).to_bytes())
+            state, session = self.state(scope_id), self._sessions[scope_id]
+            if session.depth + 1 > self.max_deltas:  # compact: one delta from the initial weights
+                session.parent, session.depth = 0, 0
+                session.base = _copy(state.initial_weights())
+            labels = {
+                "version": str(session.version),
+                "parent": str(session.parent),
+                "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)
+            self.deltas.write(scope_id, session.version, data)
+            if session.parent == 0:  # nothing older is on the chain any more
+                for version in self.deltas.versions(scope_id):
+                    if version != session.version:
+                        self.deltas.delete(scope_id, version)
+            self.snapshots.delete(scope_id)  # a snapshot from before deltas, now replaced
         self._dirty.clear()
         self._last_save = time.monotonic()
+
+
+def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: w.detach().clone() for name, w in weights.items()}

@@ -65,7 +65,7 @@ from memsdk.scope import Scope
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import ChunkRecord, NewChunk
-from memsdk.stores.weights import RouterPolicies, WeightSnapshots
+from memsdk.stores.weights import RouterPolicies, WeightDeltas, WeightSnapshots
 
 __all__ = ["HybridMemory"]
 
@@ -270,10 +270,18 @@ class HybridMemory:
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
+                model = _shared_model(self.config.weights_model)
+                ttt_config = dataclasses.replace(
+                    model.default_ttt, fast_params=self.config.weights_fast_params
+                )
                 self.weights = Consolidator(
                     self.notepad.sql,
+                    WeightDeltas(self.path),
                     WeightSnapshots(self.path),
-                    _shared_model(self.config.weights_model),
+                    model,
+                    ttt_config=ttt_config,
+                    delta_keep=self.config.weights_delta_keep,
+                    max_deltas=self.config.weights_max_deltas,
                     batch_chunks=self.config.weights_batch_chunks,
                     save_interval_s=self.config.weights_save_interval_s,
                 )
@@ -577,14 +585,18 @@ class HybridMemory:
         """The scope's weight memory as it is now (the initial weights for a scope without
         data). Raises MemsdkError when the memory was opened with weight_memory=False."""
         scope_id = self._scope_id(scope, create=False)
+        weights = self._require_weights()
+        if scope_id is None:
+            return weights.initial_state()
+        return weights.state(scope_id)
+
+    def _require_weights(self) -> Consolidator:
         if self.weights is None:
             raise MemsdkError(
                 f"memory {self.path} was opened with weight_memory=False: open it with "
                 "MemoryConfig(weight_memory=True) to use the weight memory"
             )
-        if scope_id is None:
-            return self.weights.initial_state()
-        return self.weights.state(scope_id)
+        return self.weights
 
     def _query_bytes(self, text: Any, what: str) -> bytes:
         data = _to_bytes(text, what)
@@ -658,6 +670,25 @@ class HybridMemory:
         scope_id = self._scope_id(scope, create=False)
         if scope_id is not None:
             self.weights.reset(scope_id)
+
+    def compact_weights(self, *, scope: Scope | None = None) -> int:
+        """Merge the chain of session deltas of ``scope`` (default: every scope) into one delta
+        from the initial weights, removing the older files; what was absorbed is kept up to
+        4-bit rounding. Returns how many scopes were compacted.
+
+        Raises:
+            MemsdkError: the memory was opened with ``weight_memory=False``.
+        """
+        self._live()
+        weights = self._require_weights()
+        if scope is not None:
+            scope_id = self._scope_id(scope, create=False)
+            scope_ids = [] if scope_id is None else [scope_id]
+        else:
+            scope_ids = [scope_id for scope_id, _ in self.notepad.sql.scopes()]
+        for scope_id in scope_ids:
+            weights.compact(scope_id)
+        return len(scope_ids)
 
     # ---- routed queries ----------------------------------------------------------------------
 

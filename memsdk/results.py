@@ -127,7 +127,9 @@ class WeightFigures(BaseModel):
         description="the last chunk absorbed (chunks are absorbed in id order)"
     )
     drift: float = Field(description="relative distance of the fast weights from the initial ones")
-    snapshot_bytes: int = Field(description="size of the saved snapshot file")
+    deltas: int = Field(description="session delta files the weight memory is merged from")
+    delta_bytes: int = Field(description="bytes of those delta files")
+    saved_at: datetime | None = Field(description="when the newest delta was written (UTC)")
 
 
 class ScopeStats(BaseModel):

@@ -1,6 +1,7 @@
 """Per-scope files of a memory directory, named by the scope's SQL id and written atomically:
-weight-memory snapshots (``<memory>/weights/scope-<id>.safetensors``) and fitted router
-policies (``<memory>/router/scope-<id>.json``).
+the weight memory's deltas (``<memory>/weights/scope-<id>/delta-<version>.safetensors``), the
+snapshots of memsdk before deltas (``<memory>/weights/scope-<id>.safetensors``, read once and
+replaced) and fitted router policies (``<memory>/router/scope-<id>.json``).
 
 The files are opaque bytes here (the engine and the router write and read their content); a
 crash leaves the previous file or the new one, never a torn file.
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 from memsdk.files import atomic_write_bytes
 
-__all__ = ["RouterPolicies", "ScopeFiles", "WeightSnapshots"]
+__all__ = ["RouterPolicies", "ScopeFiles", "WeightDeltas", "WeightSnapshots"]
 
 
 class ScopeFiles:
@@ -59,3 +61,64 @@ class WeightSnapshots(ScopeFiles):
 class RouterPolicies(ScopeFiles):
     folder = "router"
     suffix = ".json"
+
+
+class WeightDeltas:
+    """Numbered delta files per scope: ``<memory>/weights/scope-<id>/delta-<version>.safetensors``.
+
+    Which versions form a scope's chain is written inside the files (each names its parent);
+    this class only stores, lists and removes them.
+    """
+
+    _name = re.compile(r"delta-(\d{6,})\.safetensors")
+
+    def __init__(self, memory_directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(memory_directory) / "weights"
+
+    def folder(self, scope_id: int) -> Path:
+        return self.directory / f"scope-{int(scope_id)}"
+
+    def path(self, scope_id: int, version: int) -> Path:
+        return self.folder(scope_id) / f"delta-{int(version):06d}.safetensors"
+
+    def versions(self, scope_id: int) -> list[int]:
+        """The scope's stored versions, oldest first."""
+        try:
+            names = os.listdir(self.folder(scope_id))
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := self._name.fullmatch(n)))
+
+    def scope_ids(self) -> list[int]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"scope-(\d+)", n)))
+
+    def write(self, scope_id: int, version: int, data: bytes) -> None:
+        self.folder(scope_id).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path(scope_id, version), data)
+
+    def read(self, scope_id: int, version: int) -> bytes:
+        return self.path(scope_id, version).read_bytes()
+
+    def delete(self, scope_id: int, version: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(scope_id, version).unlink()
+
+    def size(self, scope_id: int, versions: list[int] | None = None) -> int:
+        total = 0
+        for version in self.versions(scope_id) if versions is None else versions:
+            with contextlib.suppress(FileNotFoundError):
+                total += self.path(scope_id, version).stat().st_size
+        return total
+
+    def modified(self, scope_id: int) -> float | None:
+        """When the scope's newest delta was written (seconds since the epoch), or None."""
+        versions = self.versions(scope_id)
+        if not versions:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            return self.path(scope_id, versions[-1]).stat().st_mtime
+        return None
