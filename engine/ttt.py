@@ -34,6 +34,7 @@ from memsdk.errors import ConfigError, FormatError, InputError
 from memsdk.files import atomic_write_bytes
 
 __all__ = [
+    "FISHER_MASKED_INNER_LR",
     "StreamReport",
     "TTTConfig",
     "TTTState",
@@ -48,6 +49,10 @@ __all__ = [
 
 STATE_FORMAT = "memsdk.ttt_state/1"
 FAST_PARAMS = ("dynamic_mlp", "fisher_masked")
+# The inner learning rate of the fisher_masked mode (1% masks) for the shipped model, tuned on
+# development streams by benchmarks/deltas.py: the meta-learned rate of the dynamic MLPs is
+# far too large for the static weights, which were not trained to be moved.
+FISHER_MASKED_INNER_LR = 0.3
 LN2 = math.log(2.0)
 
 

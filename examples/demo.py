@@ -153,7 +153,8 @@ def main() -> int:
             f"\n{stats.index_vectors} chunks in memory, "
             f"index {stats.index_bytes / 1e6:.1f} MB on disk; weight memory "
             f"({stats.weights_model}): {weights.bytes_absorbed / 1e3:.0f} kB absorbed "
-            f"in {weights.steps} steps, snapshot {weights.snapshot_bytes / 1e6:.1f} MB"
+            f"in {weights.steps} steps, saved as {weights.deltas} 4-bit delta(s) of "
+            f"{weights.delta_bytes / 1e3:.0f} kB"
         )
     return 0
 

@@ -84,8 +84,8 @@ class MemoryConfig(BaseModel):
     weights_save_interval_s: float = Field(
         30.0,
         ge=0,
-        description="a busy worker saves changed weight snapshots at most this often (flush() "
-        "and close() always save; after a crash a scope resumes from its last snapshot)",
+        description="a busy worker saves changed weight deltas at most this often (flush() "
+        "and close() always save; after a crash a scope resumes from its last saved delta)",
     )
 
     weights_fast_params: Literal["dynamic_mlp", "fisher_masked"] = Field(

@@ -28,6 +28,7 @@ from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
 from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
+from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.progress import progress_bar
@@ -271,9 +272,11 @@ class HybridMemory:
         if self.config.weight_memory:
             try:
                 model = _shared_model(self.config.weights_model)
-                ttt_config = dataclasses.replace(
-                    model.default_ttt, fast_params=self.config.weights_fast_params
-                )
+                ttt_config = model.default_ttt
+                if self.config.weights_fast_params == "fisher_masked":
+                    ttt_config = dataclasses.replace(
+                        ttt_config, fast_params="fisher_masked", inner_lr=FISHER_MASKED_INNER_LR
+                    )
                 self.weights = Consolidator(
                     self.notepad.sql,
                     WeightDeltas(self.path),
@@ -314,7 +317,7 @@ class HybridMemory:
         return f"HybridMemory({str(self.path)!r}, {state})"
 
     def close(self) -> None:
-        """Save the vector index and the weight snapshots and release the database. Chunks the
+        """Save the vector index and the weight deltas and release the database. Chunks the
         weight memory has not absorbed yet are absorbed after the next open. Safe to call
         twice."""
         if not self._closed:
@@ -327,7 +330,7 @@ class HybridMemory:
 
     def flush(self) -> None:
         """Wait until the weight memory has absorbed every stored chunk, then write everything
-        pending to disk (the vector index file, the weight snapshots)."""
+        pending to disk (the vector index file, the weight deltas)."""
         self._live()
         if self.weights is not None:
             self.weights.flush()

@@ -10,6 +10,7 @@ import pytest
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.cli import main as cli_main
 from memsdk.engine import TTTState, load_model, stream
+from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
 
@@ -113,6 +114,7 @@ def test_a_scope_saved_in_another_mode_is_rebuilt(memory_dir, scope, hdfs, caplo
     _session(memory_dir, scope, hdfs[0], "a")
     config = MemoryConfig(weights_fast_params="fisher_masked")
     with caplog.at_level(logging.WARNING), HybridMemory.open(memory_dir, config=config) as mem:
+        assert mem.weights.ttt_config.inner_lr == FISHER_MASKED_INNER_LR  # tuned for the mode
         mem.flush()
         figures = mem.stats().scopes[0].weights
         assert figures.bytes_absorbed == len(hdfs[0])  # absorbed again, in the new mode
