@@ -14,6 +14,7 @@ memory behind one API::
 from memsdk.aio import AsyncHybridMemory
 from memsdk.config import MemoryConfig
 from memsdk.errors import (
+    BusyError,
     ConfigError,
     DuplicateError,
     FilterError,
@@ -50,6 +51,7 @@ __all__ = [
     "AddResult",
     "Answer",
     "AsyncHybridMemory",
+    "BusyError",
     "ConfigError",
     "DuplicateError",
     "FilterError",

@@ -87,7 +87,15 @@ class MemoryConfig(BaseModel):
         description="a busy worker saves changed weight deltas at most this often (flush() "
         "and close() always save; after a crash a scope resumes from its last saved delta)",
     )
-
+    weights_lease_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="how long a process's claim to train a scope's weight memory lasts without "
+        "renewal (renewed every batch): when several processes share the memory, another "
+        "takes over after it lapses, or at once if the holder was a process of this machine "
+        "that has ended",
+    )
     weights_fast_params: Literal["dynamic_mlp", "fisher_masked"] = Field(
         "dynamic_mlp",
         description="what test-time training moves: the dynamic MLPs (default), or micro-TTT's "

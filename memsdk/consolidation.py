@@ -15,16 +15,32 @@ starts with what the first two absorbed. When a chain would grow past ``max_delt
 save writes one delta relative to the initial weights instead and removes the older files
 (compaction); a file no chain names (left by a crash mid-compaction) is removed then too.
 
-One worker thread is the only writer of the states. Readers (scoring, completion) use a state's
-fast weights as they are: each inner step replaces the fast-weight dict, never edits it.
+One writer per scope: several processes may open one memory (a SQLite directory, or workers
+sharing a PostgreSQL database and the memory directory), so a scope's weight memory is trained
+and saved only by the process holding the scope's *lease* in SQL (``weight_leases``). The worker
+takes the lease when it has work for the scope, renews it every batch and before every save,
+and gives it up, after saving, once it has been idle for ``poll_interval_s``. A lease expires
+``lease_s`` after its last renewal, or at once when its holder was a process of this machine
+that no longer runs (killed mid-ingest). Taking a lease reloads the scope's deltas when another
+process saved since this one last read them, so no process trains from, or saves over, a stale
+state. Without the lease a process reads the newest saved deltas (reloading them when they
+change) and leaves the training to the holder; its idle worker polls SQL and takes over the
+scopes whose chunks nobody has absorbed.
+
+One worker thread per process is the only writer of its states. Readers (scoring, completion)
+use a state's fast weights as they are: each inner step replaces the fast-weight dict, never
+edits it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -40,7 +56,7 @@ from memsdk.engine import (
     restore_state,
     stream,
 )
-from memsdk.errors import FormatError
+from memsdk.errors import BusyError, FormatError
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
@@ -49,6 +65,22 @@ __all__ = ["Consolidator", "ScopeWeights"]
 logger = logging.getLogger(__name__)
 
 THROUGH = "through_chunk_id"
+RELOAD_ATTEMPTS = 3  # a chain read while another process compacts it: read it again
+
+
+def _process_gone(holder: str) -> bool:
+    """Whether a lease holder (``host:pid:id``) was a process of this machine that has ended."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 @dataclass
@@ -99,6 +131,11 @@ class Consolidator:
         batch_chunks: chunks read from SQL per inner-loop batch (bounds memory and the delay
             of :meth:`close`).
         save_interval_s: how often changed states are saved while the worker is busy.
+        lease_s: how long a scope's lease lasts without renewal.
+        wait_s: how long :meth:`flush`, :meth:`reset` and :meth:`compact` wait for a lease that
+            another process holds before raising :class:`~memsdk.errors.BusyError`.
+        poll_interval_s: idle time after which the worker saves, gives its leases up and
+            looks for chunks nobody has absorbed (written by other processes).
         queue_size: bound of the command queue.
     """
 
@@ -114,6 +151,9 @@ class Consolidator:
         max_deltas: int = 8,
         batch_chunks: int = 16,
         save_interval_s: float = 30.0,
+        lease_s: float = 10.0,
+        wait_s: float = 60.0,
+        poll_interval_s: float = 1.0,
         queue_size: int = 1024,
     ) -> None:
         self.sql = sql
@@ -126,6 +166,14 @@ class Consolidator:
         self._sessions: dict[int, _Session] = {}
         self.batch_chunks = batch_chunks
         self.save_interval_s = save_interval_s
+        self.lease_s = lease_s
+        self.wait_s = wait_s
+        self.poll_interval_s = poll_interval_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._held: set[int] = set()  # scopes whose lease this process holds
+        self._seen: dict[int, tuple[int, ...]] = {}  # deltas on disk as last loaded or saved
+        self._waiting: set[int] = set()  # scopes with work whose lease another process holds
+        self._history_seen = -1
         self._states: dict[int, TTTState] = {}
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
@@ -146,10 +194,14 @@ class Consolidator:
     def state(self, scope_id: int) -> TTTState:
         """The scope's state, merged from its deltas on first use (a fresh one if none, or if
         a delta is unreadable or belongs to another model or fast-weight mode: it is then
-        rebuilt from the notepad's chunks)."""
+        rebuilt from the notepad's chunks). Unless this process holds the scope's lease, the
+        deltas are merged again whenever another process has saved newer ones."""
         with self._states_lock:
             state = self._states.get(scope_id)
-            if state is None:
+            if state is None or (
+                scope_id not in self._held
+                and self._seen.get(scope_id) != self.deltas.signature(scope_id)
+            ):
                 state = self._load(scope_id)
                 self._states[scope_id] = state
             return state
@@ -164,22 +216,34 @@ class Consolidator:
 
     def flush(self) -> None:
         """Wait until every committed chunk is absorbed (the last partial chunk included) and
-        every changed state is saved."""
+        every changed state is saved.
+
+        Raises:
+            BusyError: another process kept a scope's lease for longer than ``wait_s``.
+        """
         self._call(_Command("finish"))
 
     def reset(self, scope_id: int) -> None:
         """Back to the initial fast weights and no deltas; chunks already stored are not
-        absorbed again."""
+        absorbed again.
+
+        Raises:
+            BusyError: another process kept the scope's lease for longer than ``wait_s``.
+        """
         self._call(_Command("reset", scope_id))
 
     def compact(self, scope_id: int) -> None:
         """Merge the scope's chain of deltas into one delta relative to the initial weights
-        (what the scope absorbed is kept, up to 4-bit rounding) and remove the other files."""
+        (what the scope absorbed is kept, up to 4-bit rounding) and remove the other files.
+
+        Raises:
+            BusyError: another process kept the scope's lease for longer than ``wait_s``.
+        """
         self._call(_Command("compact", scope_id))
 
     def close(self) -> None:
-        """Stop after the current batch and save every changed state. What was not absorbed
-        yet is absorbed after the next open. Safe to call twice."""
+        """Stop after the current batch, save every changed state and give the leases up.
+        What was not absorbed yet is absorbed after the next open. Safe to call twice."""
         if not self._worker.is_alive():
             return
         self._stopping.set()
@@ -255,43 +319,149 @@ class Consolidator:
             return []
 
     def _load(self, scope_id: int) -> TTTState:
+        """The scope's state as saved on disk now (see :meth:`_load_chain`); an unreadable
+        chain is read again when another process changed it meanwhile, else rebuilt from the
+        notepad's chunks."""
+        for attempt in range(RELOAD_ATTEMPTS):
+            signature = self.deltas.signature(scope_id)
+            try:
+                state = self._load_chain(scope_id)
+                break
+            except FormatError as exc:
+                if attempt + 1 < RELOAD_ATTEMPTS and self.deltas.signature(scope_id) != signature:
+                    continue  # another process saved or compacted meanwhile
+                logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
+                state = TTTState(self.model, self.ttt_config)
+                self._sessions[scope_id] = _Session(
+                    self._newest(scope_id) + 1, 0, 0, _copy(state.initial_weights())
+                )
+                break
+        self._seen[scope_id] = signature
+        return state
+
+    def _newest(self, scope_id: int) -> int:
+        versions = self.deltas.versions(scope_id)
+        return versions[-1] if versions else 0
+
+    def _load_chain(self, scope_id: int) -> TTTState:
+        """The scope's state from its chain of deltas (or from a snapshot of memsdk before
+        deltas, or a fresh state when it has neither), and this session's place on the chain.
+
+        Raises:
+            FormatError: a delta is unreadable or belongs to another model or mode.
+        """
         versions = self.deltas.versions(scope_id)
         following = (versions[-1] if versions else 0) + 1
-        state = None
-        try:
-            if versions:
-                chain = self._chain(scope_id, versions[-1])
-                state = restore_state(
-                    self.model, [d for _, d in chain], source=f"deltas of scope {scope_id}"
+        if versions:
+            chain = self._chain(scope_id, versions[-1])
+            state = restore_state(
+                self.model, [d for _, d in chain], source=f"deltas of scope {scope_id}"
+            )
+            if state.config.fast_params != self.ttt_config.fast_params:
+                raise FormatError(
+                    f"its deltas train {state.config.fast_params!r}, this memory is "
+                    f"configured for {self.ttt_config.fast_params!r}"
                 )
-                if state.config.fast_params != self.ttt_config.fast_params:
-                    raise FormatError(
-                        f"its deltas train {state.config.fast_params!r}, this memory is "
-                        f"configured for {self.ttt_config.fast_params!r}"
-                    )
-                self._sessions[scope_id] = _Session(
-                    following, versions[-1], len(chain), _copy(state.fast_weights)
-                )
-                return state
-            legacy = self.snapshots.read(scope_id)
-            if legacy is not None:
-                source = str(self.snapshots.path(scope_id))
-                state = TTTState.from_bytes(legacy, self.model, source=source)
-                self._dirty.add(scope_id)  # saved as a delta at the next save
-        except FormatError as exc:
-            logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
-            state = None
-        if state is None:
+            self._sessions[scope_id] = _Session(
+                following, versions[-1], len(chain), _copy(state.fast_weights)
+            )
+            return state
+        legacy = self.snapshots.read(scope_id)
+        if legacy is not None:
+            source = str(self.snapshots.path(scope_id))
+            state = TTTState.from_bytes(legacy, self.model, source=source)
+            self._dirty.add(scope_id)  # saved as a delta at the next save
+        else:
             state = TTTState(self.model, self.ttt_config)
         self._sessions[scope_id] = _Session(following, 0, 0, _copy(state.initial_weights()))
         return state
 
+    # ---- leases ----------------------------------------------------------------------------
+
+    def _own(self, scope_id: int) -> bool:
+        """Take or renew the scope's lease. A newly taken lease reloads the scope when another
+        process saved since this one last read it; a lost lease drops unsaved progress (the
+        state is read again from the deltas of the process that took it)."""
+        epoch = self.sql.acquire_lease(
+            scope_id, self.holder, ttl_s=self.lease_s, stale=_process_gone
+        )
+        with self._states_lock:
+            if epoch is None:
+                if scope_id in self._held:
+                    logger.warning(
+                        "another process took the weight lease of scope %s: its unsaved "
+                        "progress here is dropped",
+                        scope_id,
+                    )
+                    self._held.discard(scope_id)
+                    self._dirty.discard(scope_id)
+                    self._seen.pop(scope_id, None)
+                return False
+            if scope_id not in self._held:
+                self._held.add(scope_id)
+                if scope_id not in self._states or self._seen.get(
+                    scope_id
+                ) != self.deltas.signature(scope_id):
+                    self._dirty.discard(scope_id)
+                    self._states[scope_id] = self._load(scope_id)
+            return True
+
+    def _own_or_wait(self, scope_id: int) -> None:
+        """Take the scope's lease, waiting up to ``wait_s`` for another process to give it up.
+
+        Raises:
+            BusyError: the other process kept it.
+        """
+        deadline = time.monotonic() + self.wait_s
+        while not self._own(scope_id):
+            if time.monotonic() > deadline:
+                holder = self.sql.lease_holder(scope_id)
+                raise BusyError(
+                    f"the weight memory of scope {scope_id} is being trained by another "
+                    f"process ({holder[0] if holder else 'unknown'}) and {self.wait_s:.0f} s "
+                    "passed without it giving the lease up: try again when that process is "
+                    "idle or closed"
+                )
+            time.sleep(0.05)
+
+    def _release_idle(self) -> None:
+        """Save, then give up every lease whose state is saved."""
+        self._save(force=True)
+        for scope_id in sorted(self._held - self._dirty):
+            self.sql.release_lease(scope_id, self.holder)
+            with self._states_lock:
+                self._held.discard(scope_id)
+
+    def _poll(self) -> None:
+        """Look for chunks nobody has absorbed: written by another process, or waiting for a
+        lease that may be free now."""
+        newest_history = self.sql.max_history_id()
+        if newest_history == self._history_seen and not self._waiting:
+            return
+        self._history_seen = newest_history
+        for scope_id, newest in self.sql.newest_chunk_ids().items():
+            if scope_id in self._waiting or newest > self._through(self.state(scope_id)):
+                self.notify(scope_id)
+
+    # ---- the worker ------------------------------------------------------------------------
+
     def _run(self) -> None:
         while True:
-            command = self._queue.get()
+            try:
+                command = self._queue.get(timeout=self.poll_interval_s)
+            except queue.Empty:
+                try:
+                    self._release_idle()
+                    self._poll()
+                except Exception:
+                    logger.exception("weight consolidation failed while idle")
+                continue
             try:
                 if command.kind == "stop":
                     self._save(force=True)
+                    for scope_id in sorted(self._held):
+                        self.sql.release_lease(scope_id, self.holder)
+                    self._held.clear()
                     return
                 if command.kind == "scope":
                     with self._queued_lock:
@@ -311,8 +481,14 @@ class Consolidator:
                 command.done.set()
 
     def _consolidate(self, scope_id: int) -> None:
-        state = self.state(scope_id)
+        """Absorb the scope's chunks after its ``through_chunk_id``, batch by batch, renewing
+        the lease each time; without the lease, leave it to the holder (and poll for it)."""
+        if not self._own(scope_id):
+            self._waiting.add(scope_id)
+            return
+        self._waiting.discard(scope_id)
         while not self._stopping.is_set():
+            state = self._states[scope_id]
             rows = self.sql.chunk_bytes_after(scope_id, self._through(state), self.batch_chunks)
             if not rows:
                 return
@@ -320,22 +496,29 @@ class Consolidator:
             state.extra[THROUGH] = str(rows[-1][0])
             self._dirty.add(scope_id)
             self._save(force=False)
+            if not self._own(scope_id):
+                return
 
     def _finish(self) -> None:
         """Drain every scope with unabsorbed chunks, stream partial chunks, save."""
         for scope_id, newest in self.sql.newest_chunk_ids().items():
             if newest > self._through(self.state(scope_id)):
+                self._own_or_wait(scope_id)
                 self._consolidate(scope_id)
         with self._states_lock:
-            states = dict(self._states)
-        for scope_id, state in states.items():
-            if state.pending:
-                stream(state, b"", final=True)
-                self._dirty.add(scope_id)
+            scope_ids = list(self._states)
+        for scope_id in scope_ids:
+            if self.state(scope_id).pending:
+                self._own_or_wait(scope_id)
+                state = self._states[scope_id]
+                if state.pending:
+                    stream(state, b"", final=True)
+                    self._dirty.add(scope_id)
         self._save(force=True)
 
     def _reset(self, scope_id: int) -> None:
-        state = self.state(scope_id)
+        self._own_or_wait(scope_id)
+        state = self._states[scope_id]
         state.reset()
         newest = self.sql.newest_chunk_ids().get(scope_id, 0)
         state.extra[THROUGH] = str(max(newest, self._through(state)))
@@ -346,7 +529,8 @@ class Consolidator:
         self._save(force=True)
 
     def _compact(self, scope_id: int) -> None:
-        state = self.state(scope_id)
+        self._own_or_wait(scope_id)
+        state = self._states[scope_id]
         session = self._sessions[scope_id]
         session.parent, session.depth, session.base = 0, 0, _copy(state.initial_weights())
         self._dirty.add(scope_id)
@@ -358,7 +542,9 @@ class Consolidator:
         ):
             return
         for scope_id in sorted(self._dirty):
-            state, session = self.state(scope_id), self._sessions[scope_id]
+            if not self._own(scope_id):
+                continue  # the lease was lost: _own dropped the progress
+            state, session = self._states[scope_id], self._sessions[scope_id]
             if session.depth + 1 > self.max_deltas:  # compact: one delta from the initial weights
                 session.parent, session.depth = 0, 0
                 session.base = _copy(state.initial_weights())
@@ -374,7 +560,9 @@ class Consolidator:
                     if version != session.version:
                         self.deltas.delete(scope_id, version)
             self.snapshots.delete(scope_id)  # a snapshot from before deltas, now replaced
-        self._dirty.clear()
+            with self._states_lock:
+                self._seen[scope_id] = self.deltas.signature(scope_id)
+                self._dirty.discard(scope_id)
         self._last_save = time.monotonic()
 
 

@@ -9,6 +9,7 @@ This module imports nothing from the project, so every layer (``memsdk.stores``,
 from __future__ import annotations
 
 __all__ = [
+    "BusyError",
     "ConfigError",
     "DuplicateError",
     "FilterError",
@@ -56,6 +57,11 @@ class IndexCorruptedError(FormatError):
     The SQL database is the source of truth; the message names the command that rebuilds the
     index from it (``memsdk rebuild-index --memory DIR``).
     """
+
+
+class BusyError(MemsdkError, TimeoutError):
+    """Another process holds what the call needs (a scope's weight-memory lease) for longer
+    than the call waits."""
 
 
 class ModelNotFoundError(MemsdkError, FileNotFoundError):

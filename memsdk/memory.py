@@ -287,6 +287,7 @@ class HybridMemory:
                     max_deltas=self.config.weights_max_deltas,
                     batch_chunks=self.config.weights_batch_chunks,
                     save_interval_s=self.config.weights_save_interval_s,
+                    lease_s=self.config.weights_lease_s,
                 )
             except BaseException:
                 self.notepad.close()

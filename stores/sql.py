@@ -2,7 +2,8 @@
 
 Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
 embedding, so the vector index can always be rebuilt without re-embedding), ``history``
-(append-only) and ``ingest_ledger`` (one row per ingested source and its outcome).
+(append-only), ``ingest_ledger`` (one row per ingested source and its outcome) and
+``weight_leases`` (which process may train a scope's weight memory now).
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
@@ -15,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -55,6 +58,7 @@ __all__ = [
     "DocumentRow",
     "HistoryRecord",
     "HistoryRow",
+    "LeaseRow",
     "LedgerRow",
     "NewChunk",
     "SQLStore",
@@ -153,6 +157,18 @@ class LedgerRow(Base):
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class LeaseRow(Base):
+    """A scope's weight-memory lease: only ``holder`` may train and save the scope's weights
+    until ``expires_at`` (seconds since the epoch). ``epoch`` grows with every change of holder."""
+
+    __tablename__ = "weight_leases"
+
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(256))
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 @dataclass(frozen=True)
@@ -750,6 +766,53 @@ class SQLStore:
         return {
             sid: (docs.get(sid, 0), *chunks.get(sid, (0, 0))) for sid in set(chunks) | set(docs)
         }
+
+    # ---- weight-memory leases ---------------------------------------------------------------
+
+    def acquire_lease(
+        self,
+        scope_id: int,
+        holder: str,
+        *,
+        ttl_s: float,
+        stale: Callable[[str], bool] = lambda holder: False,
+    ) -> int | None:
+        """Take or renew the scope's weight lease for ``holder`` for ``ttl_s`` seconds.
+
+        The lease is granted when nobody holds it, when ``holder`` holds it already, when it
+        has expired, or when ``stale(other_holder)`` says its holder is gone (a process of
+        this machine that no longer runs). Returns the lease's epoch, or None when another
+        holder keeps it."""
+        now = time.time()
+        try:
+            with self.writing() as s:
+                row = s.get(LeaseRow, scope_id, with_for_update=True)
+                if row is None:
+                    s.add(
+                        LeaseRow(scope_id=scope_id, holder=holder, epoch=1, expires_at=now + ttl_s)
+                    )
+                    return 1
+                if row.holder != holder:
+                    if row.expires_at > now and not stale(row.holder):
+                        return None
+                    row.holder, row.epoch = holder, row.epoch + 1
+                row.expires_at = now + ttl_s
+                return row.epoch
+        except IntegrityError:  # another process inserted the first lease of the scope
+            return None
+
+    def release_lease(self, scope_id: int, holder: str) -> None:
+        """Give the scope's lease up, if ``holder`` still holds it."""
+        with self.writing() as s:
+            s.execute(
+                delete(LeaseRow).where(LeaseRow.scope_id == scope_id, LeaseRow.holder == holder)
+            )
+
+    def lease_holder(self, scope_id: int) -> tuple[str, float] | None:
+        """(holder, expires_at) of the scope's lease, or None when there is none."""
+        with self.reading() as s:
+            row = s.get(LeaseRow, scope_id)
+            return None if row is None else (row.holder, row.expires_at)
 
 
 def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[str]:

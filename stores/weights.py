@@ -114,6 +114,19 @@ class WeightDeltas:
                 total += self.path(scope_id, version).stat().st_size
         return total
 
+    def signature(self, scope_id: int) -> tuple[int, ...]:
+        """What the scope's deltas look like on disk: its versions, and the size and change
+        time of the newest. Another process's save changes it (a session rewrites its own
+        version in place, so the versions alone would not tell)."""
+        versions = self.versions(scope_id)
+        if not versions:
+            return ()
+        try:
+            stat = self.path(scope_id, versions[-1]).stat()
+        except FileNotFoundError:
+            return (*versions, -1, -1)
+        return (*versions, stat.st_size, stat.st_mtime_ns)
+
     def modified(self, scope_id: int) -> float | None:
         """When the scope's newest delta was written (seconds since the epoch), or None."""
         versions = self.versions(scope_id)
