@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "fsync_directory"]
+__all__ = ["atomic_write_bytes", "fsync_directory", "remove_stale_temp_files"]
+
+# The temp files of atomic_write_bytes: ".<name>.<pid>.<8 hex>.tmp".
+_TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -35,7 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         OSError: the write failed (disk full, permissions); ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # see _TEMP
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -47,3 +51,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_directory(path.parent)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> int:
+    """Remove the temp files that writers killed mid-write left under ``directory`` (their
+    process no longer runs on this machine); returns how many were removed."""
+    removed = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            match = _TEMP.fullmatch(name)
+            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed

@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.errors import FormatError, IndexCorruptedError, InputError
+from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.vector_index import INDEX_NAME, VectorIndex
@@ -86,6 +87,8 @@ class Notepad:
             )
             manifest.write(self.directory)
         manifest.check_embedder(embedder_name, dim, directory=self.directory)
+        if removed := remove_stale_temp_files(self.directory):
+            logger.info("removed %d temp files left by interrupted writes", removed)
         self.manifest = manifest
         self.dim = dim
         self.index_path = self.directory / INDEX_NAME

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,9 @@ from memsdk import HybridMemory, Scope
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# Figures of the reliability tests (kills survived, operations run, examples tried), written
+# at the end of the run; RELIABILITY.md is made from them by scripts/reliability_table.py.
+FIGURES = REPO / "benchmarks" / "out" / "reliability.json"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,6 +44,37 @@ def shared_path(*parts: str) -> Path:
             f"{path} is absent (../shared is beside the checkout on developer machines and CI)"
         )
     return path
+
+
+class Figures:
+    """Named figures a test measured, merged into ``FIGURES`` when the run ends."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, object]] = {}
+
+    def record(self, test: str, **values: object) -> None:
+        self.values.setdefault(test, {}).update(values)
+
+    def write(self) -> None:
+        if not self.values:
+            return
+        FIGURES.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            merged = json.loads(FIGURES.read_text())
+        except (OSError, ValueError):
+            merged = {}
+        merged.update(self.values)
+        tmp = FIGURES.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, FIGURES)
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[Figures]:
+    """``figures.record("crash", kills=50, lost=0)``: figures for RELIABILITY.md."""
+    collected = Figures()
+    yield collected
+    collected.write()
 
 
 @pytest.fixture(scope="session")
