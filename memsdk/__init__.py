@@ -24,6 +24,7 @@ from memsdk.errors import (
     MemsdkError,
     ModelNotFoundError,
     NotFoundError,
+    StorageError,
 )
 from memsdk.memory import HybridMemory
 from memsdk.results import (
@@ -74,6 +75,7 @@ __all__ = [
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "StorageError",
     "Surprise",
     "SurpriseLine",
     "WeightFigures",

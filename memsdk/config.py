@@ -46,7 +46,18 @@ class MemoryConfig(BaseModel):
     max_text_bytes: int = Field(
         16 << 20, ge=1, description="largest text `add` accepts; use `ingest` for larger streams"
     )
+    max_document_bytes: int = Field(
+        1 << 32,
+        ge=1,
+        description="largest document ingest stores: a larger file is skipped, a longer stream "
+        "is cut there (both listed in the report's skipped sources)",
+    )
     max_query_bytes: int = Field(8192, ge=16, description="largest search query accepted")
+    max_scopes: int = Field(
+        1_000_000,
+        ge=1,
+        description="most scopes a memory holds; writing to a new one past this raises InputError",
+    )
     embed_batch_chunks: int = Field(
         64, ge=1, le=4096, description="chunks embedded and written per transaction"
     )

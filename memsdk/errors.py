@@ -19,6 +19,7 @@ __all__ = [
     "MemsdkError",
     "ModelNotFoundError",
     "NotFoundError",
+    "StorageError",
 ]
 
 
@@ -66,3 +67,9 @@ class BusyError(MemsdkError, TimeoutError):
 
 class ModelNotFoundError(MemsdkError, FileNotFoundError):
     """A model's files are not installed where memsdk looks for them."""
+
+
+class StorageError(MemsdkError, OSError):
+    """A write failed for want of space or permission (disk full, a read-only file system,
+    a database that cannot grow). What was committed before is kept; the failed write left
+    nothing half-written."""

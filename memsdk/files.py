@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the new one, never a torn mix.
 
-A leaf module (standard library only), shared by memsdk.stores and memsdk.engine.
+A leaf module (standard library and memsdk.errors only), shared by memsdk.stores and
+memsdk.engine.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import re
 import uuid
 from pathlib import Path
+
+from memsdk.errors import StorageError
 
 __all__ = ["atomic_write_bytes", "fsync_directory", "remove_stale_temp_files"]
 
@@ -36,7 +39,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
 
     Raises:
-        OSError: the write failed (disk full, permissions); ``path`` is left as it was.
+        StorageError: the write failed (disk full, permissions); ``path`` is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # see _TEMP
@@ -46,9 +49,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            raise StorageError(
+                exc.errno,
+                f"cannot write {path}: {exc.strerror or exc}; the previous file is unchanged: "
+                "free space (or fix permissions) and retry",
+            ) from exc
         raise
     fsync_directory(path.parent)
 

@@ -345,7 +345,7 @@ class HybridMemory:
         self._live()
         key = _check_scope(scope).key()
         if create:
-            return self.notepad.sql.ensure_scope(key)
+            return self.notepad.sql.ensure_scope(key, max_scopes=self.config.max_scopes)
         return self.notepad.sql.find_scope(key)
 
     # ---- writing -----------------------------------------------------------------------------
@@ -410,6 +410,12 @@ class HybridMemory:
         total = sum(sizes) if sizes and None not in sizes else None  # type: ignore[arg-type]
         documents, chunks, read, dups = [], 0, 0, 0
         skipped: list[SkippedSource] = []
+        limit = self.config.max_document_bytes
+        limit_hint = "MemoryConfig.max_document_bytes; split the document or raise the limit"
+
+        def too_large(size: int) -> str:
+            return f"{size} bytes, larger than {limit} ({limit_hint})"
+
         with progress_bar(progress, total=total, desc="ingest", unit="B", unit_scale=True) as bar:
             for src in sources:
                 try:
@@ -422,13 +428,22 @@ class HybridMemory:
                 if not first:
                     skipped.append(SkippedSource(source=src.name, reason="empty"))
                     continue
+                if src.size is not None and src.size > limit:
+                    skipped.append(SkippedSource(source=src.name, reason=too_large(src.size)))
+                    logger.warning("skipping %s: %s", src.name, too_large(src.size))
+                    bar.update(src.size)
+                    continue
                 if src.sniff and b"\x00" in first[:SNIFF_BYTES]:
                     skipped.append(SkippedSource(source=src.name, reason="binary (NUL bytes)"))
                     logger.info("skipping binary file %s", src.name)
                     bar.update(src.size or len(first))
                     continue
-                stream = _Counted(first, blocks, bar.update)
+                stream = _Counted(first, blocks, bar.update, limit=limit)
                 ids, doc_id, d = self._ingest_stream(scope_id, src.name, stream, meta)
+                if stream.cut:
+                    reason = f"cut after its first {limit} bytes ({limit_hint})"
+                    skipped.append(SkippedSource(source=src.name, reason=reason))
+                    logger.warning("%s: %s", src.name, reason)
                 read += stream.seen
                 chunks += len(ids)
                 dups += d
@@ -1215,13 +1230,22 @@ class HybridMemory:
 
 
 class _Counted:
-    """The blocks ``first, *rest``, counting bytes into ``seen`` and reporting each block."""
+    """The blocks ``first, *rest``, counting bytes into ``seen`` and reporting each block;
+    the stream ends after ``limit`` bytes (``cut`` tells whether it had more)."""
 
-    def __init__(self, first: bytes, rest: Iterator[bytes], report: Callable[[int], Any]) -> None:
+    def __init__(
+        self, first: bytes, rest: Iterator[bytes], report: Callable[[int], Any], *, limit: int
+    ) -> None:
         self.first, self.rest, self.report, self.seen = first, rest, report, 0
+        self.limit, self.cut = limit, False
 
     def __iter__(self) -> Iterator[bytes]:
         for block in itertools.chain((self.first,), self.rest):
+            if self.seen + len(block) > self.limit:
+                block = block[: self.limit - self.seen]
+                self.cut = True
             self.seen += len(block)
             self.report(len(block))
             yield block
+            if self.cut:
+                return

@@ -14,6 +14,7 @@ kept in step by triggers, and PostgreSQL full-text search (``simple`` configurat
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import threading
 import time
@@ -46,11 +47,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import DuplicateError
+from memsdk.errors import DuplicateError, InputError, StorageError
 
 __all__ = [
     "ChunkRecord",
@@ -310,8 +311,23 @@ class SQLStore:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
-        with self._write_lock, self._write() as session, session.begin():
-            yield session
+        """A write transaction, committed when the block ends, rolled back on error.
+
+        Raises:
+            StorageError: the database cannot grow (disk full) or is read-only.
+        """
+        try:
+            with self._write_lock, self._write() as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            if not _out_of_storage(exc):
+                raise
+            raise StorageError(
+                errno.ENOSPC,
+                f"the database refused a write ({exc.orig}): the transaction was rolled back "
+                "and what was committed before is kept; free space (or make the database "
+                "writable) and run the call again",
+            ) from exc
 
     # ---- scopes ------------------------------------------------------------------------------
 
@@ -327,13 +343,25 @@ class SQLStore:
                 )
             )
 
-    def ensure_scope(self, key: ScopeKey) -> int:
+    def ensure_scope(self, key: ScopeKey, *, max_scopes: int | None = None) -> int:
+        """The scope's id, creating the scope if it is new.
+
+        Raises:
+            InputError: creating it would make more than ``max_scopes`` scopes.
+        """
         found = self.find_scope(key)
         if found is not None:
             return found
         tenant, user, agent, run = key
         try:
             with self.writing() as s:
+                if max_scopes is not None:
+                    count = s.scalar(select(func.count()).select_from(ScopeRow))
+                    if count >= max_scopes:
+                        raise InputError(
+                            f"the memory holds {count} scopes, the most max_scopes={max_scopes} "
+                            "allows: write to an existing scope, or raise MemoryConfig.max_scopes"
+                        )
                 row = ScopeRow(tenant=tenant, user=user, agent=agent, run=run)
                 s.add(row)
                 s.flush()
@@ -813,6 +841,15 @@ class SQLStore:
         with self.reading() as s:
             row = s.get(LeaseRow, scope_id)
             return None if row is None else (row.holder, row.expires_at)
+
+
+def _out_of_storage(exc: OperationalError) -> bool:
+    """Whether a database error means it cannot store more: SQLite's SQLITE_FULL and
+    SQLITE_READONLY, PostgreSQL's class 53 (insufficient resources: disk full, out of memory)."""
+    if str(getattr(exc.orig, "sqlstate", "") or "").startswith("53"):
+        return True
+    message = str(exc.orig).lower()
+    return "database or disk is full" in message or "readonly database" in message
 
 
 def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[str]:

@@ -1,0 +1,163 @@
+"""Limits and full disks: each limit is a clear error (or a listed skip) that names the setting,
+and a write that fails for want of space keeps everything committed before it."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+from sqlalchemy import event
+
+from memsdk import HybridMemory, InputError, MemoryConfig, Scope, StorageError
+from memsdk.files import atomic_write_bytes
+
+SCOPE = Scope(tenant="acme")
+
+
+def _lines(prefix: str, count: int) -> list[str]:
+    return [
+        f"{prefix}-{i} kernel: tun{i % 5} state {i * 7919 % 10007} {uuid.uuid4()}\n"
+        for i in range(count)
+    ]
+
+
+def test_document_size_limit_skips_large_files_and_cuts_long_streams(tmp_path) -> None:
+    config = MemoryConfig(max_document_bytes=4096)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "big.log").write_text("".join(_lines("big", 200)))
+    (docs / "small.log").write_text("".join(_lines("small", 10)))
+    with HybridMemory.open(tmp_path / "m", config=config) as mem:
+        report = mem.ingest(docs, scope=SCOPE)
+        (skip,) = report.skipped
+        assert skip.source.endswith("big.log")
+        assert "larger than 4096" in skip.reason and "max_document_bytes" in skip.reason
+        assert report.documents == 1  # small.log
+        report = mem.ingest(_lines("stream", 200), scope=SCOPE, name="stream")
+        (skip,) = report.skipped
+        assert skip.reason.startswith("cut after its first 4096 bytes")
+        assert report.bytes == 4096
+        stored = [i.text for i in mem.get_all(scope=SCOPE, limit=1000) if i.source == "stream"]
+        assert sum(len(t.encode()) for t in stored) <= 4096
+
+
+def test_query_size_limits(mem) -> None:
+    mem.add("VPN drops after sleep", scope=SCOPE)
+    for call in (mem.search, mem.query):
+        with pytest.raises(InputError, match=r"at most 8192.*max_query_bytes"):
+            call("x" * 8193, scope=SCOPE)
+        with pytest.raises(InputError, match="non-empty"):
+            call("   ", scope=SCOPE)
+    with pytest.raises(InputError, match="add\\(\\) takes at most"):
+        HybridMemory.add(mem, "x" * (mem.config.max_text_bytes + 1), scope=SCOPE)
+
+
+def test_scope_limit(tmp_path) -> None:
+    with HybridMemory.open(tmp_path / "m", config=MemoryConfig(max_scopes=3)) as mem:
+        for tenant in "abc":
+            mem.add(f"note of {tenant}", scope=Scope(tenant=tenant))
+        with pytest.raises(InputError, match=r"holds 3 scopes.*max_scopes"):
+            mem.add("one too many", scope=Scope(tenant="d"))
+        mem.add("an existing scope still takes writes", scope=Scope(tenant="a"))
+        assert mem.search("note", scope=Scope(tenant="d")) == []  # reads create nothing
+        assert len(mem.stats().scopes) == 3
+
+
+def test_a_full_database_rolls_back_and_keeps_what_was_committed(tmp_path) -> None:
+    """SQLite's max_page_count makes the database refuse to grow, as a full disk does."""
+    config = MemoryConfig(weight_memory=False, embed_batch_chunks=8)
+    with HybridMemory.open(tmp_path / "m", config=config) as mem:
+        kept = mem.ingest(_lines("before", 50), scope=SCOPE, name="before")
+        engine = mem.notepad.sql._write_engine
+        with engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+        def cap(dbapi_connection, _record) -> None:
+            dbapi_connection.execute(f"PRAGMA max_page_count={pages + 4}")
+
+        event.listen(engine, "connect", cap)
+        engine.dispose()
+        with pytest.raises(StorageError, match=r"rolled back.*free space") as raised:
+            mem.ingest(_lines("during", 2000), scope=SCOPE, name="during")
+        assert raised.value.errno == errno.ENOSPC
+        event.remove(engine, "connect", cap)
+        engine.dispose()
+        items = mem.get_all(scope=SCOPE, limit=10_000)
+        assert len([i for i in items if i.source == "before"]) == kept.chunks
+        # With room again, running the ingest again completes it.
+        again = mem.ingest(_lines("after", 20), scope=SCOPE, name="after")
+        assert again.chunks > 0
+    with HybridMemory.open(tmp_path / "m", config=config) as mem:
+        sources = {i.source for i in mem.get_all(scope=SCOPE, limit=10_000)}
+        assert {"before", "after"} <= sources
+        assert set(mem.notepad.sql.all_chunk_ids().tolist()) == set(
+            mem.notepad.index.ids().tolist()
+        )
+
+
+def test_a_failing_file_write_is_a_storage_error_and_changes_nothing(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "file"
+    atomic_write_bytes(target, b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match=r"No space left on device.*previous file is unchanged"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["file"]  # no temp file left
+
+
+@contextlib.contextmanager
+def _small_filesystem(path, megabytes: int):
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            "mounting a small tmpfs needs root with CAP_SYS_ADMIN (as on CI); "
+            f"here: {mounted.stderr.strip()}"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8) for a small tmpfs")
+def test_a_full_disk_keeps_every_committed_chunk(tmp_path) -> None:
+    """A real file system that fills up: the memory, its index and its weight deltas share
+    a 24 MB tmpfs with a ballast file; writes fail cleanly, and freeing space lets them go on."""
+    with _small_filesystem(tmp_path / "disk", 24) as disk:
+        ballast = disk / "ballast"
+        config = MemoryConfig(index_save_interval_s=0.0, weights_save_interval_s=0.0)
+        with HybridMemory.open(disk / "m", config=config) as mem:
+            mem.ingest(_lines("first", 40), scope=SCOPE, name="first")
+            mem.flush()
+            free = shutil.disk_usage(disk).free
+            ballast.write_bytes(b"\0" * (free - 256 * 1024))
+            acked = []
+            with pytest.raises(StorageError, match="free space"):
+                for n in range(10_000):
+                    mem.ingest(_lines(f"fill{n}", 20), scope=SCOPE, name=f"fill{n}")
+                    acked.append(f"fill{n}")
+            ballast.unlink()
+            mem.ingest(_lines("last", 20), scope=SCOPE, name="last")
+            mem.flush()
+        with HybridMemory.open(disk / "m") as mem:
+            sources = {i.source for i in mem.get_all(scope=SCOPE, limit=100_000)}
+            assert {"first", "last", *acked} <= sources
+            assert set(mem.notepad.sql.all_chunk_ids().tolist()) == set(
+                mem.notepad.index.ids().tolist()
+            )
+            weights = mem.stats().scopes[0].weights
+            assert weights.bytes_absorbed == mem.stats().scopes[0].bytes
