@@ -420,7 +420,7 @@ class HybridMemory:
             for src in sources:
                 try:
                     blocks = src.blocks()
-                    first = next(blocks, b"")
+                    first = next((block for block in blocks if block), b"")  # skip empty pieces
                 except OSError as e:
                     skipped.append(SkippedSource(source=src.name, reason=f"unreadable: {e}"))
                     logger.warning("skipping %s: %s", src.name, e)
