@@ -56,12 +56,13 @@ def mix_copy(logits: Tensor, text: bytes, start: int) -> Tensor:
             weights.append(copy_weight(found[1]))
     if not rows:
         return log_probs
-    index = torch.tensor(rows)
-    weight = torch.tensor(weights)[:, None]  # (M, 1)
+    device = log_probs.device
+    index = torch.tensor(rows, device=device)
+    weight = torch.tensor(weights, device=device)[:, None]  # (M, 1)
     mixed = torch.log1p(-weight) + log_probs[index]  # (M, 256): (1 - w) p_model
-    copied = torch.tensor(predicted)
-    at = mixed[torch.arange(len(rows)), copied]
-    mixed[torch.arange(len(rows)), copied] = torch.logaddexp(at, torch.log(weight[:, 0]))
+    copied = torch.tensor(predicted, device=device)
+    every = torch.arange(len(rows), device=device)
+    mixed[every, copied] = torch.logaddexp(mixed[every, copied], torch.log(weight[:, 0]))
     out = log_probs.clone()
     out[index] = mixed
     return out

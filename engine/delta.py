@@ -151,7 +151,9 @@ def make_delta(
         "extra": json.dumps(state.extra, sort_keys=True),
         "labels": json.dumps(dict(labels or {}), sort_keys=True),
     }
-    return save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=header)
+    return save_safetensors(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header
+    )
 
 
 def read_delta(data: bytes, *, source: str = "delta") -> WeightDelta:
@@ -239,6 +241,14 @@ def merge_delta(
             raise FormatError(
                 f"{source} holds {name} of shape {tuple(packed.shape)}, the fast weights have "
                 f"{None if weight is None else tuple(weight.shape)}"
+            )
+        if packed.indices.device != weight.device:  # deltas are read on CPU
+            packed = type(packed)(
+                packed.indices.to(weight.device),
+                packed.codes.to(weight.device),
+                packed.scales.to(weight.device),
+                packed.shape,
+                packed.group_size,
             )
         try:
             merge_delta_(weight, packed)

@@ -7,6 +7,9 @@ static one. Only the dynamic MLPs are fast weights: they are passed into :meth:`
 explicitly, so the same code serves plain training, meta-learning (differentiating through inner
 steps) and streaming, where the frozen prefix runs once per chunk without autograd.
 
+``ModelConfig(mixer="ttt_linear")`` replaces the attention of every block by a TTT-Linear layer
+(Sun et al., ICML 2024), whose state is a per-head linear model trained on the stream itself.
+
 Reference: Tandon et al., "End-to-End Test-Time Training for Long Context" (TTT-E2E,
 arXiv 2512.23675); Krause et al., "Dynamic Evaluation of Transformer Language Models" (2019).
 """
@@ -25,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memsdk.errors import ConfigError
+from memsdk.kernels.fast_mlp import fast_mlp
+from memsdk.kernels.swa_attention import swa_attention
+from memsdk.kernels.ttt_linear import MAX_HEAD_DIM, MAX_MINI_BATCH, ttt_linear
 
 __all__ = ["ByteLM", "FastWeights", "KVCache", "ModelConfig", "Overrides"]
 
@@ -40,12 +46,17 @@ Overrides = Mapping[str, Tensor]
 NO_OVERRIDES: Overrides = {}
 # Per block: keys (before the rotary embedding) and values of the last `window` positions.
 KVCache = tuple[Tensor, Tensor]
+# Per block of a TTT-Linear model: the inner state [W; b] (B, H, head_dim + 1, head_dim) at the
+# start of the unfinished mini-batch, and the mixer inputs (B, r, d) of its r tokens so far.
+TTTLinearCache = tuple[Tensor, Tensor]
+MIXERS = ("swa", "ttt_linear")
+LATER_FIELDS = ("mixer", "ttt_mini_batch")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a :class:`ByteLM`. Use the presets: ``tiny`` (tests), ``small`` (the CPU
-    default), ``base`` (trained on a GPU)."""
+    default), ``base`` (trained on a GPU), ``tiny_ttt_linear`` (tests of the TTT-Linear mixer)."""
 
     n_layer: int = 4
     d_model: int = 128
@@ -54,6 +65,10 @@ class ModelConfig:
     mlp_ratio: int = 4
     dynamic_ratio: int = 4
     rope_base: float = 10_000.0
+    # The sequence mixer of every block: "swa" (sliding-window attention) or "ttt_linear"
+    # (TTT-Linear, Sun et al. 2024, with ``ttt_mini_batch`` tokens per inner mini-batch).
+    mixer: str = "swa"
+    ttt_mini_batch: int = 16
 
     def __post_init__(self) -> None:
         if self.n_layer < 1 or self.d_model < 1 or self.window < 1:
@@ -61,7 +76,20 @@ class ModelConfig:
                 f"n_layer, d_model and window must be positive, got {self.n_layer}, "
                 f"{self.d_model}, {self.window}"
             )
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+        if self.mixer not in MIXERS:
+            raise ConfigError(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if self.mixer == "ttt_linear":
+            if self.d_model % self.n_head or self.head_dim > MAX_HEAD_DIM:
+                raise ConfigError(
+                    f"d_model={self.d_model} must split into n_head={self.n_head} heads of at "
+                    f"most {MAX_HEAD_DIM} channels (the TTT-Linear state is head_dim^2 per head)"
+                )
+            if not 1 <= self.ttt_mini_batch <= MAX_MINI_BATCH:
+                raise ConfigError(
+                    f"ttt_mini_batch must be between 1 and {MAX_MINI_BATCH}, "
+                    f"got {self.ttt_mini_batch}"
+                )
+        elif self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ConfigError(
                 f"d_model={self.d_model} must split into n_head={self.n_head} heads of an even "
                 "width (rotary embeddings rotate pairs of channels)"
@@ -70,6 +98,11 @@ class ModelConfig:
     @classmethod
     def tiny(cls) -> ModelConfig:
         return cls(n_layer=4, d_model=64, n_head=2, window=64)
+
+    @classmethod
+    def tiny_ttt_linear(cls) -> ModelConfig:
+        """``tiny`` with TTT-Linear instead of attention in every block."""
+        return dataclasses.replace(cls.tiny(), mixer="ttt_linear")
 
     @classmethod
     def small(cls) -> ModelConfig:
@@ -82,7 +115,12 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        presets = {"tiny": cls.tiny, "small": cls.small, "base": cls.base}
+        presets = {
+            "tiny": cls.tiny,
+            "tiny_ttt_linear": cls.tiny_ttt_linear,
+            "small": cls.small,
+            "base": cls.base,
+        }
         if name not in presets:
             raise ConfigError(f"unknown model preset {name!r}: choose one of {sorted(presets)}")
         return presets[name]()
@@ -101,7 +139,14 @@ class ModelConfig:
         return self.d_model // self.n_head
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The config as JSON, without the fields added after models shipped while they hold
+        their defaults: a shipped config (and with it every model fingerprint, which hashes
+        this text) reads and writes exactly as before those fields existed."""
+        fields = dataclasses.asdict(self)
+        for name in LATER_FIELDS:
+            if fields[name] == _DEFAULTS[name]:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -109,6 +154,9 @@ class ModelConfig:
             return cls(**json.loads(text))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"not a model config: {exc}") from exc
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 def _linear(x: Tensor, layer: nn.Linear, overrides: Overrides, name: str) -> Tensor:
@@ -210,7 +258,10 @@ class SlidingWindowAttention(nn.Module):
         total = k.shape[2]
         offset = total - length  # cached positions before this chunk
         q, k_rotated = _rotary(q, offset, cfg.rope_base), _rotary(k, 0, cfg.rope_base)
-        if length >= cfg.window:
+        if x.is_cuda:
+            # The same function in one flash-style Triton kernel (memsdk.kernels.swa_attention).
+            y = swa_attention(q, k_rotated, v, window=cfg.window)
+        elif length >= cfg.window:
             y = _blocked_attention(q, k_rotated, v, offset, cfg.window)
         else:
             mask = _window_mask(length, total, cfg.window, x.device).to(q.dtype)
@@ -218,6 +269,88 @@ class SlidingWindowAttention(nn.Module):
         y = y.transpose(1, 2).reshape(batch, length, cfg.d_model)
         keep = min(total, cfg.window)
         cache = (k[:, :, total - keep :], v[:, :, total - keep :])
+        return _linear(y, self.proj, overrides, "proj"), cache
+
+
+class TTTLinear(nn.Module):
+    """TTT-Linear (Sun et al., "Learning to (Learn at Test Time)", ICML 2024) as the sequence
+    mixer: per head, a linear inner model ``(W, b)`` trained token by token on reconstructing
+    ``v`` from ``k`` and read out at ``q`` (the math is in :mod:`memsdk.kernels.ttt_linear`).
+
+    As in the paper's implementation: the per-token inner learning rate is
+    ``base / head_dim * sigmoid(x . theta_h + bias_h)``, the running gradient sum of a
+    mini-batch is scaled by ``1 / (i + 1)`` plus a learned offset, the initial state ``W0, b0``
+    and the inner LayerNorm are learned per head, and a LayerNorm precedes the output
+    projection. No rotary embedding: the recurrence itself carries the order.
+
+    The cache holds the state at the start of the unfinished mini-batch and that mini-batch's
+    inputs so far: the next chunk runs them again first, so a stream cut anywhere computes what
+    one pass over the whole stream computes.
+    """
+
+    base_lr = 1.0  # the paper's eta_base
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        heads, dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.eta = nn.Linear(config.d_model, heads)
+        nn.init.zeros_(self.eta.bias)
+        self.W0 = nn.Parameter(torch.randn(heads, dim, dim) * 0.02)
+        self.b0 = nn.Parameter(torch.zeros(heads, dim))
+        self.ln_weight = nn.Parameter(torch.ones(heads, dim))
+        self.ln_bias = nn.Parameter(torch.zeros(heads, dim))
+        self.position_offset = nn.Parameter(torch.zeros(config.ttt_mini_batch))
+        self.post_norm = nn.LayerNorm(config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(
+        self, x: Tensor, past: TTTLinearCache | None, overrides: Overrides = NO_OVERRIDES
+    ) -> tuple[Tensor, TTTLinearCache]:
+        cfg = self.config
+        heads, dim, size = cfg.n_head, cfg.head_dim, cfg.ttt_mini_batch
+        batch, length, _ = x.shape  # (B, C, d)
+
+        def param(name: str) -> Tensor:
+            return overrides.get(name, self.get_parameter(name))
+
+        if past is None:
+            state = torch.cat((param("W0"), param("b0")[:, None]), dim=1)  # (H, D + 1, D)
+            state, pending = state.expand(batch, -1, -1, -1), x[:, :0]
+        else:
+            state, pending = (t.expand(batch, *t.shape[1:]) for t in past)
+        x = torch.cat((pending, x), dim=1)  # (B, r + C, d)
+        total = x.shape[1]
+        q, k, v = _linear(x, self.qkv, overrides, "qkv").view(batch, total, 3, heads, dim).unbind(2)
+        gate = F.linear(x, param("eta.weight"), param("eta.bias"))  # (B, r + C, H)
+        eta = self.base_lr / dim * torch.sigmoid(gate)
+        steps = torch.arange(1, size + 1, device=x.device, dtype=torch.float32)
+        scale = (1.0 / steps + param("position_offset")).clamp_min(0.0)
+        norm = (param("ln_weight"), param("ln_bias"))
+        weight, bias = state[:, :, :dim], state[:, :, dim]
+        done = total - total % size  # tokens of finished mini-batches
+        outputs = []
+        for part, final in ((slice(0, done), True), (slice(done, total), False)):
+            if part.start == part.stop:
+                continue
+            out, carried = ttt_linear(
+                q[:, part],
+                k[:, part],
+                v[:, part],
+                eta[:, part],
+                *norm,
+                initial_state=(weight, bias),
+                position_scale=scale,
+                mini_batch_size=size,
+                output_final_state=final,
+            )
+            outputs.append(out)
+            if final:
+                weight, bias = carried
+        y = torch.cat(outputs, dim=1)[:, pending.shape[1] :].reshape(batch, length, cfg.d_model)
+        y = _norm(y, self.post_norm, overrides, "post_norm")
+        cache = (torch.cat((weight, bias[:, :, None]), dim=2), x[:, done:])
         return _linear(y, self.proj, overrides, "proj"), cache
 
 
@@ -235,6 +368,10 @@ class MLP(nn.Module):
 def dynamic_mlp(x: Tensor, up: Tensor, down: Tensor) -> Tensor:
     """The dynamic MLP with its weights passed in: x (B, C, d), up (d, h) or (B, d, h),
     down (h, d) or (B, h, d)."""
+    if x.is_cuda and up.dim() == 2 and x.dtype == up.dtype == down.dtype:
+        # Triton GEMMs with the GELU fused in (memsdk.kernels.fast_mlp); batched fast weights
+        # (meta-learning) stay on the torch path.
+        return fast_mlp(x, up, down)
     return F.gelu(x @ up) @ down
 
 
@@ -242,7 +379,10 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, dynamic: bool) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = SlidingWindowAttention(config)
+        # The sequence mixer is "attn" whatever its kind, so parameter names stay as shipped.
+        self.attn = (
+            TTTLinear(config) if config.mixer == "ttt_linear" else SlidingWindowAttention(config)
+        )
         self.ln_mlp = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, config.mlp_ratio * config.d_model)
         self.dynamic = dynamic

@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("fit", help="train (resumes from --out when it holds a checkpoint)")
     train.add_argument("--corpus", required=True)
     train.add_argument("--out", required=True)
-    train.add_argument("--preset", default="small", choices=("tiny", "small", "base"))
+    train.add_argument(
+        "--preset", default="small", choices=("tiny", "tiny_ttt_linear", "small", "base")
+    )
     train.add_argument("--init", help="checkpoint to start from (e.g. a plain pre-training run)")
     train.add_argument("--mode", default="plain", choices=("plain", "meta"))
     train.add_argument("--steps", type=int, required=True, help="total steps of this run")

@@ -32,6 +32,7 @@ from memsdk.engine.fisher import FisherDiagonal, top_fraction
 from memsdk.engine.model import START_BYTE, ByteLM, FastWeights, KVCache
 from memsdk.errors import ConfigError, FormatError, InputError
 from memsdk.files import atomic_write_bytes
+from memsdk.kernels.fast_mlp import clipped_sgd_, squared_norm
 
 __all__ = [
     "FISHER_MASKED_INNER_LR",
@@ -116,7 +117,7 @@ def fingerprint(model: ByteLM) -> str:
     digest = hashlib.sha256(model.config.to_json().encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -130,10 +131,47 @@ def initial_weights(model: ByteLM, config: TTTConfig) -> FastWeights:
     return weights
 
 
-def _empty_caches(model: ByteLM) -> list[KVCache]:
+def _empty_caches(model: ByteLM) -> list[KVCache | None]:
     cfg = model.config
-    empty = torch.zeros(1, cfg.n_head, 0, cfg.head_dim)
+    if cfg.mixer == "ttt_linear":
+        return [None] * cfg.n_layer  # each block starts from its learned inner state W0, b0
+    empty = torch.zeros(1, cfg.n_head, 0, cfg.head_dim, device=model_device(model))
     return [(empty, empty) for _ in range(cfg.n_layer)]
+
+
+def model_device(model: ByteLM) -> torch.device:
+    """Where the model's weights live: states, caches and inputs are made there (the engine
+    runs on CPU, or on CUDA after ``model.cuda()``)."""
+    return model.embedding.weight.device
+
+
+def _cache_names(model: ByteLM) -> tuple[str, str]:
+    """The names of a block cache's two tensors in a state file."""
+    return ("state", "pending") if model.config.mixer == "ttt_linear" else ("k", "v")
+
+
+def _read_cache(tensors: dict[str, Tensor], i: int, model: ByteLM) -> KVCache | None:
+    """Block ``i``'s cache from a state file's tensors, its shape checked.
+
+    Raises:
+        KeyError: a tensor is missing.
+        ValueError: a shape does not fit the model.
+    """
+    cfg = model.config
+    if cfg.mixer == "ttt_linear":
+        if f"cache.{i}.state" not in tensors:
+            return None  # saved before the block saw a byte
+        state, pending = tensors[f"cache.{i}.state"], tensors[f"cache.{i}.pending"]
+        expected = (1, cfg.n_head, cfg.head_dim + 1, cfg.head_dim)
+        if state.shape != expected or pending.dim() != 3:
+            raise ValueError(f"cache {i} has shape {tuple(state.shape)}, expected {expected}")
+        if pending.shape[::2] != (1, cfg.d_model) or pending.shape[1] >= cfg.ttt_mini_batch:
+            raise ValueError(f"cache {i} holds pending inputs of shape {tuple(pending.shape)}")
+        return state, pending
+    k, v = tensors[f"cache.{i}.k"], tensors[f"cache.{i}.v"]
+    if k.shape != v.shape or k.shape[:2] != (1, cfg.n_head) or k.shape[2] > cfg.window:
+        raise ValueError(f"cache {i} has shape {tuple(k.shape)}")
+    return k, v
 
 
 class TTTState:
@@ -180,10 +218,12 @@ class TTTState:
     def to_bytes(self) -> bytes:
         """The state as a safetensors file (bytes); :meth:`from_bytes` reads it back exactly,
         with :attr:`extra` (string metadata the caller keeps beside the state)."""
-        tensors = {f"fast.{name}": w.contiguous() for name, w in self.fast_weights.items()}
-        for i, (k, v) in enumerate(self.caches):
-            tensors[f"cache.{i}.k"] = k.contiguous()
-            tensors[f"cache.{i}.v"] = v.contiguous()
+        tensors = {f"fast.{name}": w for name, w in self.fast_weights.items()}
+        names = _cache_names(self.model)
+        for i, cache in enumerate(self.caches):
+            if cache is not None:
+                for name, tensor in zip(names, cache, strict=True):
+                    tensors[f"cache.{i}.{name}"] = tensor
         tensors["pending"] = torch.tensor(list(self.pending), dtype=torch.uint8)
         metadata = {
             "format": STATE_FORMAT,
@@ -196,7 +236,8 @@ class TTTState:
             "rejected_steps": str(self.rejected_steps),
         }
         metadata.update({f"extra.{k}": str(v) for k, v in self.extra.items()})
-        return save_safetensors(tensors, metadata=metadata)
+        cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        return save_safetensors(cpu, metadata=metadata)
 
     def save(self, path: str) -> None:
         """Write the state atomically (temp file, fsync, rename) as safetensors."""
@@ -241,14 +282,12 @@ class TTTState:
                 weight = tensors[f"fast.{name}"]
                 if weight.shape != initial.shape or weight.dtype != initial.dtype:
                     raise ValueError(f"fast weight {name} has shape {tuple(weight.shape)}")
-                state.fast_weights[name] = weight
-            cfg = model.config
-            state.caches = []
-            for i in range(cfg.n_layer):
-                k, v = tensors[f"cache.{i}.k"], tensors[f"cache.{i}.v"]
-                if k.shape != v.shape or k.shape[:2] != (1, cfg.n_head) or k.shape[2] > cfg.window:
-                    raise ValueError(f"cache {i} has shape {tuple(k.shape)}")
-                state.caches.append((k, v))
+                state.fast_weights[name] = weight.to(initial.device)
+            device = model_device(model)
+            state.caches = [
+                None if cache is None else (cache[0].to(device), cache[1].to(device))
+                for cache in (_read_cache(tensors, i, model) for i in range(model.config.n_layer))
+            ]
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{source} is damaged: {exc}") from exc
         if not 0 <= state.last_byte < 256 or len(state.pending) >= state.config.chunk_bytes:
@@ -281,8 +320,9 @@ def _as_bytes(data: bytes | bytearray | memoryview | str, what: str) -> bytes:
     raise InputError(f"{what} must be bytes or str, got {type(data).__name__}")
 
 
-def _tokens(data: bytes) -> Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()[None]  # (1, C)
+def _tokens(data: bytes, device: torch.device | None = None) -> Tensor:
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()[None]  # (1, C)
+    return tokens if device is None else tokens.to(device)
 
 
 def clip_factor(grads: list[Tensor], max_norm: float, batched: bool) -> tuple[Tensor, Tensor]:
@@ -323,7 +363,8 @@ def _forward(
     runs without autograd; the suffix runs in the caller's grad mode."""
     first = model.config.first_dynamic
     with torch.no_grad():
-        hidden, prefix_caches = model.prefix(model.embed(_tokens(inputs)), caches[:first])
+        tokens = _tokens(inputs, model_device(model))
+        hidden, prefix_caches = model.prefix(model.embed(tokens), caches[:first])
     logits, suffix_caches = model.suffix(hidden, caches[first:], fast_weights)
     return logits[0], prefix_caches + suffix_caches
 
@@ -336,7 +377,8 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
     with torch.enable_grad() if learn else torch.no_grad():
         inputs = bytes([state.last_byte]) + chunk[:-1]
         logits, caches = _forward(model, inputs, state.caches, fast)
-        losses = F.cross_entropy(logits, _tokens(chunk)[0], reduction="none")  # (C,) nats
+        targets = _tokens(chunk, logits.device)[0]
+        losses = F.cross_entropy(logits, targets, reduction="none")  # (C,) nats
         loss = losses.mean()
         accepted = False
         if learn and torch.isfinite(loss):
@@ -344,10 +386,13 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
             state.fisher.update(list(fast), grads)
             if config.fast_params == "fisher_masked":
                 grads = _masked(state, grads)
-            new, norm = inner_update(fast, grads, state.initial_weights(), config)
-            if torch.isfinite(norm):
-                state.fast_weights = {n: w.detach() for n, w in new.items()}
-                accepted = True
+            if grads[0].is_cuda:
+                accepted = _fused_inner_update(state, fast, list(grads))
+            else:
+                new, norm = inner_update(fast, grads, state.initial_weights(), config)
+                if torch.isfinite(norm):
+                    state.fast_weights = {n: w.detach() for n, w in new.items()}
+                    accepted = True
     if learn:
         state.steps += accepted
         state.rejected_steps += not accepted
@@ -355,7 +400,29 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
     state.recent_inputs = (state.recent_inputs + inputs)[-model.config.window :]
     state.last_byte = chunk[-1]
     state.position += len(chunk)
-    return losses.detach() / LN2
+    return losses.detach().cpu() / LN2
+
+
+def _fused_inner_update(state: TTTState, fast: FastWeights, grads: list[Tensor]) -> bool:
+    """:func:`inner_update` on CUDA in Triton (memsdk.kernels.fast_mlp): the same arithmetic in
+    two kernels, norm then update, into copies of the fast weights, which replace the state's
+    only when the norm is finite. Returns whether the step was accepted."""
+    config = state.config
+    new = {n: w.detach().clone() for n, w in fast.items()}
+    initial = state.initial_weights()
+    step = clipped_sgd_(
+        list(new.values()),
+        grads,
+        squared_norm(grads),
+        lr=config.inner_lr,
+        max_norm=config.max_grad_norm,
+        initial=[initial[n] for n in new] if config.decay else None,
+        decay=config.decay,
+    )
+    accepted = bool(step.accepted)
+    if accepted:
+        state.fast_weights = new
+    return accepted
 
 
 def _masked(state: TTTState, grads: tuple[Tensor, ...]) -> list[Tensor]:
@@ -437,11 +504,11 @@ def score_bytes(
             logits, caches = _forward(
                 model, inputs[start : start + size], caches, state.fast_weights
             )
-            targets = _tokens(text[start : start + size])[0]
+            targets = _tokens(text[start : start + size], logits.device)[0]
             log_probs = mix_copy(logits, text, start) if copy else logits.log_softmax(-1)
             bits.append(-log_probs.gather(1, targets[:, None])[:, 0] / LN2)
             greedy.append(log_probs.argmax(-1) == targets)
-    return torch.cat(bits)[len(context) :], torch.cat(greedy)[len(context) :]
+    return torch.cat(bits)[len(context) :].cpu(), torch.cat(greedy)[len(context) :].cpu()
 
 
 def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> Tensor:
@@ -491,7 +558,7 @@ def generate(
     if temperature < 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
     model, size = state.model, state.config.chunk_bytes
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator(model_device(model)).manual_seed(seed) if seed is not None else None
     caches = _empty_caches(model)
 
     def feed(tokens: bytes) -> Tensor:

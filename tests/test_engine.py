@@ -333,3 +333,27 @@ def test_a_line_in_the_window_is_copied_exactly_only_with_copy():
     assert float(copy_bits.mean()) < 0.5 < float(plain_bits.mean())
     assert bool(greedy.all())
     assert generate(state, line + query, 40, stop=b"\n", copy=True) == answer
+
+
+@pytest.mark.gpu
+def test_streaming_on_cuda_matches_the_cpu_engine() -> None:
+    """The engine on CUDA (Triton attention, dynamic MLP and inner step) learns what the CPU
+    engine learns, and its states and deltas move between the two."""
+    from memsdk.engine import make_delta, read_delta, restore_state
+
+    cpu_model = load_model()[0]
+    cuda_model = load_model()[0].cuda()
+    data = TEXT * 4
+    on_cpu, on_cuda = TTTState(cpu_model), TTTState(cuda_model)
+    cpu_report = stream(on_cpu, data, final=True)
+    cuda_report = stream(on_cuda, data, final=True)
+    assert on_cuda.steps == on_cpu.steps > 0
+    assert cuda_report.bits_per_byte == pytest.approx(cpu_report.bits_per_byte, rel=1e-3)
+    probe = TEXT[:200]
+    assert bits_per_byte(on_cuda, probe) == pytest.approx(bits_per_byte(on_cpu, probe), rel=1e-3)
+    assert generate(on_cuda, TEXT[:40], 30) == generate(on_cpu, TEXT[:40], 30)
+    reread = TTTState.from_bytes(on_cuda.to_bytes(), cpu_model)
+    assert bits_per_byte(reread, probe) == pytest.approx(bits_per_byte(on_cuda, probe), rel=1e-3)
+    delta = read_delta(make_delta(on_cuda, on_cuda.initial_weights()))
+    restored = restore_state(cuda_model, [delta])
+    assert bits_per_byte(restored, probe) == pytest.approx(bits_per_byte(on_cuda, probe), abs=0.02)
