@@ -8,9 +8,10 @@ ingested text is held twice in memory. After a crash, or when the model changed,
 resumes from the chunk after its newest delta's ``through_chunk_id``.
 
 Sessions: a scope's weight memory is saved as a chain of 4-bit deltas
-(:mod:`memsdk.engine.delta`). Each open of the memory is a session; its saves (on a schedule and
-at close) rewrite one delta file, relative to the weights the session started from, and name
-the version before it as their parent. Opening merges the chain in order, so a third session
+(:mod:`memsdk.engine.delta`). Each open of the memory is a session; each of its saves (on a
+schedule, when idle and at close) writes a delta relative to the weights the session started
+from under the next version number, names the version before the session as its parent, and
+removes the session's previous save. Opening merges the chain in order, so a third session
 starts with what the first two absorbed. When a chain would grow past ``max_deltas`` files, the
 save writes one delta relative to the initial weights instead and removes the older files
 (compaction); a file no chain names (left by a crash mid-compaction) is removed then too.
@@ -107,10 +108,9 @@ class ScopeWeights:
 
 @dataclass
 class _Session:
-    """Where this session's saves of one scope go: delta file ``version``, relative to
-    ``base`` (the weights after merging ``parent``'s chain of ``depth`` files; 0: none)."""
+    """This session's saves of one scope: deltas relative to ``base`` (the weights after
+    merging ``parent``'s chain of ``depth`` files; 0: none)."""
 
-    version: int
     parent: int
     depth: int
     base: dict[str, Tensor]
@@ -263,7 +263,6 @@ class Consolidator:
 
     def figures(self, scope_id: int) -> ScopeWeights:
         state = self.state(scope_id)
-        session = self._sessions[scope_id]
         chain = self._chain_versions(scope_id)
         modified = self.deltas.modified(scope_id)
         return ScopeWeights(
@@ -272,7 +271,7 @@ class Consolidator:
             rejected_steps=state.rejected_steps,
             through_chunk_id=self._through(state),
             drift=state.drift(),
-            deltas=len(chain) if session.version in chain else session.depth,
+            deltas=len(chain),
             delta_bytes=self.deltas.size(scope_id, chain),
             saved_at=None if modified is None else datetime.fromtimestamp(modified, UTC),
         )
@@ -332,9 +331,7 @@ class Consolidator:
                     continue  # another process saved or compacted meanwhile
                 logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
                 state = TTTState(self.model, self.ttt_config)
-                self._sessions[scope_id] = _Session(
-                    self._newest(scope_id) + 1, 0, 0, _copy(state.initial_weights())
-                )
+                self._sessions[scope_id] = _Session(0, 0, _copy(state.initial_weights()))
                 break
         self._seen[scope_id] = signature
         return state
@@ -351,7 +348,6 @@ class Consolidator:
             FormatError: a delta is unreadable or belongs to another model or mode.
         """
         versions = self.deltas.versions(scope_id)
-        following = (versions[-1] if versions else 0) + 1
         if versions:
             chain = self._chain(scope_id, versions[-1])
             state = restore_state(
@@ -362,9 +358,7 @@ class Consolidator:
                     f"its deltas train {state.config.fast_params!r}, this memory is "
                     f"configured for {self.ttt_config.fast_params!r}"
                 )
-            self._sessions[scope_id] = _Session(
-                following, versions[-1], len(chain), _copy(state.fast_weights)
-            )
+            self._sessions[scope_id] = _Session(versions[-1], len(chain), _copy(state.fast_weights))
             return state
         legacy = self.snapshots.read(scope_id)
         if legacy is not None:
@@ -373,7 +367,7 @@ class Consolidator:
             self._dirty.add(scope_id)  # saved as a delta at the next save
         else:
             state = TTTState(self.model, self.ttt_config)
-        self._sessions[scope_id] = _Session(following, 0, 0, _copy(state.initial_weights()))
+        self._sessions[scope_id] = _Session(0, 0, _copy(state.initial_weights()))
         return state
 
     # ---- leases ----------------------------------------------------------------------------
@@ -522,9 +516,8 @@ class Consolidator:
         state.reset()
         newest = self.sql.newest_chunk_ids().get(scope_id, 0)
         state.extra[THROUGH] = str(max(newest, self._through(state)))
-        for version in self.deltas.versions(scope_id):
-            self.deltas.delete(scope_id, version)
-        self._sessions[scope_id] = _Session(1, 0, 0, _copy(state.initial_weights()))
+        # The save writes one delta from the initial weights and removes the older files.
+        self._sessions[scope_id] = _Session(0, 0, _copy(state.initial_weights()))
         self._dirty.add(scope_id)
         self._save(force=True)
 
@@ -548,17 +541,19 @@ class Consolidator:
             if session.depth + 1 > self.max_deltas:  # compact: one delta from the initial weights
                 session.parent, session.depth = 0, 0
                 session.base = _copy(state.initial_weights())
+            # Every save is a new version (the lease holder alone numbers them), so another
+            # process sees each save as a change of the versions, whatever the file clock.
+            version = self._newest(scope_id) + 1
             labels = {
-                "version": str(session.version),
+                "version": str(version),
                 "parent": str(session.parent),
                 "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)
-            self.deltas.write(scope_id, session.version, data)
-            if session.parent == 0:  # nothing older is on the chain any more
-                for version in self.deltas.versions(scope_id):
-                    if version != session.version:
-                        self.deltas.delete(scope_id, version)
+            self.deltas.write(scope_id, version, data)
+            for old in self.deltas.versions(scope_id):  # off the chain now: older saves
+                if old != version and old > session.parent:
+                    self.deltas.delete(scope_id, old)
             self.snapshots.delete(scope_id)  # a snapshot from before deltas, now replaced
             with self._states_lock:
                 self._seen[scope_id] = self.deltas.signature(scope_id)

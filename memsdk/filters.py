@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +64,11 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     def check(value: Any, path: str, depth: int) -> Any:
         if depth > _MAX_DEPTH:
             raise InputError(f"metadata is nested deeper than {_MAX_DEPTH} levels at {path}")
+        if isinstance(value, str) and "\x00" in value:
+            raise InputError(
+                f"metadata value at {path} holds a NUL character, which PostgreSQL cannot "
+                "store: remove it (or store the bytes as text with add/ingest)"
+            )
         if value is None or isinstance(value, bool | int | str):
             return value
         if isinstance(value, float):
@@ -132,6 +138,11 @@ def _kind(value: Any, key: str, op: str) -> str:
             raise FilterError(f"filter {key!r} {op}: {value} is not a finite number")
         return "number"
     if isinstance(value, str):
+        if "\x00" in value:
+            raise FilterError(
+                f"filter {key!r} {op}: the value holds a NUL character, which no stored "
+                "metadata holds (metadata refuses it): remove it"
+            )
         return "string"
     raise FilterError(
         f"filter {key!r} {op}: expected a string, number or bool, got {type(value).__name__} "
@@ -151,6 +162,7 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     if op in ("contains", "icontains"):
         if not isinstance(value, str):
             raise FilterError(f"filter {key!r} {op}: expected a string, got {value!r}")
+        _kind(value, key, op)  # refuses NUL characters
         haystack, needle = field.value("string"), value
         if op == "icontains":
             haystack, needle = func.lower(haystack), value.lower()
@@ -166,14 +178,14 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     column = field.value(kind)
     if kind == "boolean" and field.dialect != "postgresql":
         value = int(value)  # SQLite's json_extract gives 1 / 0 for true / false
-    predicate = {
-        "eq": column == value,
-        "gt": column > value,
-        "gte": column >= value,
-        "lt": column < value,
-        "lte": column <= value,
+    compare = {
+        "eq": operator.eq,
+        "gt": operator.gt,
+        "gte": operator.ge,
+        "lt": operator.lt,
+        "lte": operator.le,
     }[op]
-    return field.test(kind, predicate)
+    return field.test(kind, compare(column, value))
 
 
 def _node(node: Any, dialect: str, where: str) -> ColumnElement[bool]:

@@ -160,6 +160,12 @@ def _iter_blocks(items: Iterable[Any], name: str) -> Callable[[], Iterator[bytes
     return blocks
 
 
+def _label(name: str) -> str:
+    """A document name as stored: NUL characters (which PostgreSQL text cannot hold) become
+    U+FFFD, as they do in chunk text."""
+    return name.replace("\x00", "\ufffd")
+
+
 def _sources(source: Any, name: str | None) -> list[_Source]:
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
@@ -184,11 +190,13 @@ def _sources(source: Any, name: str | None) -> list[_Source]:
             "ingest got bytes: to store one text use add(); to stream bytes pass a file object "
             "or an iterable of bytes"
         )
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"name must be a str, got {type(name).__name__}")
     if hasattr(source, "read"):
-        label = name or str(getattr(source, "name", "") or "<stream>")
+        label = _label(name or str(getattr(source, "name", "") or "<stream>"))
         return [_Source(label, None, _fileobj_blocks(source, label), True)]
     if isinstance(source, Iterable) and not isinstance(source, Mapping):
-        label = name or "<stream>"
+        label = _label(name or "<stream>")
         return [_Source(label, None, _iter_blocks(source, label), False)]
     raise InputError(
         f"ingest cannot read a {type(source).__name__}: pass a path, a directory, a file object "
@@ -236,6 +244,8 @@ class HybridMemory:
     Raises:
         InputError: ``path`` is a file or a foreign non-empty directory.
         FormatError: the directory was written by a newer memsdk or another embedder.
+        ConfigError: ``config.database_url`` is not the database the memory keeps its
+            records in (a PostgreSQL memory opened without it, or the other way round).
         IndexCorruptedError: the vector index is missing or corrupted (see ``rebuild_index``).
         ModelNotFoundError: the embedding model package or the weight-memory model
             (``config.weights_model``) is not installed.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import FormatError, IndexCorruptedError, InputError
+from memsdk.errors import ConfigError, FormatError, IndexCorruptedError, InputError
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
@@ -42,6 +42,34 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{tail}"
 
 
+def _check_database(recorded: str, url: str, directory: Path) -> None:
+    """The records must stay where the memory was created: another database's chunk ids
+    would not match the directory's index and weight deltas.
+
+    Raises:
+        ConfigError: ``url`` is not the database the manifest records.
+    """
+    in_directory = recorded.startswith("sqlite")
+    if in_directory and url.startswith("sqlite"):
+        return  # the directory's own file, wherever the directory has moved to
+    if in_directory:
+        raise ConfigError(
+            f"memory {directory} keeps its records in its own SQLite file ({DATABASE_NAME}), "
+            f"not in {_redact(url)}: open it without database_url, or give a new directory "
+            "for a memory in that database"
+        )
+    if _redact(url) != recorded:
+        hint = (
+            "open it with MemoryConfig(database_url=...) naming that database"
+            if url.startswith("sqlite")
+            else 'if that database moved to this address, set "database" in '
+            f"{MANIFEST_NAME} to {_redact(url)!r}"
+        )
+        raise ConfigError(
+            f"memory {directory} keeps its records in {recorded}, not in {_redact(url)}: {hint}"
+        )
+
+
 class Notepad:
     """One memory directory's exact store: SQL records, the vector index and the manifest.
 
@@ -55,6 +83,7 @@ class Notepad:
     Raises:
         InputError: ``directory`` is a file, or a non-empty folder that is not a memory.
         FormatError: the manifest is corrupted, newer, or names another embedder.
+        ConfigError: ``database_url`` is not the database the memory keeps its records in.
         IndexCorruptedError: the index file is missing or unreadable (names the rebuild command).
     """
 
@@ -87,6 +116,7 @@ class Notepad:
             )
             manifest.write(self.directory)
         manifest.check_embedder(embedder_name, dim, directory=self.directory)
+        _check_database(manifest.database, url, self.directory)
         if removed := remove_stale_temp_files(self.directory):
             logger.info("removed %d temp files left by interrupted writes", removed)
         self.manifest = manifest

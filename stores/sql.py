@@ -7,8 +7,10 @@ embedding, so the vector index can always be rebuilt without re-embedding), ``hi
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
-locked" when a read transaction tries to upgrade. Exact-token search uses SQLite FTS5 (BM25)
-kept in step by triggers, and PostgreSQL full-text search (``simple`` configuration) there.
+locked" when a read transaction tries to upgrade. On PostgreSQL every write transaction first
+takes one advisory lock, so writers queue the same way and history ids commit in order.
+Exact-token search uses SQLite FTS5 (BM25) kept in step by triggers, and PostgreSQL full-text
+search (``simple`` configuration) there.
 """
 
 from __future__ import annotations
@@ -235,6 +237,7 @@ _POSTGRES_FTS = [
 # FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_QUERY_TERMS = 64
+WRITE_LOCK_KEY = 0x6D656D73  # the PostgreSQL advisory lock every write transaction takes
 
 
 def _query_phrases(query: str) -> list[list[str]]:
@@ -318,6 +321,11 @@ class SQLStore:
         """
         try:
             with self._write_lock, self._write() as session, session.begin():
+                if self.dialect == "postgresql":
+                    # One writer at a time, as SQLite's BEGIN IMMEDIATE: history ids then
+                    # commit in the order they are drawn, so an index that has caught up to
+                    # event N never misses an event below N committed later.
+                    session.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
                 yield session
         except OperationalError as exc:
             if not _out_of_storage(exc):
@@ -486,6 +494,7 @@ class SQLStore:
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.
         """
+        query = query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
         phrases = _query_phrases(query)
         if not phrases:
             return []

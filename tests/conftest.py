@@ -1,9 +1,16 @@
-"""Shared fixtures: real memories on disk (SQLite + FAISS + the MiniLM embedder)."""
+"""Shared fixtures: real memories on disk (SQLite + FAISS + the MiniLM embedder).
+
+With ``MEMSDK_TEST_POSTGRES_URL`` naming a PostgreSQL server the tests may create databases on
+(``.ci/run`` starts one with ``scripts/postgres.sh``), the store and API suites in
+``BOTH_DATABASES`` run twice: on SQLite, and on PostgreSQL, where every memory a test opens
+without a ``database_url`` gets a fresh database of its own.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,12 +24,99 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from memsdk import HybridMemory, Scope
+from memsdk.stores.notepad import Notepad
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 # Figures of the reliability tests (kills survived, operations run, examples tried), written
 # at the end of the run; RELIABILITY.md is made from them by scripts/reliability_table.py.
 FIGURES = REPO / "benchmarks" / "out" / "reliability.json"
+
+
+POSTGRES_ADMIN_URL = os.environ.get("MEMSDK_TEST_POSTGRES_URL")
+BOTH_DATABASES = {
+    "test_memory_api",
+    "test_needles",
+    "test_weight_memory",
+    "test_sessions",
+    "test_router",
+    "test_isolation",
+    "test_hostile_queries",
+    "test_hostile_input",
+    "test_limits",
+    "test_concurrency",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_DATABASES:
+        params = ["sqlite", "postgres"] if POSTGRES_ADMIN_URL else ["sqlite"]
+        metafunc.parametrize("database", params, indirect=True, scope="module")
+
+
+class PostgresDatabases:
+    """Fresh PostgreSQL databases on the test server, dropped when the tests are done."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.base = make_url(admin_url)
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        from sqlalchemy import text
+
+        name = f"memsdk_test_{uuid.uuid4().hex[:12]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self.names.append(name)
+        return self.base.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    """Make fresh databases with ``postgres.create()``; skips without a server."""
+    if not POSTGRES_ADMIN_URL:
+        pytest.skip("set MEMSDK_TEST_POSTGRES_URL to run against a PostgreSQL server")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'psycopg[binary]'")
+    databases = PostgresDatabases(POSTGRES_ADMIN_URL)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``"sqlite"``, or ``"postgres"``: then every memory opened without a ``database_url``
+    keeps its records in a fresh PostgreSQL database (one per memory directory)."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield backend
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    urls: dict[Path, str] = {}
+    original = Notepad.__init__
+
+    def on_postgres(self, directory, *, database_url, **kwargs) -> None:
+        if database_url is None:
+            key = Path(directory).expanduser().resolve()
+            if key not in urls:
+                urls[key] = databases.create()
+            database_url = urls[key]
+        original(self, directory, database_url=database_url, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Notepad, "__init__", on_postgres)
+        yield backend
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

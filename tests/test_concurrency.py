@@ -1,5 +1,6 @@
 """Concurrency: threads of one process and a second process write to and query one memory at
-the same time, for a bounded time. Nothing is lost or stored twice, every query answers, no
+the same time, for a bounded time (on SQLite, and on one PostgreSQL server when the suite has
+one). Nothing is lost or stored twice, every query answers, no
 writer fails on SQLite's lock, and the scope's weight memory, trained by whichever process holds
 its lease, ends up as one consistent lineage: every chunk absorbed once, in id order."""
 
@@ -25,10 +26,11 @@ PROBE = "".join(f"node-{i % 7} kernel: tun{i % 3} state {i * 37 % 101}\n" for i 
 OTHER_PROCESS = """
 import json, sys, time
 from memsdk import HybridMemory, MemoryConfig, Scope
-path, seconds, extra, probe = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+path, probe, url = sys.argv[1], sys.argv[4], sys.argv[5]
+seconds, extra = float(sys.argv[2]), float(sys.argv[3])
 shared, own = Scope(tenant="acme", user="shared"), Scope(tenant="acme", user="process-2")
 acked, answered, errors = [], 0, []
-config = MemoryConfig(weights_save_interval_s=0.5)
+config = MemoryConfig(weights_save_interval_s=0.5, database_url=url)
 with HybridMemory.open(path, config=config) as mem:
     print("ready", flush=True)
     started, i = time.monotonic(), 0
@@ -54,7 +56,7 @@ def _line(worker: str, i: int) -> str:
 
 
 @pytest.mark.slow
-def test_threads_and_a_second_process_share_one_memory(memory_dir, figures) -> None:
+def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, database) -> None:
     config = MemoryConfig(weights_save_interval_s=0.5)
     errors: list[str] = []
     acked: list[tuple[str, list[int], str]] = []  # (scope user, ids, text)
@@ -64,8 +66,9 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures) -> N
         # ignored the lease would pull the chain's base from under the other process.
         acked.append(("shared", mem.add(_line("w0", -1), scope=SHARED_SCOPE).ids, _line("w0", -1)))
         mem.flush()
+        url = mem.notepad.sql.url  # SQLite, or the PostgreSQL database both processes share
         other = subprocess.Popen(
-            [sys.executable, "-c", OTHER_PROCESS, str(memory_dir), str(SECONDS), "3", PROBE],
+            [sys.executable, "-c", OTHER_PROCESS, str(memory_dir), str(SECONDS), "3", PROBE, url],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -144,9 +147,9 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures) -> N
     reference = TTTState(load_model()[0])
     stream(reference, records[0][1], final=True)  # the first flush streamed a short chunk
     stream(reference, b"".join(data for _, data in records[1:]), final=True)
-    assert on_disk == pytest.approx(bits_per_byte(reference, PROBE), abs=0.05)
+    assert on_disk == pytest.approx(bits_per_byte(reference, PROBE), abs=0.05), shared.weights
     figures.record(
-        "concurrency",
+        f"concurrency_{database}",
         threads=WRITERS + READERS,
         processes=2,
         seconds=SECONDS,

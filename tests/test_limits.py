@@ -68,8 +68,10 @@ def test_scope_limit(tmp_path) -> None:
         assert len(mem.stats().scopes) == 3
 
 
-def test_a_full_database_rolls_back_and_keeps_what_was_committed(tmp_path) -> None:
+def test_a_full_database_rolls_back_and_keeps_what_was_committed(tmp_path, database) -> None:
     """SQLite's max_page_count makes the database refuse to grow, as a full disk does."""
+    if database != "sqlite":
+        pytest.skip("caps a SQLite file's page count (the same test runs on SQLite)")
     config = MemoryConfig(weight_memory=False, embed_batch_chunks=8)
     with HybridMemory.open(tmp_path / "m", config=config) as mem:
         kept = mem.ingest(_lines("before", 50), scope=SCOPE, name="before")
@@ -134,9 +136,11 @@ def _small_filesystem(path, megabytes: int):
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8) for a small tmpfs")
-def test_a_full_disk_keeps_every_committed_chunk(tmp_path) -> None:
+def test_a_full_disk_keeps_every_committed_chunk(tmp_path, database) -> None:
     """A real file system that fills up: the memory, its index and its weight deltas share
     a 24 MB tmpfs with a ballast file; writes fail cleanly, and freeing space lets them go on."""
+    if database != "sqlite":
+        pytest.skip("fills the file system of a SQLite memory (the same test runs on SQLite)")
     with _small_filesystem(tmp_path / "disk", 24) as disk:
         ballast = disk / "ballast"
         config = MemoryConfig(index_save_interval_s=0.0, weights_save_interval_s=0.0)

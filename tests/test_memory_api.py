@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from memsdk import (
+    ConfigError,
     DuplicateError,
     FilterError,
     FormatError,
@@ -428,15 +429,17 @@ def test_using_a_closed_memory_is_a_clear_error(memory_dir, scope):
 
 
 def test_a_process_killed_before_closing_loses_nothing_acknowledged(memory_dir):
+    with HybridMemory.open(memory_dir) as mem:
+        url = mem.notepad.sql.url  # SQLite or, in the PostgreSQL run, the test's database
     script = (
         "import os, sys\n"
-        "from memsdk import HybridMemory, Scope\n"
-        "mem = HybridMemory.open(sys.argv[1])\n"
+        "from memsdk import HybridMemory, MemoryConfig, Scope\n"
+        "mem = HybridMemory.open(sys.argv[1], config=MemoryConfig(database_url=sys.argv[2]))\n"
         "for i in range(5):\n"
         "    mem.add(f'fact {i}: rack r{i} holds spare disks', scope=Scope(tenant='t'))\n"
         "os._exit(9)\n"
     )
-    run = subprocess.run([sys.executable, "-c", script, str(memory_dir)], timeout=300)
+    run = subprocess.run([sys.executable, "-c", script, str(memory_dir), url], timeout=300)
     assert run.returncode == 9
     with HybridMemory.open(memory_dir) as mem:
         _consistent(mem)
@@ -457,3 +460,20 @@ def test_identifier_spans_of_a_query():
         "4812",
     ]
     assert identifier_spans("how do I rotate logs every night?") == []
+
+
+def test_a_memory_opens_only_with_the_database_it_was_made_with(memory_dir, scope):
+    with HybridMemory.open(memory_dir) as mem:
+        mem.add("Ticket 4812: VPN drops after sleep", scope=scope)
+    elsewhere = MemoryConfig(database_url="postgresql+psycopg://ops:s3cret@db.example:5432/mem")
+    with pytest.raises(ConfigError, match="keeps its records in") as raised:
+        HybridMemory.open(memory_dir, config=elsewhere)
+    assert "s3cret" not in str(raised.value)
+    manifest = memory_dir / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**recorded, "database": "postgresql+psycopg://ops:***@db/m"}))
+    with pytest.raises(ConfigError, match="keeps its records in postgresql"):
+        HybridMemory.open(memory_dir)
+    manifest.write_text(json.dumps(recorded))
+    with HybridMemory.open(memory_dir) as mem:
+        assert len(mem.get_all(scope=scope)) == 1

@@ -37,7 +37,7 @@ def test_three_sessions_build_a_chain_that_merges_on_open(memory_dir, scope, hdf
     for i, part in enumerate(parts):
         _session(memory_dir, scope, part, f"part-{i}")
     (scope_id,) = deltas.scope_ids()
-    assert deltas.versions(scope_id) == [1, 2, 3]
+    assert len(deltas.versions(scope_id)) == 3  # one delta per session on the chain
     with HybridMemory.open(memory_dir) as mem:
         figures = mem.stats().scopes[0].weights
         assert figures.deltas == 3
