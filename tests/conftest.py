@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,8 @@ def postgres() -> Iterator[PostgresDatabases]:
 @pytest.fixture(scope="module", autouse=True)
 def database(request: pytest.FixtureRequest) -> Iterator[str]:
     """``"sqlite"``, or ``"postgres"``: then every memory opened without a ``database_url``
-    keeps its records in a fresh PostgreSQL database (one per memory directory)."""
+    keeps its records in a fresh PostgreSQL database (one per memory directory). A module's
+    own module-scoped memory fixtures name this fixture, so each backend gets its own."""
     backend = getattr(request, "param", "sqlite")
     if backend == "sqlite":
         yield backend
@@ -147,7 +149,8 @@ class Figures:
         self.values: dict[str, dict[str, object]] = {}
 
     def record(self, test: str, **values: object) -> None:
-        self.values.setdefault(test, {}).update(values)
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        self.values.setdefault(test, {}).update(values, recorded_at=when)
 
     def write(self) -> None:
         if not self.values:

@@ -50,7 +50,7 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def memory(tmp_path_factory):
+def memory(tmp_path_factory, database):
     path = tmp_path_factory.mktemp("hostile") / "memory"
     with HybridMemory.open(path) as mem:
         mem.ingest(

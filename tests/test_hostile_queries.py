@@ -10,7 +10,7 @@ from memsdk import HybridMemory, InputError, Scope
 
 
 @pytest.fixture(scope="module")
-def small_memory(tmp_path_factory):
+def small_memory(tmp_path_factory, database):
     with HybridMemory.open(tmp_path_factory.mktemp("hostile") / "memory") as mem:
         mem.ingest(
             [f'node-{i} said "NEAR" AND (OR) * ^ {{x}}: ok {i}\n' for i in range(40)],

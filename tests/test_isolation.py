@@ -32,7 +32,7 @@ def _stream(name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tenants(tmp_path_factory):
+def tenants(tmp_path_factory, database):
     with HybridMemory.open(tmp_path_factory.mktemp("isolation") / "m") as mem:
         ids = {}
         for name, scope in TENANTS.items():

@@ -136,7 +136,7 @@ def _small_filesystem(path, megabytes: int):
 
 
 @pytest.mark.skipif(shutil.which("mount") is None, reason="needs mount(8) for a small tmpfs")
-def test_a_full_disk_keeps_every_committed_chunk(tmp_path, database) -> None:
+def test_a_full_disk_keeps_every_committed_chunk(tmp_path, database, figures) -> None:
     """A real file system that fills up: the memory, its index and its weight deltas share
     a 24 MB tmpfs with a ballast file; writes fail cleanly, and freeing space lets them go on."""
     if database != "sqlite":
@@ -165,3 +165,6 @@ def test_a_full_disk_keeps_every_committed_chunk(tmp_path, database) -> None:
             )
             weights = mem.stats().scopes[0].weights
             assert weights.bytes_absorbed == mem.stats().scopes[0].bytes
+            figures.record(
+                "disk_full", documents_acknowledged=len(acked) + 2, lost=0, filesystem_mb=24
+            )

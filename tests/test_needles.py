@@ -18,7 +18,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def log_memory(tmp_path_factory) -> Iterator[HybridMemory]:
+def log_memory(tmp_path_factory, database) -> Iterator[HybridMemory]:
     with HybridMemory.open(tmp_path_factory.mktemp("needles") / "memory") as mem:
         yield mem
 

@@ -51,7 +51,7 @@ def hdfs_lines() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def routed(tmp_path_factory, hdfs_lines) -> HybridMemory:
+def routed(tmp_path_factory, hdfs_lines, database) -> HybridMemory:
     """A memory whose scope absorbed the first 300 lines of held-out HDFS."""
     memory = HybridMemory.open(tmp_path_factory.mktemp("routed"))
     memory.ingest(hdfs_lines[:300], scope=SCOPE, name="hdfs")

@@ -1,0 +1,117 @@
+"""Write RELIABILITY.md from the figures the reliability tests recorded in their last run
+(``benchmarks/out/reliability.json``, written by ``tests/conftest.py``).
+
+Usage::
+
+    make test                                  # or: pytest tests/test_crash.py tests/test_...
+    python scripts/reliability_table.py        # RELIABILITY.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = REPO / "benchmarks" / "out" / "reliability.json"
+
+# (figure group, what was done, how the figures read, the test that produced them)
+ROWS = [
+    (
+        "crash",
+        "writer processes killed with SIGKILL at random points (forked, saving the index and "
+        "weight deltas at every chance), each kill followed by a reopen and a full check",
+        "{kills} kills over {memories} memories; {documents_acknowledged} documents "
+        "acknowledged, {lost} lost; every delta file read whole, SQL and index ids equal",
+        "tests/test_crash.py::test_sigkill_at_random_points_loses_no_acknowledged_write",
+    ),
+    (
+        "concurrency_sqlite",
+        "threads of one process and a second process writing and querying one SQLite memory",
+        "{threads} threads + {processes} processes for {seconds:.0f} s: {writes} writes, "
+        "{queries} queries answered, {errors} errors; no write lost or stored twice; the weight "
+        "memory one consistent lineage",
+        "tests/test_concurrency.py::test_threads_and_a_second_process_share_one_memory[sqlite]",
+    ),
+    (
+        "concurrency_postgres",
+        "the same on one PostgreSQL server (two processes sharing the database and the "
+        "memory directory)",
+        "{threads} threads + {processes} processes for {seconds:.0f} s: {writes} writes, "
+        "{queries} queries answered, {errors} errors",
+        "tests/test_concurrency.py::test_threads_and_a_second_process_share_one_memory[postgres]",
+    ),
+    (
+        "hostile",
+        "hypothesis examples tried, per property (one run of each backend adds up)",
+        "text and bytes {text_and_bytes}, streams {streams}, filters {filters}, metadata "
+        "{metadata}, scope names {scope_names}, forged or truncated files {forged_files}; "
+        "every one a clear error or correct behaviour",
+        "tests/test_hostile_input.py",
+    ),
+    (
+        "isolation",
+        "near-identical tenants probed through search, query, completion, get, history, "
+        "update, delete, get_all, stats and the LangChain adapters",
+        "{tenants} scopes, {probes} probes, no other tenant's data returned; each scope's fast "
+        "weights equal to a state trained on its own chunks alone",
+        "tests/test_isolation.py",
+    ),
+    (
+        "disk_full",
+        "ingesting into a memory on a {filesystem_mb} MB tmpfs until the disk is full, then "
+        "freeing space",
+        "{documents_acknowledged} documents acknowledged, {lost} lost; the failed write a "
+        "StorageError, ingest goes on once space is free",
+        "tests/test_limits.py::test_a_full_disk_keeps_every_committed_chunk",
+    ),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
+    args = parser.parse_args(argv)
+    figures = json.loads(args.figures.read_text())
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    lines = [
+        "# Reliability",
+        "",
+        "What memsdk survives, as measured by tests the suite runs (`make test`; the "
+        "PostgreSQL rows need a server, see the README). Each figure below is the one its test "
+        "recorded; `python scripts/reliability_table.py` rewrites this file from the last run.",
+        "",
+        f"Written {datetime.now(UTC):%Y-%m-%d} at commit {commit or 'unknown'}, on "
+        f"{os.cpu_count()} CPU cores; each row gives the day its test ran.",
+        "",
+        "| what | figures | test |",
+        "| --- | --- | --- |",
+    ]
+    missing = []
+    for group, what, how, test in ROWS:
+        values = figures.get(group)
+        if values is None:
+            missing.append(group)
+            continue
+        when = str(values.get("recorded_at", "?"))[:10]
+        lines.append(f"| {what.format(**values)} | {how.format(**values)} | `{test}` ({when}) |")
+    lines.append("")
+    if missing:
+        lines += [f"Not measured in this run: {', '.join(missing)}.", ""]
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({len(ROWS) - len(missing)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
