@@ -450,13 +450,10 @@ class Consolidator:
                 except Exception:
                     logger.exception("weight consolidation failed while idle")
                 continue
+            if command.kind == "stop":
+                self._stop(command)
+                return
             try:
-                if command.kind == "stop":
-                    self._save(force=True)
-                    for scope_id in sorted(self._held):
-                        self.sql.release_lease(scope_id, self.holder)
-                    self._held.clear()
-                    return
                 if command.kind == "scope":
                     with self._queued_lock:
                         self._queued.discard(command.scope_id)
@@ -473,6 +470,23 @@ class Consolidator:
                 command.error = exc
             finally:
                 command.done.set()
+
+    def _stop(self, command: _Command) -> None:
+        """Save and give the leases up; the worker ends even when the save fails (a full disk):
+        what was not saved is absorbed again from SQL after the next open."""
+        try:
+            self._save(force=True)
+        except Exception as exc:
+            logger.exception("saving the weight memory at close failed")
+            command.error = exc
+        finally:
+            for scope_id in sorted(self._held):
+                try:
+                    self.sql.release_lease(scope_id, self.holder)
+                except Exception:  # it lapses after lease_s
+                    logger.exception("giving up the weight lease of scope %s failed", scope_id)
+            self._held.clear()
+            command.done.set()
 
     def _consolidate(self, scope_id: int) -> None:
         """Absorb the scope's chunks after its ``through_chunk_id``, batch by batch, renewing

@@ -168,3 +168,26 @@ def test_a_full_disk_keeps_every_committed_chunk(tmp_path, database, figures) ->
             figures.record(
                 "disk_full", documents_acknowledged=len(acked) + 2, lost=0, filesystem_mb=24
             )
+
+
+def test_close_ends_even_when_the_weights_cannot_be_saved(memory_dir, monkeypatch, caplog) -> None:
+    """A full disk at close: close() returns, and the chunks are absorbed after the next open."""
+    from memsdk.stores.weights import WeightDeltas
+
+    lines = _lines("close", 30)
+    mem = HybridMemory.open(memory_dir)
+    mem.ingest(lines, scope=SCOPE, name="close")
+
+    def full(self, scope_id, version, data) -> None:
+        raise StorageError(errno.ENOSPC, "cannot write the delta: No space left on device")
+
+    monkeypatch.setattr(WeightDeltas, "write", full)
+    with pytest.raises(StorageError, match="No space left"):
+        mem.flush()  # absorbed, but the delta cannot be written: flush says so
+    mem.close()  # returns: the worker ends although its save failed
+    assert "saving the weight memory at close failed" in caplog.text
+    monkeypatch.undo()
+    with HybridMemory.open(memory_dir) as mem:
+        mem.flush()
+        (scope,) = mem.stats().scopes
+        assert scope.weights.bytes_absorbed == scope.bytes
