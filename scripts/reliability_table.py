@@ -77,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", type=Path, default=FIGURES)
     parser.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
+    parser.add_argument("--commit", help="the commit the tests ran at (default: HEAD)")
     args = parser.parse_args(argv)
     figures = json.loads(args.figures.read_text())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+    )
     lines = [
         "# Reliability",
         "",
@@ -89,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "PostgreSQL rows need a server, see the README). Each figure below is the one its test "
         "recorded; `python scripts/reliability_table.py` rewrites this file from the last run.",
         "",
-        f"Written {datetime.now(UTC):%Y-%m-%d} at commit {commit or 'unknown'}, on "
-        f"{os.cpu_count()} CPU cores; each row gives the day its test ran.",
+        f"Written {datetime.now(UTC):%Y-%m-%d} from tests run at commit {commit or 'unknown'}, "
+        f"on {os.cpu_count()} CPU cores; each row gives the day its test ran.",
         "",
         "| what | figures | test |",
         "| --- | --- | --- |",
