@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import random
 import uuid
 from pathlib import Path
@@ -238,14 +237,10 @@ def test_forged_or_truncated_files_are_format_errors(
         pass  # a flipped bit in a value (not the header) can leave a valid file: also fine
 
 
-class _Trap:
-    """Unpickling this would create the file ``path``: proof that nothing unpickles."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
+def _pickle_that_creates(path: Path) -> bytes:
+    """A pickle (protocol 0, written out by hand) whose loading calls ``open(path, "w")``,
+    creating the file: proof, if the file never appears, that nothing unpickled it."""
+    return f"cbuiltins\nopen\n(V{path}\nVw\ntR.".encode()
 
 
 def test_a_pickle_planted_in_a_memory_is_never_executed(tmp_path, caplog) -> None:
@@ -256,7 +251,7 @@ def test_a_pickle_planted_in_a_memory_is_never_executed(tmp_path, caplog) -> Non
     deltas = WeightDeltas(memory)
     (scope_id,) = deltas.scope_ids()
     trap = tmp_path / "executed"
-    payload = pickle.dumps(_Trap(trap))
+    payload = _pickle_that_creates(trap)
     for version in deltas.versions(scope_id):
         deltas.write(scope_id, version, payload)
     with HybridMemory.open(memory) as mem:  # the weight memory is rebuilt from SQL
