@@ -58,6 +58,7 @@ from memsdk.engine import (
     stream,
 )
 from memsdk.errors import BusyError, FormatError
+from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
@@ -75,13 +76,7 @@ def _process_gone(holder: str) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, under another user
-        return False
-    return False
+    return not process_running(int(pid_text))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memsdk.errors import StorageError
 
-__all__ = ["atomic_write_bytes", "fsync_directory", "remove_stale_temp_files"]
+__all__ = ["atomic_write_bytes", "fsync_directory", "process_running", "remove_stale_temp_files"]
 
 # The temp files of atomic_write_bytes: ".<name>.<pid>.<8 hex>.tmp".
 _TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
@@ -62,7 +62,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     fsync_directory(path.parent)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,11 @@ def remove_stale_temp_files(directory: str | os.PathLike[str]) -> int:
     for root, _, files in os.walk(directory):
         for name in files:
             match = _TEMP.fullmatch(name)
-            if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            if (
+                match
+                and int(match.group(1)) != os.getpid()
+                and not process_running(int(match.group(1)))
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(root, name))
                     removed += 1
