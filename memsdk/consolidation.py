@@ -371,11 +371,11 @@ class Consolidator:
         """Take or renew the scope's lease. A newly taken lease reloads the scope when another
         process saved since this one last read it; a lost lease drops unsaved progress (the
         state is read again from the deltas of the process that took it)."""
-        epoch = self.sql.acquire_lease(
+        held = self.sql.acquire_lease(
             scope_id, self.holder, ttl_s=self.lease_s, stale=_process_gone
         )
         with self._states_lock:
-            if epoch is None:
+            if not held:
                 if scope_id in self._held:
                     logger.warning(
                         "another process took the weight lease of scope %s: its unsaved "
@@ -407,7 +407,7 @@ class Consolidator:
                 holder = self.sql.lease_holder(scope_id)
                 raise BusyError(
                     f"the weight memory of scope {scope_id} is being trained by another "
-                    f"process ({holder[0] if holder else 'unknown'}) and {self.wait_s:.0f} s "
+                    f"process ({holder or 'unknown'}) and {self.wait_s:.0f} s "
                     "passed without it giving the lease up: try again when that process is "
                     "idle or closed"
                 )

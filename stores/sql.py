@@ -164,13 +164,12 @@ class LedgerRow(Base):
 
 class LeaseRow(Base):
     """A scope's weight-memory lease: only ``holder`` may train and save the scope's weights
-    until ``expires_at`` (seconds since the epoch). ``epoch`` grows with every change of holder."""
+    until ``expires_at`` (seconds since the epoch)."""
 
     __tablename__ = "weight_leases"
 
     scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str] = mapped_column(String(256))
-    epoch: Mapped[int] = mapped_column(Integer, default=1)
     expires_at: Mapped[float] = mapped_column(Float)
 
 
@@ -813,30 +812,25 @@ class SQLStore:
         *,
         ttl_s: float,
         stale: Callable[[str], bool] = lambda holder: False,
-    ) -> int | None:
+    ) -> bool:
         """Take or renew the scope's weight lease for ``holder`` for ``ttl_s`` seconds.
 
         The lease is granted when nobody holds it, when ``holder`` holds it already, when it
         has expired, or when ``stale(other_holder)`` says its holder is gone (a process of
-        this machine that no longer runs). Returns the lease's epoch, or None when another
-        holder keeps it."""
+        this machine that no longer runs). Returns whether ``holder`` holds it now."""
         now = time.time()
         try:
             with self.writing() as s:
                 row = s.get(LeaseRow, scope_id, with_for_update=True)
                 if row is None:
-                    s.add(
-                        LeaseRow(scope_id=scope_id, holder=holder, epoch=1, expires_at=now + ttl_s)
-                    )
-                    return 1
-                if row.holder != holder:
-                    if row.expires_at > now and not stale(row.holder):
-                        return None
-                    row.holder, row.epoch = holder, row.epoch + 1
-                row.expires_at = now + ttl_s
-                return row.epoch
+                    s.add(LeaseRow(scope_id=scope_id, holder=holder, expires_at=now + ttl_s))
+                    return True
+                if row.holder != holder and row.expires_at > now and not stale(row.holder):
+                    return False
+                row.holder, row.expires_at = holder, now + ttl_s
+                return True
         except IntegrityError:  # another process inserted the first lease of the scope
-            return None
+            return False
 
     def release_lease(self, scope_id: int, holder: str) -> None:
         """Give the scope's lease up, if ``holder`` still holds it."""
@@ -845,11 +839,11 @@ class SQLStore:
                 delete(LeaseRow).where(LeaseRow.scope_id == scope_id, LeaseRow.holder == holder)
             )
 
-    def lease_holder(self, scope_id: int) -> tuple[str, float] | None:
-        """(holder, expires_at) of the scope's lease, or None when there is none."""
+    def lease_holder(self, scope_id: int) -> str | None:
+        """Who holds the scope's lease (it may have lapsed), or None when nobody does."""
         with self.reading() as s:
             row = s.get(LeaseRow, scope_id)
-            return None if row is None else (row.holder, row.expires_at)
+            return None if row is None else row.holder
 
 
 def _out_of_storage(exc: OperationalError) -> bool:
