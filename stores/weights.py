@@ -115,9 +115,9 @@ class WeightDeltas:
         return total
 
     def signature(self, scope_id: int) -> tuple[int, ...]:
-        """What the scope's deltas look like on disk: its versions, and the size and change
-        time of the newest. Another process's save changes it (a session rewrites its own
-        version in place, so the versions alone would not tell)."""
+        """What the scope's deltas look like on disk: its versions (every save writes a new
+        one), and the size and change time of the newest (should a chain start again under
+        numbers seen before, as after its folder was removed by hand)."""
         versions = self.versions(scope_id)
         if not versions:
             return ()
