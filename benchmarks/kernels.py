@@ -63,7 +63,7 @@ import triton.testing
 
 from memsdk.engine.ttt import TTTConfig, inner_update
 from memsdk.kernels.delta import merge_delta_, pack_delta
-from memsdk.kernels.dispatch import relative_rms
+from memsdk.kernels.dispatch import interpreting, relative_rms
 from memsdk.kernels.fast_mlp import fast_mlp, fast_mlp_step_
 from memsdk.kernels.fast_mlp.naive import (
     clipped_sgd_naive_,
@@ -106,7 +106,7 @@ def environment() -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": name or f"cpu ({platform.machine()}, {os.cpu_count()} cores): {UNMEASURED}",
         "cuda": cuda,
-        "interpreter": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+        "interpreter": interpreting(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "bf16_dense_peak_tflops": peak,

@@ -11,12 +11,14 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "relative_rms", "resolve_backend"]
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "interpreting", "relative_rms", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "torch")
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what every kernel takes
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -34,7 +36,7 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
         return "torch"
     if backend == "auto":
         return "triton" if on_cuda else "torch"
-    if not on_cuda and not _interpreting():
+    if not on_cuda and not interpreting():
         raise ValueError(
             "backend='triton' needs CUDA tensors: move them with .cuda(), set "
             "TRITON_INTERPRET=1 to run the kernel in the interpreter on CPU, or use "

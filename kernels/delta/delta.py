@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from memsdk.kernels.delta.naive import merge_delta_naive, pack_delta_naive
-from memsdk.kernels.dispatch import resolve_backend
+from memsdk.kernels.dispatch import FLOAT_DTYPES, resolve_backend
 
 __all__ = ["GROUP_SIZES", "PackedDelta", "merge_delta_", "pack_delta", "unpack_delta"]
 
@@ -125,7 +125,7 @@ def pack_delta(
     _check_group_size(group_size)
     if not isinstance(delta, Tensor) or not isinstance(mask, Tensor):
         raise TypeError("delta and mask must be torch tensors")
-    if delta.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if delta.dtype not in FLOAT_DTYPES:
         raise ValueError(f"delta must be float32, bfloat16 or float16, got {delta.dtype}")
     if mask.dtype != torch.bool or mask.shape != delta.shape:
         raise ValueError(
@@ -159,7 +159,7 @@ def _check_packed(weight: Tensor, packed: PackedDelta) -> None:
             f"the delta was packed for shape {tuple(packed.shape)}, the weight has shape "
             f"{tuple(weight.shape)}: merge it into the tensor it was made from"
         )
-    if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if weight.dtype not in FLOAT_DTYPES:
         raise ValueError(f"weight must be float32, bfloat16 or float16, got {weight.dtype}")
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous: merge into weight.contiguous() instead")

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from memsdk.kernels.dispatch import _interpreting, resolve_backend
+from memsdk.kernels.dispatch import FLOAT_DTYPES, interpreting, resolve_backend
 from memsdk.kernels.fast_mlp.naive import (
     clipped_sgd_naive_,
     fast_mlp_grads_naive,
@@ -46,7 +46,6 @@ __all__ = [
     "squared_norm",
 ]
 
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PLAIN, GELU, GELU_GRAD = 0, 1, 2  # GEMM epilogues
 UPDATE_BLOCK = 1024
 SQRT_HALF = 0.7071067811865476
@@ -76,7 +75,7 @@ def _gemm_config(rows: int, cols: int, dtype: torch.dtype, device: torch.device)
     """Tiles and launch settings. Small tiles in the interpreter exercise ragged edges on small
     shapes; on a GPU, 128 x 128 tiles unless that leaves streaming multiprocessors idle (the
     weight gradients of a small model are only d x h)."""
-    if _interpreting():
+    if interpreting():
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
     block_k = 32 if dtype == torch.float32 else 64
     sms = _multiprocessors(
@@ -192,7 +191,7 @@ def _gemm(
         a, b, c, aux, c if partial is None else partial, rows, cols, depth,
         *a.stride(), *b.stride(), *c.stride(), *aux.stride(),
         EPILOGUE=epilogue, SQUARES=squares,
-        UPCAST=_interpreting() and a.dtype != torch.float32,
+        UPCAST=interpreting() and a.dtype != torch.float32,
         PRECISION=_dot_precision(a.dtype), GROUP_M=8, **config,
     )  # fmt: skip
     return c, partial
@@ -242,7 +241,7 @@ def _check_mlp(x: Tensor, up: Tensor, down: Tensor, grad_output: Tensor | None =
     for name, t in named:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
-        if t.dtype not in DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
     if x.dim() not in (2, 3):
         raise ValueError(f"x must be (B, C, d) or (C, d), got shape {tuple(x.shape)}")
@@ -431,7 +430,7 @@ def _check_list(name: str, tensors: list[Tensor]) -> None:
     if not isinstance(tensors, (list, tuple)) or not tensors:
         raise ValueError(f"{name} must be a non-empty list of tensors")
     for t in tensors:
-        if not isinstance(t, Tensor) or t.dtype not in DTYPES:
+        if not isinstance(t, Tensor) or t.dtype not in FLOAT_DTYPES:
             got = t.dtype if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} must hold float32, bfloat16 or float16 tensors, got {got}")
     devices = {t.device for t in tensors}

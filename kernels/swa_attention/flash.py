@@ -21,13 +21,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from memsdk.kernels.dispatch import _interpreting, resolve_backend
+from memsdk.kernels.dispatch import FLOAT_DTYPES, interpreting, resolve_backend
 from memsdk.kernels.swa_attention.naive import swa_attention_naive
 
 __all__ = ["MAX_HEAD_DIM", "swa_attention"]
 
 MAX_HEAD_DIM = 256
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LOG2E = 1.4426950408889634
 
 
@@ -41,7 +40,7 @@ def _block_sizes(head_dim: int) -> dict[str, int]:
     """Tile sizes and launch settings. The interpreter runs every program serially, so small
     tiles there exercise the multi-tile paths (ragged edges, masked and unmasked tiles) on the
     small shapes of the tests. Tests may replace this function to try other tilings."""
-    if _interpreting():
+    if interpreting():
         return {"fwd_m": 16, "fwd_n": 16, "bwd_m": 16, "bwd_n": 16, "warps": 1, "stages": 1}
     if head_dim <= 64:
         return {"fwd_m": 128, "fwd_n": 64, "bwd_m": 64, "bwd_n": 64, "warps": 4, "stages": 3}
@@ -524,7 +523,7 @@ def _query_grad_kernel(
 def _launch_options(q: Tensor) -> dict:
     # The interpreter has no bfloat16 arithmetic (it would multiply bit patterns), so there
     # the kernels compute in fp32 after loading; compiled, bf16 and fp16 go to the tensor cores.
-    upcast = _interpreting() and q.dtype != torch.float32
+    upcast = interpreting() and q.dtype != torch.float32
     return {"UPCAST": upcast, "PRECISION": _dot_precision(q.dtype)}
 
 
@@ -611,7 +610,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float | None) ->
             raise ValueError(
                 f"{name} must be 4-D (batch, heads, length, head_dim), got shape {tuple(t.shape)}"
             )
-        if t.dtype not in DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")

@@ -27,14 +27,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from memsdk.kernels.dispatch import resolve_backend
+from memsdk.kernels.dispatch import FLOAT_DTYPES, resolve_backend
 from memsdk.kernels.ttt_linear.naive import ttt_linear_naive
 
 __all__ = ["MAX_HEAD_DIM", "MAX_MINI_BATCH", "ttt_linear"]
 
 MAX_HEAD_DIM = 128  # the state and its gradient live in registers: D x D fp32 each
 MAX_MINI_BATCH = 64
-FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
@@ -536,7 +535,7 @@ def _check(
             f"q, k and v must have one shape (batch, length, heads, head_dim), got "
             f"{tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
         )
-    if q.dtype not in FLOATS or k.dtype != q.dtype or v.dtype != q.dtype:
+    if q.dtype not in FLOAT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(
             f"q, k and v must share one dtype among float32, bfloat16 and float16, got "
             f"{q.dtype}, {k.dtype} and {v.dtype}"
