@@ -35,6 +35,8 @@ _LOGIC = {"AND": "AND", "and": "AND", "OR": "OR", "or": "OR", "NOT": "NOT", "not
 MAX_METADATA_BYTES = 64 * 1024
 MAX_KEY_CHARS = 256
 _MAX_DEPTH = 16
+# Integers the databases store and compare as numbers: SQLite's and PostgreSQL's bigint.
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
 
 def _check_key(key: Any, *, what: str) -> str:
@@ -68,6 +70,15 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
             raise InputError(
                 f"metadata value at {path} holds a NUL character, which PostgreSQL cannot "
                 "store: remove it (or store the bytes as text with add/ingest)"
+            )
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not MIN_INT <= value <= MAX_INT
+        ):
+            raise InputError(
+                f"metadata value at {path} is {value}, outside the 64-bit integers the "
+                "databases compare: store it as a string"
             )
         if value is None or isinstance(value, bool | int | str):
             return value
@@ -136,6 +147,11 @@ def _kind(value: Any, key: str, op: str) -> str:
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"filter {key!r} {op}: {value} is not a finite number")
+        if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+            raise FilterError(
+                f"filter {key!r} {op}: {value} is outside the 64-bit integers stored metadata "
+                "holds (metadata refuses larger ones): compare a string instead"
+            )
         return "number"
     if isinstance(value, str):
         if "\x00" in value:

@@ -273,6 +273,8 @@ def test_filters(mem, scope, filters, expected):
         ({"ticket": {"eq": {"x": 1}}}, "expected a string, number or bool"),
         ("ticket=5", "filters must be a dict"),
         ({'ti"cket': 1}, "double quote"),
+        ({"ticket": 2**63}, "outside the 64-bit integers"),
+        ({"ticket": {"in": [1, -(2**63) - 1]}}, "outside the 64-bit integers"),
     ],
 )
 def test_malformed_filters_are_clear_errors(mem, scope, filters, message):
@@ -296,6 +298,11 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(mem, scope, tmp_path):
         ),
         (lambda: mem.add("x", scope=scope, metadata={"n": float("nan")}), InputError, "finite"),
         (lambda: mem.add("x", scope=scope, metadata={"s": {1, 2}}), InputError, "is a set"),
+        (
+            lambda: mem.add("x", scope=scope, metadata={"id": [2**64]}),
+            InputError,
+            r"metadata value at id\[0\] is 18446744073709551616, outside the 64-bit",
+        ),
         (lambda: mem.add("x", scope=scope, metadata=["a"]), InputError, "metadata must be a dict"),
         (lambda: mem.search("", scope=scope), InputError, "query must be a non-empty string"),
         (
