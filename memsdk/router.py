@@ -10,12 +10,12 @@ is measured"):
 Every branch reads with the match model of :mod:`memsdk.engine.copy` mixed in, so a passage
 line that the query repeats is continued as it was written.
 
-A :class:`Policy` maps the query's :class:`~memsdk.results.RouteFeatures` to a branch: a
-linear model over standardised features predicts the bits per byte each branch would spend on
-the answer, and the cheapest branch wins. Fitting regresses the probes' measured costs, so a
-mistake weighs what it costs. The shipped default policy
-(``router_default.json``) was fitted on probes from development streams; a scope can fit its
-own on probes from its own data (:func:`make_probes`, ``HybridMemory.calibrate_router``).
+A :class:`Policy` maps the query's :class:`~memsdk.results.RouteFeatures` to a branch: linear
+logits over standardised features, the largest wins. Fitting minimises the probes' expected
+bits per byte under a softmax over those logits, so a mistake weighs what it costs. The shipped
+default policy (``router_default.json``) was fitted on probes from development streams; a
+scope can fit its own on probes from its own data (:func:`make_probes`,
+``HybridMemory.calibrate_router``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ FEATURES = tuple(RouteFeatures.model_fields)
 POLICY_FORMAT = "memsdk.router_policy/1"
 DEFAULT_POLICY_PATH = Path(__file__).with_name("router_default.json")
 CLIP = 5.0  # standardised features are clipped to [-CLIP, CLIP]
+# Fitting: the L2 penalties cross-validation chooses from, and the optimiser's settings.
+PENALTIES = (0.001, 0.003, 0.01)
+FIT_STEPS = 400
+FIT_LR = 0.05
 
 _WORD = re.compile(r"\w+")
 # Tokens holding a digit: ids, numbers, times, addresses. Masking them gives a line's shape.
@@ -85,7 +89,8 @@ def identifier_spans(query: str) -> list[str]:
 @dataclass(frozen=True)
 class Policy:
     """A linear policy over standardised features: branch = argmax(W x' + b), with
-    x' = (x - mean) / scale; W x' + b are the negated predicted bits per byte per branch."""
+    x' = (x - mean) / scale clipped to [-CLIP, CLIP]; softmax(W x' + b) is the fit's
+    probability of each branch."""
 
     kind: str  # "default" or "calibrated"
     mean: tuple[float, ...]  # (F,)
@@ -191,67 +196,91 @@ def fit_policy(
     bits: torch.Tensor,
     *,
     kind: str = "calibrated",
-    ridge: float = 1.0,
+    groups: Sequence[Any] | None = None,
+    penalties: Sequence[float] = PENALTIES,
     folds: int = 5,
 ) -> Policy:
-    """Fit a policy that sends each query to the branch with the lowest predicted cost.
+    """Fit a policy that sends each query to the branch that costs least, in expectation.
 
-    Each branch's bits per byte is regressed on the standardised features (ridge regression,
-    closed form); the policy's logits are the negated predictions, so it picks the branch it
-    expects to cost least. Regressing costs, not labels, weighs each mistake by what it costs.
-    The fit is cross-validated (``folds`` folds of the probes): when routing by features does
-    not beat always taking the branch that is best on average on the held-out folds, the
-    policy is that constant branch, so the router is never worse than the best single branch
-    on the data it was fitted to.
+    A softmax over the policy's logits (linear in the standardised features) gives each
+    branch a probability; the fit minimises the mean expected bits per byte of the probes
+    under it, plus an L2 penalty on the feature weights. Minimising the cost itself, not a
+    regression of each branch's cost, spends the fit on the queries where the choice matters
+    and weighs each mistake by what it costs.
+
+    The penalty is chosen by cross-validation (``folds`` folds of the probes, or one fold per
+    group when ``groups`` is given): the penalty whose policy spends least on the held-out
+    folds wins. When no penalty's policy beats always taking the branch that is best on
+    average there, the policy is that constant branch, so the router is never worse than the
+    best single branch on the data it was fitted to.
 
     Args:
         features: one per probe (N).
         bits: (N, 3) mean bits per byte of each probe's answer under each branch, in
             BRANCHES order.
-        ridge: L2 penalty on the feature weights (not the intercepts); it keeps the fit stable
-            when features are few or collinear.
-        folds: cross-validation folds (at least 2, at most N).
+        groups: one label per probe (e.g. its stream): folds keep each group whole, so the
+            check asks whether routing carries over to data like none it was fitted on.
+        penalties: the L2 penalties to choose from.
+        folds: cross-validation folds without ``groups`` (at least 2, at most N).
     """
     x = torch.tensor([feature_vector(f) for f in features], dtype=torch.float64)  # (N, F)
     costs = bits.to(torch.float64)  # (N, 3)
     n = len(x)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    routed = constant = 0.0
-    for fold in range(max(2, min(folds, n))):
-        held = order[fold :: max(2, min(folds, n))]
+    if groups is None:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        count = max(2, min(folds, n))
+        held_out = [order[fold::count] for fold in range(count)]
+    else:
+        labels = list(groups)
+        held_out = [
+            torch.tensor([i for i, g in enumerate(labels) if g == group])
+            for group in dict.fromkeys(labels)
+        ]
+    routed = dict.fromkeys(penalties, 0.0)
+    constant = 0.0
+    for held in held_out:
         kept = torch.ones(n, dtype=torch.bool)
         kept[held] = False
-        policy = _ridge_policy(x[kept], costs[kept], kind, ridge)
-        chosen = [BRANCHES.index(policy.choose_vector(v)) for v in x[held].tolist()]
-        routed += float(costs[held, chosen].sum())
+        if not kept.any():
+            continue  # one group only: nothing to fit on
         constant += float(costs[held, int(costs[kept].mean(0).argmin())].sum())
-    policy = _ridge_policy(x, costs, kind, ridge)
-    if routed >= constant:  # the features did not pay on held-out probes
-        zero = tuple(0.0 for _ in FEATURES)
-        policy = Policy(
-            kind,
-            policy.mean,
-            policy.scale,
-            (zero,) * len(BRANCHES),
-            tuple((-costs.mean(0)).tolist()),
-            n,
-        )
-    return policy
+        for penalty in penalties:
+            policy = _softmax_policy(x[kept], costs[kept], kind, penalty)
+            chosen = [BRANCHES.index(policy.choose_vector(v)) for v in x[held].tolist()]
+            routed[penalty] += float(costs[held, chosen].sum())
+    best = min(penalties, key=routed.__getitem__)
+    if routed[best] < constant:
+        return _softmax_policy(x, costs, kind, best)
+    mean, scale = _standardisation(x)
+    zero = tuple(0.0 for _ in FEATURES)  # the logits are the negated mean costs
+    return Policy(kind, mean, scale, (zero,) * len(BRANCHES), tuple((-costs.mean(0)).tolist()), n)
 
 
-def _ridge_policy(x: torch.Tensor, costs: torch.Tensor, kind: str, ridge: float) -> Policy:
-    mean = x.mean(0)
-    scale = x.std(0, unbiased=False).clamp_min(1e-3)
-    design = torch.cat([(x - mean) / scale, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    penalty = torch.eye(design.shape[1], dtype=x.dtype) * ridge
-    penalty[-1, -1] = 0.0  # the intercept is not shrunk
-    coef = torch.linalg.solve(design.T @ design + penalty, design.T @ costs)  # (F + 1, 3)
+def _standardisation(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return tuple(x.mean(0).tolist()), tuple(x.std(0, unbiased=False).clamp_min(1e-3).tolist())
+
+
+def _softmax_policy(x: torch.Tensor, costs: torch.Tensor, kind: str, penalty: float) -> Policy:
+    """The linear softmax policy with the least mean expected cost (full-batch Adam from a
+    fixed start, so the same probes always give the same policy)."""
+    mean, scale = _standardisation(x)
+    z = ((x - torch.tensor(mean)) / torch.tensor(scale)).clamp(-CLIP, CLIP)
+    weights = torch.zeros(x.shape[1], len(BRANCHES), dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(len(BRANCHES), dtype=x.dtype, requires_grad=True)
+    optimiser = torch.optim.Adam([weights, bias], lr=FIT_LR)
+    with torch.enable_grad():
+        for _ in range(FIT_STEPS):
+            expected = ((z @ weights + bias).softmax(1) * costs).sum(1).mean()
+            loss = expected + penalty * weights.square().sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
     return Policy(
         kind,
-        tuple(mean.tolist()),
-        tuple(scale.tolist()),
-        tuple(tuple(row) for row in (-coef[:-1].T).tolist()),
-        tuple((-coef[-1]).tolist()),
+        mean,
+        scale,
+        tuple(tuple(row) for row in weights.detach().T.tolist()),
+        tuple(bias.detach().tolist()),
         len(x),
     )
 

@@ -110,6 +110,39 @@ def test_fit_policy_keeps_the_best_branch_when_features_do_not_pay():
     assert {policy.choose(f) for f in features} == {BRANCHES[int(bits.mean(0).argmin())]}
 
 
+def test_fit_policy_weighs_a_rare_costly_mistake():
+    # Rare expensive mistakes: the notepad costs 0.1 unless the query has no exact hit, and
+    # then 8 (one query in ten); both costs 0.5 throughout. The cheapest policy takes the
+    # notepad exactly when a passage holds the id, though both is cheaper on average.
+    features, bits = [], []
+    for i in range(100):
+        exact = int(i % 10 != 0)
+        features.append(_features(identifiers=1, exact_hits=exact))
+        bits.append([0.1 if exact else 8.0, 3.0, 0.5])
+    policy = fit_policy(features, torch.tensor(bits))
+    assert policy.choose(_features(identifiers=1, exact_hits=1)) == "notepad"
+    assert policy.choose(_features(identifiers=1, exact_hits=0)) == "both"
+
+
+def test_fit_policy_with_groups_keeps_routing_that_carries_across_groups_only():
+    # In each stream the cheap branch depends on the similarity, but the way round flips
+    # between streams: routing fitted on one stream is wrong on the other, so with a fold per
+    # stream the policy is the constant branch; fitted within streams it routes.
+    gen = torch.Generator().manual_seed(2)
+    features, bits, groups = [], [], []
+    for stream, flip in (("a", False), ("b", True)):
+        for v in torch.rand(60, generator=gen).tolist():
+            features.append(_features(top_similarity=v))
+            cheap = (v > 0.5) != flip
+            bits.append([0.5 if cheap else 3.0, 2.0, 1.0])
+            groups.append(stream)
+    pooled = fit_policy(features, torch.tensor(bits), groups=groups)
+    assert all(w == 0.0 for row in pooled.weights for w in row)
+    within = fit_policy(features[:60], torch.tensor(bits[:60]))
+    assert within.choose(_features(top_similarity=0.9)) == "notepad"
+    assert within.choose(_features(top_similarity=0.1)) == "both"
+
+
 def _hit(text: str, rank: int) -> SearchHit:
     from datetime import UTC, datetime
 
