@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 import torch
+from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
-from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
+from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model, stream
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
@@ -65,7 +65,7 @@ from memsdk.router import (
 from memsdk.scope import Scope
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.sql import ChunkRecord, NewChunk
+from memsdk.stores.sql import ChunkRecord, ChunkRow, NewChunk
 from memsdk.stores.weights import RouterPolicies, WeightDeltas, WeightSnapshots
 
 __all__ = ["HybridMemory"]
@@ -83,6 +83,8 @@ _embedder_lock = threading.Lock()
 _models: dict[str, ByteLM] = {}
 _models_lock = threading.Lock()
 MAX_COMPLETION_BYTES = 4096
+# calibrate_router replays at most the scope's newest this many bytes into a fresh state
+CALIBRATION_REPLAY_BYTES = 256 * 1024
 
 
 def _shared_model(name: str) -> ByteLM:
@@ -894,10 +896,15 @@ class HybridMemory:
         )
 
     def _route_features(
-        self, query: str, scope_id: int, hits: Sequence[SearchHit]
+        self,
+        query: str,
+        scope_id: int,
+        hits: Sequence[SearchHit],
+        adapted: TTTState | None = None,
     ) -> tuple[RouteFeatures, str | None]:
         """The router's features for one query and its hits, and an identifier of the query
-        that a hit holds verbatim (None if none does)."""
+        that a hit holds verbatim (None if none does). ``adapted`` stands in for the scope's
+        fast weights (calibration's replayed state, which has absorbed all it will)."""
         spans = identifier_spans(query)[:MAX_IDENTIFIERS]
         holders = {s: sum(_whole(s).search(h.text) is not None for h in hits) for s in spans}
         held = [s for s in spans if holders[s]]
@@ -909,12 +916,13 @@ class HybridMemory:
         query_bits = gain = share = 0.0
         if self.weights is not None:
             data = query.encode("utf-8", "surrogateescape")
-            adapted = self.weights.state(scope_id)
-            query_bits = float(byte_losses(adapted, data).mean())
+            state = adapted if adapted is not None else self.weights.state(scope_id)
+            query_bits = float(byte_losses(state, data).mean())
             gain = float(byte_losses(self.weights.initial_state(), data).mean()) - query_bits
-            through = self.weights.figures(scope_id).through_chunk_id
-            total, pending = self.notepad.sql.bytes_after(scope_id, through)
-            share = pending / total if total else 0.0
+            if adapted is None:
+                through = self.weights.figures(scope_id).through_chunk_id
+                total, pending = self.notepad.sql.bytes_after(scope_id, through)
+                share = pending / total if total else 0.0
         features = RouteFeatures(
             identifiers=len(spans),
             exact_hits=len(held),
@@ -955,14 +963,17 @@ class HybridMemory:
 
         Probes come in two kinds (:func:`memsdk.router.make_probes`): needles (a line cut
         after an identifier found in one chunk only; the answer is the rest of the line) and
-        patterns (a line of a frequent shape cut early; its own chunk is left out of the
-        retrieval, so the notepad cannot simply copy it). Each branch is scored by the bits
-        per byte of the probe's answer, and a policy is fitted to minimise them
-        (:func:`memsdk.router.fit_policy`). The weight memory is flushed first.
+        patterns (a line of a frequent shape cut early). They are scored before the weights
+        learn them: the scope's newest data (at most ``CALIBRATION_REPLAY_BYTES``) is
+        replayed into a fresh state, needles come from its first three quarters, which the
+        state absorbs, and patterns from the last quarter, which neither the state nor the
+        probes' retrieval sees. Each branch is scored by the bits per byte of the probe's
+        answer, and a policy is fitted to minimise them (:func:`memsdk.router.fit_policy`).
+        The weight memory is flushed first.
 
         Args:
             probes: how many probes to make at most (half needles, half patterns).
-            seed: picks the sampled chunks and lines.
+            seed: picks the sampled lines.
 
         Raises:
             NotFoundError: the scope holds no data.
@@ -1005,36 +1016,52 @@ class HybridMemory:
     def _probe_scores(
         self, scope: Scope, scope_id: int, probes: int, seed: int, progress: bool
     ) -> tuple[list[Probe], list[RouteFeatures], torch.Tensor]:
-        """Probes from a sample of the scope's chunks, their features and their bits per byte
-        under each branch (N, 3)."""
+        """Probes from the scope's data, their features and their bits per byte under each
+        branch (N, 3), each scored before the weights that answer it learned it.
+
+        The scope's own weights have absorbed every line a probe could come from, so they
+        would look better on the probes than on the new lines real queries ask about. The
+        scope's newest ``CALIBRATION_REPLAY_BYTES`` are therefore replayed into a fresh
+        state: its first three quarters are absorbed, needles come from there, patterns
+        from the last quarter, and every probe retrieves from the absorbed part only. The
+        probes meet the router as queries do: ids it has stored, new lines of kinds it has
+        read.
+        """
         sql = self.notepad.sql
-        ids = sql.chunk_ids(scope_id).tolist()
-        sample = random.Random(seed).sample(ids, min(len(ids), 4 * probes))
-        records = sql.get_chunks(scope_id, sample)
-        chunks = [(cid, records[cid].text) for cid in sample if cid in records]
+        window = self._replay_window(scope_id)
+        rows = sql.chunk_bytes_after(scope_id, window[0] - 1, len(window))
+        total, absorbed, cut = sum(len(data) for _, data in rows), 0, 0
+        while cut < len(rows) - 1 and absorbed < total * 3 // 4:
+            absorbed += len(rows[cut][1])
+            cut += 1
+        cut_id = rows[cut - 1][0] if cut else window[0] - 1
+        records = sql.get_chunks(scope_id, [cid for cid, _ in rows])
+        older = [(cid, records[cid].text) for cid, _ in rows[:cut] if cid in records]
+        newer = [(cid, records[cid].text) for cid, _ in rows[cut:] if cid in records]
 
         def is_rare(span: str) -> bool:
             return len(sql.keyword_search(scope_id, span, limit=2)) == 1
 
-        made = make_probes(
-            chunks, is_rare=is_rare, needles=probes // 2, patterns=probes - probes // 2, seed=seed
+        made = make_probes(older, is_rare=is_rare, needles=probes // 2, patterns=0, seed=seed)
+        made += make_probes(
+            newer, is_rare=is_rare, needles=0, patterns=probes - len(made), seed=seed
         )
         assert self.weights is not None
-        initial, adapted = self.weights.initial_state(), self.weights.state(scope_id)
+        initial = self.weights.initial_state()
+        replayed = TTTState(self.weights.model, self.weights.ttt_config)
+        stream(replayed, b"".join(data for _, data in rows[:cut]), final=True)
+        absorbed_only = ChunkRow.id <= cut_id
         features, bits = [], []
         k = 5
         bar = progress_bar(progress, total=len(made), desc="calibrate", unit="probe")
         for probe in made:
             bar.update(1)
-            hits = self.search(probe.query, scope=scope, k=k + 1)
-            if probe.kind == "pattern":
-                hits = [h for h in hits if h.id != probe.chunk_id]
-            hits = hits[:k]
-            f, _ = self._route_features(probe.query, scope_id, hits)
+            hits = self._search(probe.query, scope, scope_id, k, absorbed_only)
+            f, _ = self._route_features(probe.query, scope_id, hits, adapted=replayed)
             context = passage_context(probe.query, hits, budget=self.config.query_context_bytes)
             scores = score_branches(
                 initial,
-                adapted,
+                replayed,
                 context=context,
                 query=probe.query,
                 answer=probe.answer,
@@ -1044,6 +1071,25 @@ class HybridMemory:
             bits.append([scores[b].bits_per_byte for b in BRANCHES])
         bar.close()
         return made, features, torch.tensor(bits, dtype=torch.float64).reshape(-1, len(BRANCHES))
+
+    def _replay_window(self, scope_id: int) -> list[int]:
+        """Ids of the scope's newest chunks, in order, holding at most
+        ``CALIBRATION_REPLAY_BYTES`` (at least one chunk)."""
+        ids = self.notepad.sql.chunk_ids(scope_id).tolist()
+        ids.sort()
+        window: list[int] = []
+        size = 0
+        for end in range(len(ids), 0, -256):
+            batch = ids[max(0, end - 256) : end]
+            records = self.notepad.sql.get_chunks(scope_id, batch)
+            for cid in reversed(batch):
+                if cid not in records:
+                    continue  # deleted meanwhile
+                size += records[cid].end_byte - records[cid].start_byte
+                if window and size > CALIBRATION_REPLAY_BYTES:
+                    return window[::-1]
+                window.append(cid)
+        return window[::-1]
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -1072,11 +1118,17 @@ class HybridMemory:
             FilterError: a malformed filter (see :mod:`memsdk.filters`).
         """
         self._check_query(query, k)
-        notepad = self.notepad
-        where = compile_filters(filters, dialect=notepad.sql.dialect)
+        where = compile_filters(filters, dialect=self.notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
+        return self._search(query, scope, scope_id, k, where)
+
+    def _search(
+        self, query: str, scope: Scope, scope_id: int, k: int, where: ColumnElement[bool] | None
+    ) -> list[SearchHit]:
+        """:meth:`search` over the scope's chunks that pass ``where`` (SQL, on chunk columns)."""
+        notepad = self.notepad
         n = max(k, self.config.search_candidates)
         keyword = notepad.sql.keyword_search(scope_id, query, limit=n, where=where)
         vector = notepad.vector_search(scope_id, self.embedder.embed_query(query), k=n, where=where)

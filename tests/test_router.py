@@ -310,6 +310,35 @@ def test_calibration_fits_stores_and_isolates_the_scope_policy(tmp_path, hdfs_li
         assert not mem.policies.path(1).exists()
 
 
+def test_calibration_scores_probes_before_the_weights_learn_them(tmp_path, hdfs_lines, monkeypatch):
+    import memsdk.memory as memory_module
+
+    with HybridMemory.open(tmp_path / "m") as mem:
+        mem.ingest(hdfs_lines[:600], scope=SCOPE, name="hdfs")
+        mem.flush()
+        scope_id = mem._scope_id(SCOPE, create=False)
+        steps = mem.weights.state(scope_id).steps
+        ids = sorted(mem.notepad.sql.chunk_ids(scope_id).tolist())
+        # Replay the newest ~16 KiB only: the probes come from those chunks alone.
+        monkeypatch.setattr(memory_module, "CALIBRATION_REPLAY_BYTES", 16 * 1024)
+        window = mem._replay_window(scope_id)
+        records = mem.notepad.sql.get_chunks(scope_id, window)
+        assert window == ids[-len(window) :] and len(window) < len(ids)
+        assert sum(r.end_byte - r.start_byte for r in records.values()) <= 16 * 1024
+        made, features, bits = mem._probe_scores(SCOPE, scope_id, 60, 0, False)
+        needles = [p.chunk_id for p in made if p.kind == "needle"]
+        patterns = [p.chunk_id for p in made if p.kind == "pattern"]
+        assert needles and patterns and set(needles + patterns) <= set(window)
+        # Needles from what the replayed state absorbed, patterns from what it never saw.
+        assert max(needles) < min(patterns)
+        assert bits.shape == (len(made), len(BRANCHES)) and torch.isfinite(bits).all()
+        assert all(f.unconsolidated_share == 0.0 for f in features)
+        # A pattern never retrieves its own line: the notepad branch has to predict it.
+        pattern_bits = bits[[p.kind == "pattern" for p in made]]
+        assert float(pattern_bits[:, BRANCHES.index("notepad")].mean()) > 0.5
+        assert mem.weights.state(scope_id).steps == steps  # the scope's own state is untouched
+
+
 def test_async_query_returns_what_sync_returns(routed, hdfs_lines):
     query = hdfs_lines[700][:45]
     sync = routed.query(query, scope=SCOPE, max_bytes=30)
