@@ -210,6 +210,17 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
+def policy_inputs(rows: list[dict]) -> tuple[list[RouteFeatures], torch.Tensor]:
+    """The rows' router features and their (N, 3) bits per byte per branch, for fit_policy."""
+    features = [RouteFeatures(**r["features"]) for r in rows]
+    return features, torch.tensor([[r["bits"][b] for b in BRANCHES] for r in rows])
+
+
+def by_stream(rows: list[dict], streams: dict) -> dict:
+    """summarize() of each stream's rows."""
+    return {s: summarize([r for r in rows if r["stream"] == s]) for s in streams}
+
+
 def within_stream_fit(rows: list[dict], seed: int = 0) -> dict:
     """How much routing by the features could gain at best: a diagnostic, not a router.
 
@@ -224,8 +235,8 @@ def within_stream_fit(rows: list[dict], seed: int = 0) -> dict:
         random.Random(seed).shuffle(mine)
         halves = (mine[0::2], mine[1::2])
         for fit, held in (halves, halves[::-1]):
-            bits = torch.tensor([[r["bits"][b] for b in BRANCHES] for r in fit])
-            policy = fit_policy([RouteFeatures(**r["features"]) for r in fit], bits)
+            features, bits = policy_inputs(fit)
+            policy = fit_policy(features, bits)
             best = BRANCHES[int(bits.mean(0).argmin())]
             routed += sum(r["bits"][policy.choose(RouteFeatures(**r["features"]))] for r in held)
             constant += sum(r["bits"][best] for r in held)
@@ -376,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for name, source in DEVELOPMENT.items():
                 rows += run_stream(mem, args.shared, name, source, args, calibrate=True)
-            features = [RouteFeatures(**r["features"]) for r in rows]
-            bits = torch.tensor([[r["bits"][b] for b in BRANCHES] for r in rows])
+            features, bits = policy_inputs(rows)
             # One fold per stream: the default serves streams it has never seen.
             groups = [r["stream"] for r in rows]
             policy = fit_policy(features, bits, kind="default", groups=groups)
@@ -389,9 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 "default_routes_by_features": any(any(row) for row in policy.weights),
                 "queries": len(rows),
                 "all": summarize(rows),
-                "by_stream": {
-                    s: summarize([r for r in rows if r["stream"] == s]) for s in DEVELOPMENT
-                },
+                "by_stream": by_stream(rows, DEVELOPMENT),
                 "within_stream_fit": within_stream_fit(rows),
                 "seconds": time.perf_counter() - started,
             }
@@ -416,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 k: summarize([r for r in rows if r["kind"] == k])
                 for k in ("needle", "fact", "pattern")
             },
-            "by_stream": {s: summarize([r for r in rows if r["stream"] == s]) for s in HELDOUT},
+            "by_stream": by_stream(rows, HELDOUT),
             "within_stream_fit": within_stream_fit(rows),
             "route_ms_p50": sorted(r["route_ms"] for r in rows)[len(rows) // 2],
         }

@@ -71,11 +71,7 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"metadata value at {path} holds a NUL character, which PostgreSQL cannot "
                 "store: remove it (or store the bytes as text with add/ingest)"
             )
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and not MIN_INT <= value <= MAX_INT
-        ):
+        if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
             raise InputError(
                 f"metadata value at {path} is {value}, outside the 64-bit integers the "
                 "databases compare: store it as a string"

@@ -1029,15 +1029,15 @@ class HybridMemory:
         """
         sql = self.notepad.sql
         window = self._replay_window(scope_id)
-        rows = sql.chunk_bytes_after(scope_id, window[0] - 1, len(window))
+        first = next(iter(window))
+        rows = sql.chunk_bytes_after(scope_id, first - 1, len(window))
         total, absorbed, cut = sum(len(data) for _, data in rows), 0, 0
         while cut < len(rows) - 1 and absorbed < total * 3 // 4:
             absorbed += len(rows[cut][1])
             cut += 1
-        cut_id = rows[cut - 1][0] if cut else window[0] - 1
-        records = sql.get_chunks(scope_id, [cid for cid, _ in rows])
-        older = [(cid, records[cid].text) for cid, _ in rows[:cut] if cid in records]
-        newer = [(cid, records[cid].text) for cid, _ in rows[cut:] if cid in records]
+        cut_id = rows[cut - 1][0] if cut else first - 1
+        older = [(cid, window[cid].text) for cid, _ in rows[:cut] if cid in window]
+        newer = [(cid, window[cid].text) for cid, _ in rows[cut:] if cid in window]
 
         def is_rare(span: str) -> bool:
             return len(sql.keyword_search(scope_id, span, limit=2)) == 1
@@ -1072,12 +1072,12 @@ class HybridMemory:
         bar.close()
         return made, features, torch.tensor(bits, dtype=torch.float64).reshape(-1, len(BRANCHES))
 
-    def _replay_window(self, scope_id: int) -> list[int]:
-        """Ids of the scope's newest chunks, in order, holding at most
+    def _replay_window(self, scope_id: int) -> dict[int, ChunkRecord]:
+        """The scope's newest chunks by id, in id order, holding at most
         ``CALIBRATION_REPLAY_BYTES`` (at least one chunk)."""
         ids = self.notepad.sql.chunk_ids(scope_id).tolist()
         ids.sort()
-        window: list[int] = []
+        newest_first: list[ChunkRecord] = []
         size = 0
         for end in range(len(ids), 0, -256):
             batch = ids[max(0, end - 256) : end]
@@ -1086,10 +1086,10 @@ class HybridMemory:
                 if cid not in records:
                     continue  # deleted meanwhile
                 size += records[cid].end_byte - records[cid].start_byte
-                if window and size > CALIBRATION_REPLAY_BYTES:
-                    return window[::-1]
-                window.append(cid)
-        return window[::-1]
+                if newest_first and size > CALIBRATION_REPLAY_BYTES:
+                    return {r.id: r for r in reversed(newest_first)}
+                newest_first.append(records[cid])
+        return {r.id: r for r in reversed(newest_first)}
 
     # ---- reading -----------------------------------------------------------------------------
 

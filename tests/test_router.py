@@ -322,9 +322,8 @@ def test_calibration_scores_probes_before_the_weights_learn_them(tmp_path, hdfs_
         # Replay the newest ~16 KiB only: the probes come from those chunks alone.
         monkeypatch.setattr(memory_module, "CALIBRATION_REPLAY_BYTES", 16 * 1024)
         window = mem._replay_window(scope_id)
-        records = mem.notepad.sql.get_chunks(scope_id, window)
-        assert window == ids[-len(window) :] and len(window) < len(ids)
-        assert sum(r.end_byte - r.start_byte for r in records.values()) <= 16 * 1024
+        assert list(window) == ids[-len(window) :] and len(window) < len(ids)
+        assert sum(r.end_byte - r.start_byte for r in window.values()) <= 16 * 1024
         made, features, bits = mem._probe_scores(SCOPE, scope_id, 60, 0, False)
         needles = [p.chunk_id for p in made if p.kind == "needle"]
         patterns = [p.chunk_id for p in made if p.kind == "pattern"]
