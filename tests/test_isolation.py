@@ -106,7 +106,9 @@ def test_each_weight_memory_learns_only_its_own_chunks(tenants) -> None:
 
 
 def test_langchain_adapters_stay_in_their_scope(tenants) -> None:
-    pytest.importorskip("langchain_core")
+    pytest.importorskip(
+        "langchain_core", reason="the langchain extra: pip install -e '.[langchain]'"
+    )
     from memsdk.integrations.langchain import MemsdkRetriever, MemsdkVectorStore, memory_tool
 
     mem, ids = tenants

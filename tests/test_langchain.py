@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("langchain_core")
-pytest.importorskip("langchain_tests")
+pytest.importorskip("langchain_core", reason="the langchain extra: pip install -e '.[langchain]'")
+pytest.importorskip("langchain_tests", reason="the dev extra: pip install -e '.[dev]'")
 
 from langchain_core.documents import Document
 from langchain_tests.integration_tests import (
