@@ -10,28 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, TextIO
 
-import torch
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
-from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model, stream
+from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.progress import progress_bar
+from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
 from memsdk.results import (
     AddResult,
     Answer,
@@ -39,8 +35,6 @@ from memsdk.results import (
     IngestReport,
     MemoryItem,
     MemoryStats,
-    RouteDecision,
-    RouteFeatures,
     RouterCalibration,
     ScopeStats,
     SearchHit,
@@ -49,42 +43,25 @@ from memsdk.results import (
     SurpriseLine,
     WeightFigures,
 )
-from memsdk.router import (
-    BRANCHES,
-    ROUTES,
-    Policy,
-    Probe,
-    default_policy,
-    explain,
-    fit_policy,
-    identifier_spans,
-    make_probes,
-    passage_context,
-    score_branches,
-)
+from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
+from memsdk.sources import SNIFF_BYTES, CountedBlocks, resolve_sources
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.sql import ChunkRecord, ChunkRow, NewChunk
-from memsdk.stores.weights import RouterPolicies, WeightDeltas, WeightSnapshots
+from memsdk.stores.sql import ChunkRecord, NewChunk
+from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
 __all__ = ["HybridMemory"]
 
 logger = logging.getLogger(__name__)
 
-READ_BLOCK = 1 << 20
-SNIFF_BYTES = 8192
 MAX_K = 1000
-MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 
 
 _embedder: MiniLMEmbedder | None = None
 _embedder_lock = threading.Lock()
 _models: dict[str, ByteLM] = {}
 _models_lock = threading.Lock()
-MAX_COMPLETION_BYTES = 4096
-# calibrate_router replays at most the scope's newest this many bytes into a fresh state
-CALIBRATION_REPLAY_BYTES = 256 * 1024
 
 
 def _shared_model(name: str) -> ByteLM:
@@ -104,106 +81,6 @@ def _shared_embedder() -> MiniLMEmbedder:
         if _embedder is None:
             _embedder = MiniLMEmbedder()
         return _embedder
-
-
-def _whole(span: str) -> re.Pattern[str]:
-    """Matches ``span`` standing alone: ``heaptrack:amd64`` is not in ``libheaptrack:amd64``."""
-    return re.compile(r"(?<!\w)" + re.escape(span) + r"(?!\w)")
-
-
-@dataclass
-class _Source:
-    name: str
-    size: int | None
-    blocks: Callable[[], Iterator[bytes]]
-    sniff: bool  # check for binary content before ingesting
-
-
-def _file_blocks(path: Path) -> Callable[[], Iterator[bytes]]:
-    def blocks() -> Iterator[bytes]:
-        with open(path, "rb") as f:
-            while block := f.read(READ_BLOCK):
-                yield block
-
-    return blocks
-
-
-def _fileobj_blocks(f: BinaryIO | TextIO, name: str) -> Callable[[], Iterator[bytes]]:
-    def blocks() -> Iterator[bytes]:
-        while True:
-            try:
-                block = f.read(READ_BLOCK)
-            except UnicodeDecodeError as e:
-                raise InputError(
-                    f"{name} is open in text mode and holds bytes that are not valid in its "
-                    f"encoding ({e.reason}): open it in binary mode ('rb'); memsdk keeps "
-                    "invalid bytes recoverable"
-                ) from None
-            if not block:
-                return
-            yield block.encode("utf-8", "surrogateescape") if isinstance(block, str) else block
-
-    return blocks
-
-
-def _iter_blocks(items: Iterable[Any], name: str) -> Callable[[], Iterator[bytes]]:
-    def blocks() -> Iterator[bytes]:
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                yield item.encode("utf-8", "surrogateescape")
-            elif isinstance(item, bytes | bytearray | memoryview):
-                yield bytes(item)
-            else:
-                raise InputError(
-                    f"{name}: item {i} is a {type(item).__name__}; an iterable source must "
-                    "yield str or bytes"
-                )
-
-    return blocks
-
-
-def _label(name: str) -> str:
-    """A document name as stored: NUL characters (which PostgreSQL text cannot hold) become
-    U+FFFD, as they do in chunk text."""
-    return name.replace("\x00", "\ufffd")
-
-
-def _sources(source: Any, name: str | None) -> list[_Source]:
-    if isinstance(source, str | os.PathLike):
-        path = Path(source).expanduser()
-        if path.is_dir():
-            found = []
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for file in sorted(files):
-                    p = Path(root) / file
-                    if file.startswith(".") or not p.is_file():
-                        continue
-                    found.append(_Source(str(p.resolve()), p.stat().st_size, _file_blocks(p), True))
-            return found
-        if path.is_file():
-            return [_Source(str(path.resolve()), path.stat().st_size, _file_blocks(path), True)]
-        raise NotFoundError(
-            f"no file or directory at {str(source)[:200]!r}: ingest takes a path, a directory, a "
-            "file object or an iterable of str/bytes; to store a piece of text use add()"
-        )
-    if isinstance(source, bytes | bytearray | memoryview):
-        raise InputError(
-            "ingest got bytes: to store one text use add(); to stream bytes pass a file object "
-            "or an iterable of bytes"
-        )
-    if name is not None and not isinstance(name, str):
-        raise InputError(f"name must be a str, got {type(name).__name__}")
-    if hasattr(source, "read"):
-        label = _label(name or str(getattr(source, "name", "") or "<stream>"))
-        return [_Source(label, None, _fileobj_blocks(source, label), True)]
-    if isinstance(source, Iterable) and not isinstance(source, Mapping):
-        label = _label(name or "<stream>")
-        return [_Source(label, None, _iter_blocks(source, label), False)]
-    raise InputError(
-        f"ingest cannot read a {type(source).__name__}: pass a path, a directory, a file object "
-        "or an iterable of str/bytes"
-    )
 
 
 def _to_bytes(text: Any, what: str) -> bytes:
@@ -278,8 +155,7 @@ class HybridMemory:
         )
         self.path = self.notepad.directory
         self._closed = False
-        self.policies = RouterPolicies(self.path)
-        self._policy_cache: dict[int, Policy] = {}
+        self._recall = Recall(self)
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
@@ -415,7 +291,7 @@ class HybridMemory:
         """
         started = time.perf_counter()
         meta = validate_metadata(metadata)
-        sources = _sources(source, name)
+        sources = resolve_sources(source, name)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
         sizes = [s.size for s in sources]
@@ -450,7 +326,7 @@ class HybridMemory:
                     logger.info("skipping binary file %s", src.name)
                     bar.update(src.size or len(first))
                     continue
-                stream = _Counted(first, blocks, bar.update, limit=limit)
+                stream = CountedBlocks(first, blocks, bar.update, limit=limit)
                 ids, doc_id, d = self._ingest_stream(scope_id, src.name, stream, meta)
                 if stream.cut:
                     reason = f"cut after its first {limit} bytes ({limit_hint})"
@@ -606,8 +482,7 @@ class HybridMemory:
         self.notepad.save_index()
         if self.weights is not None:
             self.weights.reset(scope_id)  # forgetting everything includes the weights
-        self.policies.delete(scope_id)  # and the router fitted on that data
-        self._policy_cache.pop(scope_id, None)
+        self._recall.forget(scope_id)  # and the router fitted on that data
         return len(deleted)
 
     # ---- the weight memory -------------------------------------------------------------------
@@ -798,157 +673,9 @@ class HybridMemory:
             MemsdkError: ``route`` is ``weights`` or ``both`` on a memory opened with
                 ``weight_memory=False``.
         """
-        started = time.perf_counter()
-        self._check_query(query, k)
-        if route not in ROUTES:
-            raise InputError(f"route must be one of {', '.join(ROUTES)}; got {route!r}")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-            raise InputError(f"max_bytes must be an int, got {max_bytes!r}")
-        if not 1 <= max_bytes <= MAX_COMPLETION_BYTES:
-            raise InputError(f"max_bytes must be in 1..{MAX_COMPLETION_BYTES}, got {max_bytes}")
-        if self.weights is None and route in ("weights", "both"):
-            raise MemsdkError(
-                f"route={route!r} needs the weight memory, and {self.path} was opened with "
-                "weight_memory=False: use route='notepad', or open it with weight_memory=True"
-            )
-        timings: dict[str, float] = {}
-
-        def lap(stage: str, since: float) -> float:
-            now = time.perf_counter()
-            timings[stage] = (now - since) * 1000
-            return now
-
-        hits: list[SearchHit] = []
-        clock = started
-        if route != "weights":
-            # Two hits at least: the similarity margin needs a runner-up.
-            hits = self.search(query, scope=scope, k=max(k, 2), filters=filters)
-            clock = lap("search", clock)
-        scope_id = self._scope_id(scope, create=False)
-        chunks = self.notepad.sql.bytes_after(scope_id, 0)[0] if scope_id is not None else 0
-        if not chunks:
-            features = RouteFeatures(
-                identifiers=len(identifier_spans(query)),
-                exact_hits=0,
-                top_similarity=0.0,
-                similarity_margin=0.0,
-                query_bits=0.0,
-                query_bits_gain=0.0,
-                unconsolidated_share=0.0,
-            )
-            decision = RouteDecision(
-                branch="notepad" if route == "auto" else route,  # type: ignore[arg-type]
-                reason=f"the scope {scope} holds no memories yet: nothing to recall",
-                features=features,
-                forced=route != "auto",
-                policy="none",
-            )
-            lap("total", started)
-            return Answer(
-                query=query,
-                scope=scope,
-                route=decision,
-                passages=[],
-                context="",
-                completion="",
-                timings=timings,
-            )
-        features, exact_span = self._route_features(query, scope_id, hits)
-        clock = lap("features", clock)
-        if route != "auto":
-            branch, policy_kind = route, "forced"
-            reason = f"{route}: forced by route={route!r}"
-        elif self.weights is None:
-            branch, policy_kind = "notepad", "none"
-            reason = "notepad: the weight memory is off (weight_memory=False)"
-        else:
-            policy = self._policy(scope_id)
-            branch, policy_kind = policy.choose(features), policy.kind
-            reason = explain(branch, features, exact_span=exact_span)
-        clock = lap("route", clock)
-        context = ""
-        if branch != "weights":
-            context = passage_context(query, hits[:k], budget=self.config.query_context_bytes)
-        completion = ""
-        if self.weights is not None:
-            state = self.weights.initial_state()
-            if branch != "notepad":
-                state = self.weights.state(scope_id)
-            prompt = (context + query).encode("utf-8", "surrogateescape")
-            out = generate(state, prompt, max_bytes, stop=b"\n", copy=True)
-            completion = out.removesuffix(b"\n").decode("utf-8", "replace")
-            clock = lap("complete", clock)
-        lap("total", started)
-        return Answer(
-            query=query,
-            scope=scope,
-            route=RouteDecision(
-                branch=branch,  # type: ignore[arg-type]
-                reason=reason,
-                features=features,
-                forced=route != "auto",
-                policy=policy_kind,
-            ),
-            passages=hits[:k],
-            context=context,
-            completion=completion,
-            timings=timings,
+        return self._recall.query(
+            query, scope=scope, route=route, k=k, filters=filters, max_bytes=max_bytes
         )
-
-    def _route_features(
-        self,
-        query: str,
-        scope_id: int,
-        hits: Sequence[SearchHit],
-        adapted: TTTState | None = None,
-    ) -> tuple[RouteFeatures, str | None]:
-        """The router's features for one query and its hits, and an identifier of the query
-        that a hit holds verbatim (None if none does). ``adapted`` stands in for the scope's
-        fast weights (calibration's replayed state, which has absorbed all it will)."""
-        spans = identifier_spans(query)[:MAX_IDENTIFIERS]
-        holders = {s: sum(_whole(s).search(h.text) is not None for h in hits) for s in spans}
-        held = [s for s in spans if holders[s]]
-        similarities = sorted(
-            (h.similarity for h in hits if h.similarity is not None), reverse=True
-        )
-        top = similarities[0] if similarities else 0.0
-        margin = top - similarities[1] if len(similarities) > 1 else top
-        query_bits = gain = share = 0.0
-        if self.weights is not None:
-            data = query.encode("utf-8", "surrogateescape")
-            state = adapted if adapted is not None else self.weights.state(scope_id)
-            query_bits = float(byte_losses(state, data).mean())
-            gain = float(byte_losses(self.weights.initial_state(), data).mean()) - query_bits
-            if adapted is None:
-                through = self.weights.figures(scope_id).through_chunk_id
-                total, pending = self.notepad.sql.bytes_after(scope_id, through)
-                share = pending / total if total else 0.0
-        features = RouteFeatures(
-            identifiers=len(spans),
-            exact_hits=len(held),
-            top_similarity=top,
-            similarity_margin=margin,
-            query_bits=query_bits,
-            query_bits_gain=gain,
-            unconsolidated_share=share,
-        )
-        # The most specific id names the reason: the one fewest passages hold, then the longest.
-        specific = min(held, key=lambda s: (holders[s], -len(s)), default=None)
-        return features, specific
-
-    def _policy(self, scope_id: int) -> Policy:
-        """The scope's calibrated policy if it has one, else the shipped default. A damaged
-        policy file is reported in the log and the default is used."""
-        if scope_id not in self._policy_cache:
-            data = self.policies.read(scope_id)
-            policy = default_policy()
-            if data is not None:
-                try:
-                    policy = Policy.from_json(data, source=str(self.policies.path(scope_id)))
-                except MemsdkError as e:
-                    logger.warning("%s; using the default policy", e)
-            self._policy_cache[scope_id] = policy
-        return self._policy_cache[scope_id]
 
     def calibrate_router(
         self,
@@ -964,11 +691,12 @@ class HybridMemory:
         Probes come in two kinds (:func:`memsdk.router.make_probes`): needles (a line cut
         after an identifier found in one chunk only; the answer is the rest of the line) and
         patterns (a line of a frequent shape cut early). They are scored before the weights
-        learn them: the scope's newest data (at most ``CALIBRATION_REPLAY_BYTES``) is
-        replayed into a fresh state, needles come from its first three quarters, which the
-        state absorbs, and patterns from the last quarter, which neither the state nor the
-        probes' retrieval sees. Each branch is scored by the bits per byte of the probe's
-        answer, and a policy is fitted to minimise them (:func:`memsdk.router.fit_policy`).
+        learn them: the scope's newest data (at most 256 KiB,
+        ``memsdk.recall.CALIBRATION_REPLAY_BYTES``) is replayed into a fresh state, needles
+        come from its first three quarters, which the state absorbs, and patterns from the
+        last quarter, which neither the state nor the probes' retrieval sees. Each branch is
+        scored by the bits per byte of the probe's answer, and a policy is fitted to minimise
+        them (:func:`memsdk.router.fit_policy`).
         The weight memory is flushed first.
 
         Args:
@@ -981,115 +709,7 @@ class HybridMemory:
                 uniform data); bad arguments.
             MemsdkError: the memory was opened with ``weight_memory=False``.
         """
-        started = time.perf_counter()
-        if isinstance(probes, bool) or not isinstance(probes, int) or not 20 <= probes <= 10_000:
-            raise InputError(f"probes must be an int in 20..10000, got {probes!r}")
-        self._weight_state(scope)
-        scope_id = self._scope_id(scope, create=False)
-        if scope_id is None or not self.notepad.sql.bytes_after(scope_id, 0)[0]:
-            raise NotFoundError(f"{scope} holds no data to calibrate on: ingest first")
-        self.flush()
-        made, features, bits = self._probe_scores(scope, scope_id, probes, seed, progress)
-        if len(made) < 20:
-            raise InputError(
-                f"{scope} yields {len(made)} probes, calibration needs at least 20: ingest more "
-                "data (the default policy stays in use)"
-            )
-        policy = fit_policy(features, bits)
-        self.policies.write(scope_id, policy.to_json())
-        self._policy_cache[scope_id] = policy
-        chosen = [BRANCHES.index(policy.choose(f)) for f in features]
-        rows = torch.arange(len(made))
-        mean_bits = {b: float(bits[:, i].mean()) for i, b in enumerate(BRANCHES)}
-        mean_bits["router"] = float(bits[rows, torch.tensor(chosen)].mean())
-        mean_bits["oracle"] = float(bits.min(1).values.mean())
-        return RouterCalibration(
-            scope=scope,
-            probes=len(made),
-            needle_probes=sum(p.kind == "needle" for p in made),
-            pattern_probes=sum(p.kind == "pattern" for p in made),
-            mean_bits=mean_bits,
-            chosen={b: chosen.count(i) for i, b in enumerate(BRANCHES)},
-            seconds=time.perf_counter() - started,
-        )
-
-    def _probe_scores(
-        self, scope: Scope, scope_id: int, probes: int, seed: int, progress: bool
-    ) -> tuple[list[Probe], list[RouteFeatures], torch.Tensor]:
-        """Probes from the scope's data, their features and their bits per byte under each
-        branch (N, 3), each scored before the weights that answer it learned it.
-
-        The scope's own weights have absorbed every line a probe could come from, so they
-        would look better on the probes than on the new lines real queries ask about. The
-        scope's newest ``CALIBRATION_REPLAY_BYTES`` are therefore replayed into a fresh
-        state: its first three quarters are absorbed, needles come from there, patterns
-        from the last quarter, and every probe retrieves from the absorbed part only. The
-        probes meet the router as queries do: ids it has stored, new lines of kinds it has
-        read.
-        """
-        sql = self.notepad.sql
-        window = self._replay_window(scope_id)
-        first = next(iter(window))
-        rows = sql.chunk_bytes_after(scope_id, first - 1, len(window))
-        total, absorbed, cut = sum(len(data) for _, data in rows), 0, 0
-        while cut < len(rows) - 1 and absorbed < total * 3 // 4:
-            absorbed += len(rows[cut][1])
-            cut += 1
-        cut_id = rows[cut - 1][0] if cut else first - 1
-        older = [(cid, window[cid].text) for cid, _ in rows[:cut] if cid in window]
-        newer = [(cid, window[cid].text) for cid, _ in rows[cut:] if cid in window]
-
-        def is_rare(span: str) -> bool:
-            return len(sql.keyword_search(scope_id, span, limit=2)) == 1
-
-        made = make_probes(older, is_rare=is_rare, needles=probes // 2, patterns=0, seed=seed)
-        made += make_probes(
-            newer, is_rare=is_rare, needles=0, patterns=probes - len(made), seed=seed
-        )
-        assert self.weights is not None
-        initial = self.weights.initial_state()
-        replayed = TTTState(self.weights.model, self.weights.ttt_config)
-        stream(replayed, b"".join(data for _, data in rows[:cut]), final=True)
-        absorbed_only = ChunkRow.id <= cut_id
-        features, bits = [], []
-        k = 5
-        bar = progress_bar(progress, total=len(made), desc="calibrate", unit="probe")
-        for probe in made:
-            bar.update(1)
-            hits = self._search(probe.query, scope, scope_id, k, absorbed_only)
-            f, _ = self._route_features(probe.query, scope_id, hits, adapted=replayed)
-            context = passage_context(probe.query, hits, budget=self.config.query_context_bytes)
-            scores = score_branches(
-                initial,
-                replayed,
-                context=context,
-                query=probe.query,
-                answer=probe.answer,
-                branches=BRANCHES,
-            )
-            features.append(f)
-            bits.append([scores[b].bits_per_byte for b in BRANCHES])
-        bar.close()
-        return made, features, torch.tensor(bits, dtype=torch.float64).reshape(-1, len(BRANCHES))
-
-    def _replay_window(self, scope_id: int) -> dict[int, ChunkRecord]:
-        """The scope's newest chunks by id, in id order, holding at most
-        ``CALIBRATION_REPLAY_BYTES`` (at least one chunk)."""
-        ids = self.notepad.sql.chunk_ids(scope_id).tolist()
-        ids.sort()
-        newest_first: list[ChunkRecord] = []
-        size = 0
-        for end in range(len(ids), 0, -256):
-            batch = ids[max(0, end - 256) : end]
-            records = self.notepad.sql.get_chunks(scope_id, batch)
-            for cid in reversed(batch):
-                if cid not in records:
-                    continue  # deleted meanwhile
-                size += records[cid].end_byte - records[cid].start_byte
-                if newest_first and size > CALIBRATION_REPLAY_BYTES:
-                    return {r.id: r for r in reversed(newest_first)}
-                newest_first.append(records[cid])
-        return {r.id: r for r in reversed(newest_first)}
+        return self._recall.calibrate(scope=scope, probes=probes, seed=seed, progress=progress)
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -1149,7 +769,7 @@ class HybridMemory:
             for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
                 scores.setdefault(cid, 0.0)
         records = notepad.sql.get_chunks(scope_id, list(scores))
-        patterns = [_whole(span) for span in spans]
+        patterns = [whole_word(span) for span in spans]
         exact = {}
         for cid, rec in records.items():
             matched = sum(p.search(rec.text) is not None for p in patterns)
@@ -1289,25 +909,3 @@ class HybridMemory:
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }
-
-
-class _Counted:
-    """The blocks ``first, *rest``, counting bytes into ``seen`` and reporting each block;
-    the stream ends after ``limit`` bytes (``cut`` tells whether it had more)."""
-
-    def __init__(
-        self, first: bytes, rest: Iterator[bytes], report: Callable[[int], Any], *, limit: int
-    ) -> None:
-        self.first, self.rest, self.report, self.seen = first, rest, report, 0
-        self.limit, self.cut = limit, False
-
-    def __iter__(self) -> Iterator[bytes]:
-        for block in itertools.chain((self.first,), self.rest):
-            if self.seen + len(block) > self.limit:
-                block = block[: self.limit - self.seen]
-                self.cut = True
-            self.seen += len(block)
-            self.report(len(block))
-            yield block
-            if self.cut:
-                return

@@ -50,6 +50,7 @@ __all__ = [
     "make_probes",
     "passage_context",
     "score_branches",
+    "whole_word",
 ]
 
 BRANCHES = ("notepad", "weights", "both")
@@ -71,6 +72,11 @@ _VARIABLE = re.compile(r"[\w.:/\-]*\d[\w.:/\-]*")
 # Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs.
 _IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[/~.]?\w+(?:[-_:/.]\w+)+$")
 _TRIM = "\"'`()[]{}<>,;!?"
+
+
+def whole_word(span: str) -> re.Pattern[str]:
+    """Matches ``span`` standing alone: ``heaptrack:amd64`` is not in ``libheaptrack:amd64``."""
+    return re.compile(r"(?<!\w)" + re.escape(span) + r"(?!\w)")
 
 
 def identifier_spans(query: str) -> list[str]:

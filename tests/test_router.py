@@ -44,7 +44,7 @@ def _features(**values: float) -> RouteFeatures:
 
 @pytest.fixture(scope="module")
 def hdfs_lines() -> list[str]:
-    from tests.conftest import shared_path
+    from conftest import shared_path
 
     text = shared_path("data", "loghub", "HDFS", "HDFS_2k.log").read_text()
     return text.splitlines(keepends=True)
@@ -303,15 +303,15 @@ def test_calibration_fits_stores_and_isolates_the_scope_policy(tmp_path, hdfs_li
         assert mem.query(query, scope=other, max_bytes=1).route.policy == "default"
     with HybridMemory.open(path) as mem:  # stored with the memory
         assert mem.query(query, scope=SCOPE, max_bytes=1).route.policy == "calibrated"
-        mem.policies.path(1).write_bytes(b"torn")
-        mem._policy_cache.clear()
+        mem._recall.policies.path(1).write_bytes(b"torn")
+        mem._recall._policy_cache.clear()
         assert mem.query(query, scope=SCOPE, max_bytes=1).route.policy == "default"
         mem.delete_all(scope=SCOPE)
-        assert not mem.policies.path(1).exists()
+        assert not mem._recall.policies.path(1).exists()
 
 
 def test_calibration_scores_probes_before_the_weights_learn_them(tmp_path, hdfs_lines, monkeypatch):
-    import memsdk.memory as memory_module
+    import memsdk.recall as recall_module
 
     with HybridMemory.open(tmp_path / "m") as mem:
         mem.ingest(hdfs_lines[:600], scope=SCOPE, name="hdfs")
@@ -320,11 +320,11 @@ def test_calibration_scores_probes_before_the_weights_learn_them(tmp_path, hdfs_
         steps = mem.weights.state(scope_id).steps
         ids = sorted(mem.notepad.sql.chunk_ids(scope_id).tolist())
         # Replay the newest ~16 KiB only: the probes come from those chunks alone.
-        monkeypatch.setattr(memory_module, "CALIBRATION_REPLAY_BYTES", 16 * 1024)
-        window = mem._replay_window(scope_id)
+        monkeypatch.setattr(recall_module, "CALIBRATION_REPLAY_BYTES", 16 * 1024)
+        window = mem._recall._replay_window(scope_id)
         assert list(window) == ids[-len(window) :] and len(window) < len(ids)
         assert sum(r.end_byte - r.start_byte for r in window.values()) <= 16 * 1024
-        made, features, bits = mem._probe_scores(SCOPE, scope_id, 60, 0, False)
+        made, features, bits = mem._recall._probe_scores(SCOPE, scope_id, 60, 0, False)
         needles = [p.chunk_id for p in made if p.kind == "needle"]
         patterns = [p.chunk_id for p in made if p.kind == "pattern"]
         assert needles and patterns and set(needles + patterns) <= set(window)

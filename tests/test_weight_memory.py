@@ -13,7 +13,7 @@ from memsdk.engine import load_model
 def hdfs(request) -> tuple[bytes, bytes]:
     """A held-out log stream (HDFS is never trained on): the first 24 KB to ingest, a later
     part of the same stream to score."""
-    from tests.conftest import shared_path
+    from conftest import shared_path
 
     data = shared_path("data", "loghub", "HDFS", "HDFS_2k.log").read_bytes()
     head = data[: 24 * 1024]
