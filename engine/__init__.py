@@ -7,6 +7,12 @@ builder live in :mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`; Fi
 4-bit deltas in :mod:`~memsdk.engine.fisher` and :mod:`~memsdk.engine.delta`.
 """
 
+if __name__ != "memsdk.engine":  # the checkout's root is on sys.path (python without -P)
+    raise ImportError(
+        f"{__file__} is memsdk.engine and cannot be imported as {__name__!r}: start Python "
+        "with `python -P` (or PYTHONSAFEPATH=1), or from outside the memsdk checkout"
+    )
+
 from memsdk.engine.checkpoint import DEFAULT_MODEL, load_checkpoint, load_model, save_checkpoint
 from memsdk.engine.delta import WeightDelta, make_delta, merge_delta, read_delta, restore_state
 from memsdk.engine.fisher import FisherDiagonal

@@ -131,15 +131,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+SHARED_ABSENT = "../shared is absent"
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test: that folder exists for developers and CI,
     not on a user's machine."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(
-            f"{path} is absent (../shared is beside the checkout on developer machines and CI)"
-        )
+        pytest.skip(f"{SHARED_ABSENT} ({path} is missing)")
     return path
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line per reason tests skipped, with its count: a clone without ../shared (what a
+    user has) says once how many tests that data would have run."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else "skipped"
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(SHARED_ABSENT):
+            reason = (
+                f"{SHARED_ABSENT} (the real logs, tickets and conversations kept beside the "
+                f"checkout for developers and CI, at {SHARED})"
+            )
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped tests, by reason")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:5d}  {reason}")
 
 
 class Figures:

@@ -1,22 +1,33 @@
 """Tests of memsdk.stores.embedder: plain-torch all-MiniLM-L6-v2 against the reference.
 
 The reference is sentence-transformers (and its `tokenizers` tokenizer) loaded from the same
-model files; the `dev` extra installs it. Tests that need it are skipped without it.
+model files, run once by ``scripts/embedder_reference.py``, which stores its outputs in
+``tests/data/minilm_reference.{json,safetensors}``: embeddings of ``TEXTS``, ``QUERY_TEXTS`` and
+real log chunks, the token ids of ``TEXTS``, and digests of the token ids of every Unicode code
+point. The suite does not install sentence-transformers (about 570 MB and a dozen packages)
+only to recompute them; change the texts and the script must be run again, which the digests
+stored with the reference enforce.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from memsdk.errors import ConfigError, FormatError, InputError, ModelNotFoundError
 from memsdk.stores.embedder import MiniLMEmbedder, WordPieceTokenizer
+
+REFERENCE = Path(__file__).with_name("data") / "minilm_reference"
+REGENERATE = "run scripts/embedder_reference.py (its docstring says how) and commit its output"
 
 HDFS = (
     "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
@@ -49,6 +60,40 @@ TEXTS = [
     "def embed(self, texts: Sequence[str]) -> np.ndarray:\n    return self._forward(ids)",
     "2005-06-03T15:42:50Z ERROR 0xdeadbeef /var/log/syslog:1234 user=bob@example.com",
 ]
+QUERY_TEXTS = [HDFS, "", LONG]  # embedded one at a time (embed_query)
+CODE_POINT_BLOCK = 1024  # code points per digest of the every-code-point tokenizer check
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def digest_ids(ids_per_text: Iterable[Iterable[int]]) -> str:
+    """One digest of the token ids of several texts, in order."""
+    h = hashlib.sha256()
+    for ids in ids_per_text:
+        h.update(json.dumps(list(ids)).encode() + b"\n")
+    return h.hexdigest()
+
+
+def code_point_blocks() -> Iterator[list[str]]:
+    """Every code point but the surrogates, one word each (``"a" + c + "b"``), 64 words a text,
+    ``CODE_POINT_BLOCK`` code points a block: the cleanup, CJK, accent, punctuation and
+    Unicode-version rules character by character."""
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(cps), CODE_POINT_BLOCK):
+        block = cps[start : start + CODE_POINT_BLOCK]
+        yield [" ".join(f"a{chr(c)}b" for c in block[i : i + 64]) for i in range(0, len(block), 64)]
+
+
+def log_chunks(shared: Path) -> list[str]:
+    """Four-line chunks of the first 80 lines of two real logs of ../shared."""
+    chunks = []
+    for system in ("HDFS", "BGL"):
+        path = shared / "data" / "loghub" / system / f"{system}_2k.log"
+        lines = path.read_text(errors="replace").splitlines()
+        chunks += ["\n".join(lines[i : i + 4]) for i in range(0, 80, 4)]
+    return chunks
 
 
 @pytest.fixture(scope="module")
@@ -65,59 +110,39 @@ def embedder(model_dir: Path) -> MiniLMEmbedder:
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")  # read at import time: never touch the network
-        st = pytest.importorskip(
-            "sentence_transformers", reason="the reference model; the dev extra installs it"
-        )
-        return st.SentenceTransformer(str(model_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def ref_tokenizer(model_dir: Path):
-    tokenizers = pytest.importorskip(
-        "tokenizers", reason="the reference tokenizer; the dev extra installs it"
-    )
-    tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
+def reference() -> dict:
+    """The reference outputs, checked to be those of today's texts."""
+    data = json.loads(REFERENCE.with_suffix(".json").read_text())
+    assert data["texts_sha256"] == [sha256(t) for t in TEXTS], f"TEXTS changed: {REGENERATE}"
+    return {**data, **load_file(str(REFERENCE.with_suffix(".safetensors")))}
 
 
 # ----------------------------------------------------------------------------------------
 # Against the reference
 
 
-def test_embeddings_match_reference(embedder: MiniLMEmbedder, reference) -> None:
-    want = reference.encode(TEXTS, batch_size=32, convert_to_numpy=True)
+def test_embeddings_match_reference(embedder: MiniLMEmbedder, reference: dict) -> None:
     got = embedder.embed(TEXTS)
     assert got.shape == (len(TEXTS), 384)
     assert got.dtype == np.float32
-    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(got - reference["texts"]).max() <= 1e-5
 
 
-def test_single_query_matches_reference(embedder: MiniLMEmbedder, reference) -> None:
-    for text in (HDFS, "", LONG):
-        want = reference.encode([text], convert_to_numpy=True)[0]
+def test_single_query_matches_reference(embedder: MiniLMEmbedder, reference: dict) -> None:
+    for text, want in zip(QUERY_TEXTS, reference["queries"], strict=True):
         got = embedder.embed_query(text)
         assert got.shape == (384,)
         assert np.abs(got - want).max() <= 1e-5
 
 
-def test_real_log_chunks_match_reference(embedder: MiniLMEmbedder, reference, shared) -> None:
-    files = [shared("data", "loghub", s, f"{s}_2k.log") for s in ("HDFS", "BGL")]
-    chunks = []
-    for f in files:
-        lines = f.read_text(errors="replace").splitlines()
-        chunks += ["\n".join(lines[i : i + 4]) for i in range(0, 80, 4)]
-    want = reference.encode(chunks, batch_size=32, convert_to_numpy=True)
-    assert np.abs(embedder.embed(chunks) - want).max() <= 1e-5
+def test_real_log_chunks_match_reference(embedder: MiniLMEmbedder, reference: dict, shared) -> None:
+    chunks = log_chunks(shared())
+    assert [sha256(c) for c in chunks] == reference["log_chunks_sha256"], REGENERATE
+    assert np.abs(embedder.embed(chunks) - reference["log_chunks"]).max() <= 1e-5
 
 
-def test_token_ids_match_reference_tokenizer(embedder: MiniLMEmbedder, ref_tokenizer) -> None:
-    for text in TEXTS:
-        want = ref_tokenizer.encode(text).ids
+def test_token_ids_match_reference_tokenizer(embedder: MiniLMEmbedder, reference: dict) -> None:
+    for text, want in zip(TEXTS, reference["token_ids"], strict=True):
         assert embedder.tokenizer.encode(text) == want, text
         assert embedder.count_tokens(text) == len(want)
         truncated = [*want[:-1][:255], want[-1]]  # the first 254 pieces between [CLS] and [SEP]
@@ -125,14 +150,17 @@ def test_token_ids_match_reference_tokenizer(embedder: MiniLMEmbedder, ref_token
 
 
 @pytest.mark.slow
-def test_every_code_point_tokenizes_like_reference(embedder: MiniLMEmbedder, ref_tokenizer) -> None:
-    # One word per code point ("a" + c + "b"): covers the cleanup, CJK, accent, punctuation
-    # and Unicode-version rules character by character.
-    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
-    texts = [" ".join(f"a{chr(c)}b" for c in cps[i : i + 64]) for i in range(0, len(cps), 64)]
-    wants = ref_tokenizer.encode_batch(texts)
-    bad = [t for t, w in zip(texts, wants, strict=True) if embedder.tokenizer.encode(t) != w.ids]
-    assert not bad, [hex(ord(t[1])) for t in bad[:5]]
+def test_every_code_point_tokenizes_like_reference(
+    embedder: MiniLMEmbedder, reference: dict
+) -> None:
+    assert reference["code_point_block"] == CODE_POINT_BLOCK, REGENERATE
+    wants = reference["code_point_blocks_sha256"]
+    bad = [
+        texts[0][1]
+        for texts, want in zip(code_point_blocks(), wants, strict=True)
+        if digest_ids(embedder.tokenizer.encode(t) for t in texts) != want
+    ]
+    assert not bad, [f"block from {hex(ord(c))}" for c in bad[:5]]
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import os
 import re
+import site
 import subprocess
 import sys
 import tomllib
@@ -108,11 +110,9 @@ def test_readme_has_two_setup_commands_and_its_example_runs(tmp_path):
     assert len(example.strip().splitlines()) <= 12
     quickstart = (REPO / "examples/quickstart.py").read_text()
     assert example.strip() in quickstart
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
         [sys.executable, "-c", example],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -166,6 +166,13 @@ def test_the_wheel_installs_one_namespace(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "memsdk = memsdk.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
+    record = next(n for n in names if n.endswith(".dist-info/RECORD"))
+    recorded = zipfile.ZipFile(wheel).read(record).decode().splitlines()
+    assert {line.split("/")[0] for line in recorded} == tops  # RECORD lists the same top names
+    top_level = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+    for name in top_level:
+        assert zipfile.ZipFile(wheel).read(name).decode().split() == ["memsdk"]
+
     target = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
@@ -174,16 +181,89 @@ def test_the_wheel_installs_one_namespace(tmp_path):
         timeout=600,
     )
     assert install.returncode == 0, install.stderr
+    installed = {p.name for p in target.iterdir()} - {"bin"}  # bin/: the console script
+    assert installed == tops, installed
     probe = (
-        "import memsdk, memsdk.engine, memsdk.kernels, memsdk.stores.sql, importlib.util as u;"
+        "import memsdk, memsdk.engine, memsdk.kernels, memsdk.stores.sql;"
         "model, _, _ = memsdk.engine.load_model();"  # the default model loads from the wheel
-        "print(memsdk.__file__);"
-        "print([u.find_spec(n) is None for n in ('engine', 'kernels', 'stores')])"
+        "print(memsdk.__file__, memsdk.kernels.__file__, memsdk.stores.sql.__file__)"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    file, missing = out.stdout.splitlines()
-    assert file.startswith(str(target)) and missing == "[True, True, True]"
+    assert all(f.startswith(str(target / "memsdk")) for f in out.stdout.split()), out.stdout
+
+
+def _installed_kernels(site: Path) -> Path:
+    """A distribution named ``kernels`` (as on PyPI, which transformers imports), installed
+    into ``site``: its package and its dist-info."""
+    package = site / "kernels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("ORIGIN = 'the installed distribution'\n")
+    info = site / "kernels-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.0.1\n")
+    (info / "RECORD").write_text("kernels/__init__.py,,\nkernels-0.0.1.dist-info/METADATA,,\n")
+    return package / "__init__.py"
+
+
+def test_the_repository_root_never_shadows_an_installed_package(tmp_path):
+    """The test run does not have the checkout's root on sys.path (`make test` runs
+    ``python -P -m pytest``): there the folders engine/, kernels/ and stores/ would be
+    top-level packages, and kernels/ would hide the PyPI package of that name."""
+    origin = _installed_kernels(tmp_path / "site")
+    # Installed where pip installs: just before this environment's site-packages.
+    installs = [i for i, p in enumerate(sys.path) if p in site.getsitepackages()]
+    where = installs[0] if installs else len(sys.path)
+    path = [*sys.path[:where], str(tmp_path / "site"), *sys.path[where:]]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+    assert spec is not None and spec.origin == str(origin), (
+        f"`import kernels` would load {spec and spec.origin}: {REPO} is on sys.path. Run the "
+        "tests with `make test` or `python -P -m pytest`"
+    )
+    for folder in ("engine", "kernels", "stores"):
+        spec = importlib.machinery.PathFinder.find_spec(folder, sys.path)
+        assert spec is None or Path(spec.origin or "").parent != REPO / folder, spec
+
+
+def test_make_runs_python_without_the_working_directory_on_sys_path(tmp_path):
+    """Every Python that `make test` and `make demo` start from the repository root runs with
+    -P; the same command then imports the installed `kernels`, not the folder."""
+    dry = subprocess.run(
+        ["make", "-n", "-o", ".venv/.dev", "-o", ".venv/.runtime", "test", "demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    commands = [line for line in dry.stdout.splitlines() if line.startswith(".venv/bin/python")]
+    assert len(commands) == 2 and all(c.split()[1] == "-P" for c in commands), commands
+    origin = _installed_kernels(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", "import kernels; print(kernels.__file__)"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == str(origin), out.stderr
+
+
+@pytest.mark.parametrize("folder", ["engine", "kernels", "stores"])
+def test_a_folder_imported_as_a_top_level_package_says_how_to_run_python(folder):
+    """Python started in the root without -P finds the folders first: each refuses to load
+    under its bare name and names the fix, instead of failing obscurely in another library."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {folder}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert f"memsdk.{folder}" in out.stderr and "python -P" in out.stderr, out.stderr
