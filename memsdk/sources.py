@@ -80,14 +80,17 @@ def _file_blocks(path: str, identity: FileId) -> Callable[[], Iterator[bytes]]:
         # O_NONBLOCK: a FIFO swapped in since the walk opens without waiting for a writer, and
         # the check below refuses it; on a regular file the flag changes nothing.
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags)
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink where the walk saw a file
+                raise OSError(e.errno, "changed after the walk listed it: now a symlink") from e
+            raise
         with open(fd, "rb") as f:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or _identity(st) != identity:
-                raise OSError(
-                    errno.ESTALE,
-                    f"changed after the walk listed it (now {_kind(st.st_mode)}); not read",
-                )
+                now = "another file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
+                raise OSError(errno.ESTALE, f"changed after the walk listed it: now {now}")
             while block := f.read(READ_BLOCK):
                 yield block
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,12 @@ def memsdk_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def read_in_child(path: Path | str, *, follow_symlinks: bool) -> dict:
+def read_in_child(
+    path: Path | str, *, follow_symlinks: bool, before_reading: Callable[[], None] | None = None
+) -> dict:
     """Resolve ``path`` and read every source as ingest does (``first_block`` then the rest), in
-    a forked child that runs as ``nobody`` when the tests run as root, under ``CEILING_S``.
+    a forked child that runs as ``nobody`` when the tests run as root, under ``CEILING_S``;
+    ``before_reading`` runs in the child between the walk and the reads.
 
     Returns ``{"read": [[name, hex bytes], ...], "skipped": [[name, reason], ...]}``; fails the
     test when the child raises or does not end."""
@@ -87,7 +91,10 @@ def read_in_child(path: Path | str, *, follow_symlinks: bool) -> dict:
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
             out: dict = {"read": [], "skipped": [], "error": None}
-            for item in resolve_sources(path, None, follow_symlinks=follow_symlinks):
+            found = resolve_sources(path, None, follow_symlinks=follow_symlinks)
+            if before_reading is not None:
+                before_reading()
+            for item in found:
                 if isinstance(item, Skipped):
                     out["skipped"].append([item.name, item.reason])
                     continue
@@ -291,6 +298,35 @@ def test_a_file_named_directly_is_read_like_cat_and_a_fifo_named_directly_is_not
         shutil.rmtree(base)
 
 
+def test_an_entry_swapped_after_the_walk_is_not_read():
+    base, elsewhere = open_tmp_dir(), open_tmp_dir()
+    base.chmod(0o777)  # the child, nobody under root, swaps the entries
+    (elsewhere / "secret.txt").write_bytes(OUTSIDE + b"\n")
+    for name in ("fifo.log", "link.log", "other.log"):
+        (base / name).write_text(f"the {name} the walk listed\n")
+    (base / "spare.log").write_text("another file, moved over other.log\n")
+
+    def swap() -> None:
+        (base / "fifo.log").unlink()
+        os.mkfifo(base / "fifo.log")
+        (base / "link.log").unlink()
+        (base / "link.log").symlink_to(elsewhere / "secret.txt")
+        (base / "spare.log").replace(base / "other.log")
+
+    try:
+        result = read_in_child(base, follow_symlinks=False, before_reading=swap)
+    finally:
+        shutil.rmtree(base)
+        shutil.rmtree(elsewhere)
+    assert result["read"] == []
+    assert dict(result["skipped"]) == {
+        str(base / "fifo.log"): "unreadable (changed after the walk listed it: now a FIFO)",
+        str(base / "link.log"): "unreadable (changed after the walk listed it: now a symlink)",
+        str(base / "other.log"): "unreadable (changed after the walk listed it: now another file)",
+        str(base / "spare.log"): "unreadable (No such file or directory)",
+    }
+
+
 def test_permission_denied_files_and_directories_are_listed(tmp_path):
     logs = tmp_path / "logs"
     (logs / "closed").mkdir(parents=True)
@@ -467,6 +503,15 @@ def test_a_directory_deeper_than_the_recursion_limit_is_walked(tmp_path, capsys)
         assert f"{top}: 2 documents" in out and "Traceback" not in err
     finally:
         remove_deep(top)
+
+
+def test_the_cli_reports_an_error_of_the_system_in_one_line(tmp_path, capsys):
+    (tmp_path / "note.txt").write_text("a note\n")
+    memory = tmp_path / "note.txt" / "memory"  # under a file: the system refuses it
+    args = ["ingest", str(tmp_path / "note.txt"), "--memory", str(memory), "--tenant", "t"]
+    assert main([*args, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"memsdk ingest: error: [Errno 20] Not a directory: '{memory}'\n"
 
 
 def _ledger(mem: HybridMemory) -> dict[str, tuple]:
