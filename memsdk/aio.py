@@ -90,10 +90,16 @@ class AsyncHybridMemory:
         scope: Scope,
         metadata: Mapping[str, Any] | None = None,
         name: str | None = None,
+        follow_symlinks: bool = False,
     ) -> IngestReport:
         """As :meth:`HybridMemory.ingest`; an iterable source is read in the worker thread."""
         return await asyncio.to_thread(
-            self.sync.ingest, source, scope=scope, metadata=metadata, name=name
+            self.sync.ingest,
+            source,
+            scope=scope,
+            metadata=metadata,
+            name=name,
+            follow_symlinks=follow_symlinks,
         )
 
     async def search(

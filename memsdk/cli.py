@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from memsdk.errors import MemsdkError
 from memsdk.memory import HybridMemory
@@ -31,21 +32,37 @@ def _memory_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    reports = []
     with HybridMemory.open(args.memory) as mem:
         scope = _scope(args)
         for path in args.paths:
-            report = mem.ingest(path, scope=scope, progress=not args.quiet)
+            report = mem.ingest(
+                path,
+                scope=scope,
+                follow_symlinks=args.follow_symlinks,
+                progress=not (args.quiet or args.json),
+            )
+            reports.append({"path": path, **report.model_dump(mode="json")})
+            if args.json:
+                continue
             print(
                 f"{path}: {report.documents} documents, {report.chunks} chunks, "
                 f"{report.bytes} bytes, {report.duplicates_skipped} duplicates skipped, "
-                f"{report.seconds:.1f} s"
+                f"{len(report.skipped)} entries skipped, {report.seconds:.1f} s"
             )
             for skipped in report.skipped:
                 print(f"  skipped {skipped.source}: {skipped.reason}")
         if mem.weights is not None:
-            print("absorbing into the weight memory ...", flush=True)
+            # stderr under --json, so that stdout is the JSON document alone
+            print("absorbing into the weight memory ...", file=_out(args), flush=True)
             mem.flush()
+    if args.json:
+        print(json.dumps(reports, indent=2))
     return 0
+
+
+def _out(args: argparse.Namespace) -> TextIO:
+    return sys.stderr if args.json else sys.stdout
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -178,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_arg(p)
     _add_scope_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symlinks that lead outside a directory (loops are still skipped)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one report per path, skipped entries included"
+    )
     p.set_defaults(handler=_cmd_ingest)
 
     p = sub.add_parser("search", help="hybrid keyword + vector search in one scope")
@@ -242,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemsdkError, ValueError) as e:
         print(f"memsdk {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"memsdk {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

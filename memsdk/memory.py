@@ -45,7 +45,14 @@ from memsdk.results import (
 )
 from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
-from memsdk.sources import SNIFF_BYTES, CountedBlocks, resolve_sources
+from memsdk.sources import (
+    LIMIT_HINT,
+    CountedBlocks,
+    Skipped,
+    Source,
+    first_block,
+    resolve_sources,
+)
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import ChunkRecord, NewChunk
@@ -258,7 +265,8 @@ class HybridMemory:
         meta = validate_metadata(metadata)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
-        ids, doc_id, dups = self._ingest_stream(scope_id, "<add>", iter([data]), meta)
+        ids: list[int] = []
+        doc_id, dups = self._ingest_stream(scope_id, "<add>", iter([data]), meta, ids)
         return AddResult(ids=ids, document_id=doc_id, duplicates_skipped=dups)
 
     def ingest(
@@ -268,70 +276,64 @@ class HybridMemory:
         scope: Scope,
         metadata: Mapping[str, Any] | None = None,
         name: str | None = None,
+        follow_symlinks: bool = False,
         progress: bool = False,
     ) -> IngestReport:
-        """Stream documents into the notepad: a file, a directory (recursively, hidden entries
-        skipped), a file object, or an iterable of str/bytes pieces forming one stream.
+        """Stream documents into the notepad: a file, a directory (recursively), a file object,
+        or an iterable of str/bytes pieces forming one stream.
 
         Nothing is read whole: the stream is chunked as it arrives (whole lines, byte offsets
         kept), exact duplicate chunks of the scope are skipped, and each batch is embedded and
         committed in one transaction, so an interrupted ingest keeps what it committed and
-        running it again completes it. Binary files (a NUL byte in the first 8 KiB) and empty
-        files are skipped and listed in the report.
+        running it again completes it. A directory walk stays inside the directory (see
+        :mod:`memsdk.sources`); every entry it does not read is listed in ``report.skipped``
+        with its reason: hidden entries, symlinks leading outside, loops, FIFOs, sockets,
+        devices, unreadable, binary (a NUL byte in the first 8 KiB), empty and oversized files.
 
         Args:
             metadata: stored on every chunk of these documents (filterable).
             name: the document name for a file object or iterable.
+            follow_symlinks: let a directory walk follow symlinks that lead outside it.
             progress: show a progress bar in bytes.
 
         Raises:
             NotFoundError: the path does not exist.
             InputError: an unsupported source, a text file object with undecodable bytes, bad
                 metadata or scope.
+            Exception: whatever a source raises while it is read (an iterable's own error, an
+                ``OSError`` of a file that fails midway): the batches committed before stay, the
+                document is recorded as failed in the ledger, and no empty document is left.
         """
         started = time.perf_counter()
         meta = validate_metadata(metadata)
-        sources = resolve_sources(source, name)
+        sources = resolve_sources(source, name, follow_symlinks=follow_symlinks)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
-        sizes = [s.size for s in sources]
-        total = sum(sizes) if sizes and None not in sizes else None  # type: ignore[arg-type]
+        sizes = [s.size for s in sources if isinstance(s, Source)]
+        total = sum(sizes) if None not in sizes else None  # type: ignore[arg-type]
         documents, chunks, read, dups = [], 0, 0, 0
         skipped: list[SkippedSource] = []
         limit = self.config.max_document_bytes
-        limit_hint = "MemoryConfig.max_document_bytes; split the document or raise the limit"
 
-        def too_large(size: int) -> str:
-            return f"{size} bytes, larger than {limit} ({limit_hint})"
+        def skip(src: Source | Skipped, reason: str) -> None:
+            skipped.append(SkippedSource(source=src.name, reason=reason))
+            logger.info("skipping %s: %s", src.name, reason)
 
         with progress_bar(progress, total=total, desc="ingest", unit="B", unit_scale=True) as bar:
             for src in sources:
-                try:
-                    blocks = src.blocks()
-                    first = next((block for block in blocks if block), b"")  # skip empty pieces
-                except OSError as e:
-                    skipped.append(SkippedSource(source=src.name, reason=f"unreadable: {e}"))
-                    logger.warning("skipping %s: %s", src.name, e)
+                if isinstance(src, Skipped):
+                    skip(src, src.reason)
                     continue
-                if not first:
-                    skipped.append(SkippedSource(source=src.name, reason="empty"))
+                opened = first_block(src, limit=limit)
+                if isinstance(opened, str):
+                    skip(src, opened)
+                    bar.update(src.size or 0)
                     continue
-                if src.size is not None and src.size > limit:
-                    skipped.append(SkippedSource(source=src.name, reason=too_large(src.size)))
-                    logger.warning("skipping %s: %s", src.name, too_large(src.size))
-                    bar.update(src.size)
-                    continue
-                if src.sniff and b"\x00" in first[:SNIFF_BYTES]:
-                    skipped.append(SkippedSource(source=src.name, reason="binary (NUL bytes)"))
-                    logger.info("skipping binary file %s", src.name)
-                    bar.update(src.size or len(first))
-                    continue
-                stream = CountedBlocks(first, blocks, bar.update, limit=limit)
-                ids, doc_id, d = self._ingest_stream(scope_id, src.name, stream, meta)
+                stream = CountedBlocks(*opened, bar.update, limit=limit)
+                ids: list[int] = []
+                doc_id, d = self._ingest_stream(scope_id, src.name, stream, meta, ids)
                 if stream.cut:
-                    reason = f"cut after its first {limit} bytes ({limit_hint})"
-                    skipped.append(SkippedSource(source=src.name, reason=reason))
-                    logger.warning("%s: %s", src.name, reason)
+                    skip(src, f"cut after its first {limit} bytes ({LIMIT_HINT})")
                 read += stream.seen
                 chunks += len(ids)
                 dups += d
@@ -354,9 +356,15 @@ class HybridMemory:
         source: str,
         blocks: Iterable[bytes],
         metadata: dict[str, Any],
-    ) -> tuple[list[int], int | None, int]:
-        """Chunk, deduplicate, embed and store one document. Returns (new ids, document id or
-        None when nothing new was stored, duplicates skipped)."""
+        new_ids: list[int],
+    ) -> tuple[int | None, int]:
+        """Chunk, deduplicate, embed and store one document, appending the new chunk ids to
+        ``new_ids``. Returns (document id or None when nothing new was stored, duplicates
+        skipped).
+
+        When ``blocks`` raises, the batches committed before stay (their ids are in
+        ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
+        removed if it holds no chunk), and the exception propagates."""
         sql = self.notepad.sql
         doc_id = sql.start_document(scope_id, source, metadata)
         hasher = hashlib.sha256()
@@ -369,7 +377,6 @@ class HybridMemory:
                 size += len(block)
                 yield block
 
-        new_ids: list[int] = []
         dups = 0
         batch: list[RawChunk] = []
 
@@ -401,17 +408,26 @@ class HybridMemory:
             if self.weights is not None:
                 self.weights.notify(scope_id)
 
-        for chunk in chunk_stream(
-            hashed(), chunk_bytes=self.config.chunk_bytes, max_line_bytes=self.config.max_line_bytes
-        ):
-            batch.append(chunk)
-            if len(batch) >= self.config.embed_batch_chunks:
-                store()
-        store()
+        try:
+            for chunk in chunk_stream(
+                hashed(),
+                chunk_bytes=self.config.chunk_bytes,
+                max_line_bytes=self.config.max_line_bytes,
+            ):
+                batch.append(chunk)
+                if len(batch) >= self.config.embed_batch_chunks:
+                    store()
+            store()
+        except BaseException:
+            try:
+                sql.finish_document(doc_id, size_bytes=size, duplicates=dups, failed=True)
+            except Exception:
+                logger.exception("could not record that %s failed", source)
+            raise
         kept = sql.finish_document(
             doc_id, size_bytes=size, content_hash=hasher.hexdigest(), duplicates=dups
         )
-        return new_ids, (doc_id if kept else None), dups
+        return (doc_id if kept else None), dups
 
     def update(
         self,

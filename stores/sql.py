@@ -395,9 +395,18 @@ class SQLStore:
             return doc.id
 
     def finish_document(
-        self, document_id: int, *, size_bytes: int, content_hash: str, duplicates: int
+        self,
+        document_id: int,
+        *,
+        size_bytes: int,
+        duplicates: int,
+        content_hash: str | None = None,
+        failed: bool = False,
     ) -> int:
         """Close a document's ingestion; a document that added no chunk is removed.
+
+        ``failed``: the stream broke off; the ledger row says so, the chunks committed before
+        stay with their document, and the document keeps no content hash (it is incomplete).
 
         Returns:
             the number of chunks the document holds.
@@ -410,7 +419,7 @@ class SQLStore:
                 update(LedgerRow)
                 .where(LedgerRow.document_id == document_id)
                 .values(
-                    status="committed",
+                    status="failed" if failed else "committed",
                     chunks_added=count,
                     duplicates=duplicates,
                     bytes_read=size_bytes,
@@ -420,7 +429,7 @@ class SQLStore:
             )
             if count:
                 doc.size_bytes = size_bytes
-                doc.content_hash = content_hash
+                doc.content_hash = None if failed else content_hash
             else:
                 s.delete(doc)
             return count
@@ -794,9 +803,13 @@ class SQLStore:
                     ).group_by(ChunkRow.scope_id)
                 )
             }
+            # A document that holds no chunk is one whose ingest was killed before its first
+            # batch committed: it is not counted.
             docs = dict(
                 s.execute(
-                    select(DocumentRow.scope_id, func.count()).group_by(DocumentRow.scope_id)
+                    select(DocumentRow.scope_id, func.count())
+                    .where(DocumentRow.chunk_count > 0)
+                    .group_by(DocumentRow.scope_id)
                 ).all()
             )
         return {

@@ -81,8 +81,12 @@ def test_ingest_file_directory_fileobj_and_iterable(mem, scope, tmp_path):
     report = mem.ingest(docs, scope=scope, metadata={"kind": "docs"})
     assert report.documents == 2 and report.chunks > 2
     assert report.bytes == len(text) + len("notes about the quarterly audit\n") * 3
-    assert sorted(Path(s.source).name for s in report.skipped) == ["blob.bin", "empty.txt"]
-    assert {s.reason for s in report.skipped} == {"empty", "binary (NUL bytes)"}
+    reasons = {Path(s.source).name: s.reason for s in report.skipped}
+    assert reasons == {
+        ".hidden": "hidden (the name starts with '.')",
+        "blob.bin": "binary (NUL bytes)",
+        "empty.txt": "empty",
+    }
 
     items = mem.get_all(scope=scope, filters={"kind": "docs"}, limit=1000)
     raw = (docs / "a.log").read_bytes()
