@@ -48,12 +48,12 @@ from sqlalchemy import (
     table,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import DuplicateError, InputError, StorageError
+from memsdk.errors import DatabaseCorruptedError, DuplicateError, InputError, StorageError
 
 __all__ = [
     "ChunkRecord",
@@ -237,6 +237,8 @@ _POSTGRES_FTS = [
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_QUERY_TERMS = 64
 WRITE_LOCK_KEY = 0x6D656D73  # the PostgreSQL advisory lock every write transaction takes
+# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 
 def _query_phrases(query: str) -> list[list[str]]:
@@ -294,13 +296,35 @@ class SQLStore:
         return engine
 
     def create_schema(self) -> None:
-        """Create the tables (and full-text index) that do not exist yet."""
-        Base.metadata.create_all(self._write_engine)
-        ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
-        if self._write_engine.dialect.name in ("sqlite", "postgresql"):
-            with self._write_engine.begin() as conn:
-                for statement in ddl:
-                    conn.exec_driver_sql(statement)
+        """Create the tables (and full-text index) that do not exist yet.
+
+        Raises:
+            DatabaseCorruptedError: the SQLite file is damaged.
+        """
+        with self._corruption_named():
+            Base.metadata.create_all(self._write_engine)
+            ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
+            if self._write_engine.dialect.name in ("sqlite", "postgresql"):
+                with self._write_engine.begin() as conn:
+                    for statement in ddl:
+                        conn.exec_driver_sql(statement)
+
+    @contextlib.contextmanager
+    def _corruption_named(self) -> Iterator[None]:
+        """Turn SQLite's "database disk image is malformed" and "file is not a database"
+        into a DatabaseCorruptedError that names the repair."""
+        try:
+            yield
+        except DatabaseError as exc:
+            code = getattr(exc.orig, "sqlite_errorcode", None)
+            if code is None or code & 0xFF not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise
+            path = make_url(self.url).database
+            raise DatabaseCorruptedError(
+                f"the SQLite database {path} is damaged ({exc.orig}): restore it from a backup, "
+                "or salvage the rows SQLite can still read with the sqlite3 shell (README, "
+                '"Repairing a damaged database"), then run memsdk rebuild-index --memory DIR'
+            ) from exc
 
     def close(self) -> None:
         self._read_engine.dispose()
@@ -308,7 +332,12 @@ class SQLStore:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._read() as session, session.begin():
+        """A read transaction.
+
+        Raises:
+            DatabaseCorruptedError: the SQLite file is damaged.
+        """
+        with self._corruption_named(), self._read() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
@@ -317,9 +346,15 @@ class SQLStore:
 
         Raises:
             StorageError: the database cannot grow (disk full) or is read-only.
+            DatabaseCorruptedError: the SQLite file is damaged.
         """
         try:
-            with self._write_lock, self._write() as session, session.begin():
+            with (
+                self._corruption_named(),
+                self._write_lock,
+                self._write() as session,
+                session.begin(),
+            ):
                 if self.dialect == "postgresql":
                     # One writer at a time, as SQLite's BEGIN IMMEDIATE: history ids then
                     # commit in the order they are drawn, so an index that has caught up to
