@@ -582,7 +582,8 @@ class HybridMemory:
             stop: a str (encoded as UTF-8, as the prompt is) or bytes, matched against the
                 continuation's bytes.
             temperature: 0 for greedy decoding, else a finite number > 0.
-            seed: the sampling seed (an int in 0..2**64-1); None draws a fresh one.
+            seed: the sampling seed (an int in 0..2**64-1); None samples from torch's global
+                generator.
 
         Raises:
             InputError: an empty or non-text prompt, or one of more than

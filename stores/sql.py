@@ -271,8 +271,16 @@ class SQLStore:
         else:
             self._read_engine = self._write_engine = create_engine(url, pool_pre_ping=True)
         self.dialect = self._read_engine.dialect.name
+        # Chunk ids are INTEGER: 64 bits on SQLite, 32 on PostgreSQL, whose driver refuses a
+        # larger id even in a lookup; an id the column cannot hold belongs to no chunk.
+        bits = 63 if self.is_sqlite else 31
+        self._id_bound = 2**bits
         self._read = sessionmaker(self._read_engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    def _holdable(self, chunk_id: int) -> bool:
+        """Whether the id column can hold ``chunk_id`` (see ``_id_bound``)."""
+        return -self._id_bound <= chunk_id < self._id_bound
 
     @staticmethod
     def _sqlite_engine(url: str, args: dict[str, Any], *, begin: str, busy: float) -> Engine:
@@ -566,6 +574,7 @@ class SQLStore:
 
     def get_chunks(self, scope_id: int, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """The scope's chunks among ``ids``; ids of other scopes are simply absent."""
+        ids = [i for i in ids if self._holdable(i)]
         if not ids:
             return {}
         stmt = (
@@ -616,6 +625,8 @@ class SQLStore:
         Raises:
             DuplicateError: the new text equals another chunk of the scope.
         """
+        if not self._holdable(chunk_id):
+            return False
         with self.writing() as s:
             row = s.scalar(
                 select(ChunkRow).where(ChunkRow.id == chunk_id, ChunkRow.scope_id == scope_id)
@@ -658,6 +669,10 @@ class SQLStore:
 
         Documents left without chunks are removed too. Returns the deleted ids.
         """
+        if ids is not None:
+            ids = [i for i in ids if self._holdable(i)]
+            if not ids:
+                return []
         with self.writing() as s:
             # Only the columns the history needs: not the embeddings of a whole scope.
             stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
@@ -700,6 +715,8 @@ class SQLStore:
     def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
         """Events of one chunk, oldest first. ADD events are stored without text (it would
         double the database); their text is the first later event's old text, or the current."""
+        if not self._holdable(chunk_id):
+            return []
         with self.reading() as s:
             rows = list(
                 s.scalars(

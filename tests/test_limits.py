@@ -238,8 +238,15 @@ def test_integers_past_64_bits_are_input_errors(mem) -> None:
         ):
             with pytest.raises(InputError, match=f"memory id {big} does not fit in 64 bits"):
                 call(big, scope=SCOPE)
-    with pytest.raises(NotFoundError):
-        mem.get(2**63 - 1, scope=SCOPE)  # the largest id is a valid id that does not exist
+    for missing in (2**31, 2**63 - 1, -(2**63)):  # ids that fit, held by no memory
+        for call in (
+            mem.get,
+            mem.delete,
+            mem.history,
+            lambda i, scope: mem.update(i, scope=scope, text="new text"),
+        ):
+            with pytest.raises(NotFoundError):
+                call(missing, scope=SCOPE)
     for label in ("limit", "offset"):
         with pytest.raises(InputError, match=rf"{label} is {2**63}, larger than the databases"):
             mem.get_all(scope=SCOPE, **{label: 2**63})
