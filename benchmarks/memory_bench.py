@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from weights import compressed_bpb  # the sibling benchmark script (benchmarks/ is on sys.path)
 
-from memsdk import HybridMemory, Scope
+from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, score_bytes, stream
 from memsdk.files import atomic_write_bytes
 from memsdk.results import RouteFeatures
@@ -382,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp) as mem:
+    # The anomaly figure scores the second half of BGL_2k (175 KiB) in one surprise() call.
+    config = MemoryConfig(max_score_bytes=256 << 10)
+    with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
         if args.fit_default:
             rows = []
             for name, source in DEVELOPMENT.items():

@@ -16,6 +16,7 @@ from memsdk.config import MemoryConfig
 from memsdk.errors import (
     BusyError,
     ConfigError,
+    DatabaseCorruptedError,
     DuplicateError,
     FilterError,
     FormatError,
@@ -54,6 +55,7 @@ __all__ = [
     "AsyncHybridMemory",
     "BusyError",
     "ConfigError",
+    "DatabaseCorruptedError",
     "DuplicateError",
     "FilterError",
     "FormatError",

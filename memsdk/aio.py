@@ -52,10 +52,12 @@ class AsyncHybridMemory:
         *,
         config: MemoryConfig | None = None,
         rebuild_index: bool = False,
+        create: bool = True,
     ) -> AsyncHybridMemory:
-        """Create or reopen the memory at ``path`` (see :class:`HybridMemory`)."""
+        """Create or reopen the memory at ``path``; with ``create=False`` only reopen it (see
+        :class:`HybridMemory`)."""
         memory = await asyncio.to_thread(
-            HybridMemory.open, path, config=config, rebuild_index=rebuild_index
+            HybridMemory.open, path, config=config, rebuild_index=rebuild_index, create=create
         )
         return cls(memory)
 
@@ -163,7 +165,7 @@ class AsyncHybridMemory:
         *,
         scope: Scope,
         max_bytes: int = 200,
-        stop: str | None = "\n",
+        stop: str | bytes | None = "\n",
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> str:

@@ -28,6 +28,8 @@ def _add_scope_args(p: argparse.ArgumentParser) -> None:
 
 
 def _memory_arg(p: argparse.ArgumentParser) -> None:
+    # Only ingest makes a new memory: the other commands read or repair one, and a mistyped
+    # DIR is an error (exit 2) instead of a new empty memory.
     p.add_argument("--memory", required=True, metavar="DIR", help="the memory directory")
 
 
@@ -67,7 +69,7 @@ def _out(args: argparse.Namespace) -> TextIO:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     filters = json.loads(args.filters) if args.filters else None
-    with HybridMemory.open(args.memory) as mem:
+    with HybridMemory.open(args.memory, create=False) as mem:
         hits = mem.search(args.query, scope=_scope(args), k=args.k, filters=filters)
     if args.json:
         print(json.dumps([h.model_dump(mode="json") for h in hits], indent=2))
@@ -84,7 +86,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     filters = json.loads(args.filters) if args.filters else None
-    with HybridMemory.open(args.memory) as mem:
+    with HybridMemory.open(args.memory, create=False) as mem:
         ans = mem.query(
             args.query,
             scope=_scope(args),
@@ -117,7 +119,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    with HybridMemory.open(args.memory) as mem:
+    with HybridMemory.open(args.memory, create=False) as mem:
         cal = mem.calibrate_router(scope=_scope(args), probes=args.probes, progress=not args.quiet)
     print(
         f"calibrated the router of {cal.scope} on {cal.probes} probes ({cal.needle_probes} "
@@ -130,7 +132,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with HybridMemory.open(args.memory) as mem:
+    with HybridMemory.open(args.memory, create=False) as mem:
         stats = mem.stats()
     if args.json:
         print(stats.model_dump_json(indent=2))
@@ -153,7 +155,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
-    with HybridMemory.open(args.memory) as mem:
+    with HybridMemory.open(args.memory, create=False) as mem:
         if args.drop:
             if not args.tenant:
                 raise ValueError("--drop needs the scope: give --tenant (and --user ...)")
@@ -181,7 +183,9 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
-    with HybridMemory.open(args.memory, rebuild_index=True, progress=not args.quiet) as mem:
+    with HybridMemory.open(
+        args.memory, rebuild_index=True, progress=not args.quiet, create=False
+    ) as mem:
         print(f"rebuilt the vector index of {mem.path}: {len(mem.notepad.index)} vectors")
     return 0
 

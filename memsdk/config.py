@@ -53,6 +53,17 @@ class MemoryConfig(BaseModel):
         "is cut there (both listed in the report's skipped sources)",
     )
     max_query_bytes: int = Field(8192, ge=16, description="largest search query accepted")
+    max_score_bytes: int = Field(
+        64 << 10,
+        ge=16,
+        le=16 << 20,
+        description="largest text the weight model scores in one call: surprise() and "
+        "bits_per_byte() text, complete()'s prompt, a routed query() (the query; the passages "
+        "before it are query_context_bytes at most). Scoring time grows with the text: 64 KiB "
+        "took 3.6 s of CPU on one core of the 2-core AMD EPYC the project measures on "
+        "(surprise and bits_per_byte alike), so at the default no call holds a thread for "
+        "long; a larger text is an InputError naming this limit",
+    )
     max_scopes: int = Field(
         1_000_000,
         ge=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "BusyError",
     "ConfigError",
+    "DatabaseCorruptedError",
     "DuplicateError",
     "FilterError",
     "FormatError",
@@ -57,6 +58,15 @@ class IndexCorruptedError(FormatError):
 
     The SQL database is the source of truth; the message names the command that rebuilds the
     index from it (``memsdk rebuild-index --memory DIR``).
+    """
+
+
+class DatabaseCorruptedError(FormatError):
+    """The memory's SQLite database file is damaged (truncated, overwritten, not a database).
+
+    The database is the source of truth, so nothing else can rebuild it: the message names the
+    repair (restore ``memory.db`` from a backup, or salvage it with the ``sqlite3`` shell's
+    ``.recover``, then rebuild the index).
     """
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import math
 import operator
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Boolean, Float, Text, and_, case, cast, false, func, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
+from memsdk.encoding import check_text
 from memsdk.errors import FilterError, InputError
 from memsdk.stores.sql import ChunkRow
 
@@ -35,20 +37,25 @@ _LOGIC = {"AND": "AND", "and": "AND", "OR": "OR", "or": "OR", "NOT": "NOT", "not
 MAX_METADATA_BYTES = 64 * 1024
 MAX_KEY_CHARS = 256
 _MAX_DEPTH = 16
+# A filter compiles to one SQL expression, and SQLite refuses expressions nested deeper than
+# 1,000 (an OR of n conditions nests n deep); a deeper Python structure would also exhaust the
+# recursion limit. These bounds keep every filter far inside both.
+MAX_FILTER_DEPTH = 16
+MAX_FILTER_TERMS = 512
 # Integers the databases store and compare as numbers: SQLite's and PostgreSQL's bigint.
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
 
 def _check_key(key: Any, *, what: str) -> str:
     if not isinstance(key, str) or not key:
-        raise InputError(f"{what} keys must be non-empty strings, got {key!r}")
+        raise InputError(f"{what} keys must be non-empty strings, got {reprlib.repr(key)}")
     if len(key) > MAX_KEY_CHARS:
         raise InputError(f"{what} key {key[:40]!r}... is longer than {MAX_KEY_CHARS} characters")
     if any(ch in key for ch in '"\\') or any(ord(ch) < 32 for ch in key):
         raise InputError(
             f"{what} key {key!r} holds a double quote, backslash or control character: rename it"
         )
-    return key
+    return check_text(key, f"{what} key {key[:40]!r}")
 
 
 def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -71,6 +78,8 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"metadata value at {path} holds a NUL character, which PostgreSQL cannot "
                 "store: remove it (or store the bytes as text with add/ingest)"
             )
+        if isinstance(value, str):
+            check_text(value, f"metadata value at {path}")
         if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
             raise InputError(
                 f"metadata value at {path} is {value}, outside the 64-bit integers the "
@@ -155,10 +164,14 @@ def _kind(value: Any, key: str, op: str) -> str:
                 f"filter {key!r} {op}: the value holds a NUL character, which no stored "
                 "metadata holds (metadata refuses it): remove it"
             )
+        try:
+            check_text(value, f"filter {key!r} {op}: the value")
+        except InputError as e:
+            raise FilterError(str(e)) from None
         return "string"
     raise FilterError(
         f"filter {key!r} {op}: expected a string, number or bool, got {type(value).__name__} "
-        f"{value!r}"
+        f"{reprlib.repr(value)}"
     )
 
 
@@ -166,14 +179,16 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     key = field.key
     if op in ("in", "nin"):
         if not isinstance(value, list | tuple) or not value:
-            raise FilterError(f"filter {key!r} {op}: expected a non-empty list, got {value!r}")
+            raise FilterError(
+                f"filter {key!r} {op}: expected a non-empty list, got {reprlib.repr(value)}"
+            )
         hit = or_(*(_compare(field, "eq", v) for v in value))
         return hit if op == "in" else not_(hit)
     if op == "ne":
         return not_(_compare(field, "eq", value))
     if op in ("contains", "icontains"):
         if not isinstance(value, str):
-            raise FilterError(f"filter {key!r} {op}: expected a string, got {value!r}")
+            raise FilterError(f"filter {key!r} {op}: expected a string, got {reprlib.repr(value)}")
         _kind(value, key, op)  # refuses NUL characters
         haystack, needle = field.value("string"), value
         if op == "icontains":
@@ -200,28 +215,60 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     return field.test(kind, compare(column, value))
 
 
-def _node(node: Any, dialect: str, where: str) -> ColumnElement[bool]:
+class _Budget:
+    """The conditions a filter has spent while it compiles (at most MAX_FILTER_TERMS)."""
+
+    def __init__(self) -> None:
+        self.terms = 0
+
+    def spend(self, count: int, where: str) -> None:
+        self.terms += count
+        if self.terms > MAX_FILTER_TERMS:
+            raise FilterError(
+                f"filters hold more than {MAX_FILTER_TERMS} conditions (at {where}; each "
+                "comparison, each value of an in/nin list and each AND/OR/NOT branch counts): "
+                "split the call into several, or filter on a coarser metadata key"
+            )
+
+
+def _node(node: Any, dialect: str, where: str, depth: int, budget: _Budget) -> ColumnElement[bool]:
+    if depth > MAX_FILTER_DEPTH:
+        raise FilterError(
+            f"filters nest deeper than {MAX_FILTER_DEPTH} levels (at {where[:200]}...): "
+            "flatten them (NOT of NOT is the filter itself; an AND or OR takes a list)"
+        )
     if not isinstance(node, Mapping):
-        raise FilterError(f"filter {where} must be a dict, got {type(node).__name__} {node!r}")
+        raise FilterError(
+            f"filter {where} must be a dict, got {type(node).__name__} {reprlib.repr(node)}"
+        )
     clauses = []
     for key, cond in node.items():
         logic = _LOGIC.get(key) if isinstance(key, str) else None
         if logic == "NOT":
             parts = cond if isinstance(cond, list | tuple) else [cond]
-            clauses.append(not_(and_(true(), *(_node(p, dialect, f"{where}.NOT") for p in parts))))
+            budget.spend(len(parts), f"{where}.NOT")
+            compiled = [_node(p, dialect, f"{where}.NOT", depth + 1, budget) for p in parts]
+            clauses.append(not_(and_(true(), *compiled)))
         elif logic is not None:
             if not isinstance(cond, list | tuple) or not cond:
                 raise FilterError(
-                    f"filter {where}.{key} expects a non-empty list of filters, got {cond!r}"
+                    f"filter {where}.{key} expects a non-empty list of filters, got "
+                    f"{reprlib.repr(cond)}"
                 )
-            parts = [_node(p, dialect, f"{where}.{key}[{i}]") for i, p in enumerate(cond)]
+            budget.spend(len(cond), f"{where}.{key}")
+            parts = [
+                _node(p, dialect, f"{where}.{key}[{i}]", depth + 1, budget)
+                for i, p in enumerate(cond)
+            ]
             clauses.append(and_(*parts) if logic == "AND" else or_(*parts))
         else:
-            clauses.append(_field_condition(key, cond, dialect))
+            clauses.append(_field_condition(key, cond, dialect, where, budget))
     return and_(true(), *clauses)
 
 
-def _field_condition(key: Any, cond: Any, dialect: str) -> ColumnElement[bool]:
+def _field_condition(
+    key: Any, cond: Any, dialect: str, where: str, budget: _Budget
+) -> ColumnElement[bool]:
     try:
         key = _check_key(key, what="filter")
     except InputError as e:
@@ -233,6 +280,7 @@ def _field_condition(key: Any, cond: Any, dialect: str) -> ColumnElement[bool]:
                 f"filter {key!r}: a bare {type(cond).__name__} is ambiguous; use "
                 f"{{{key!r}: {{'in': [...]}}}} for membership"
             )
+        budget.spend(1, f"{where}.{key}")
         return _compare(field, "eq", cond)
     if not cond:
         raise FilterError(
@@ -246,6 +294,8 @@ def _field_condition(key: Any, cond: Any, dialect: str) -> ColumnElement[bool]:
                 f"unknown filter operator {op!r} on key {key!r}: expected one of "
                 + ", ".join(OPERATORS)
             )
+        values = len(value) if op in ("in", "nin") and isinstance(value, list | tuple) else 1
+        budget.spend(values, f"{where}.{key}.{op}")
         parts.append(_compare(field, op, value))
     return and_(*parts)
 
@@ -259,12 +309,17 @@ def compile_filters(
         None for no filter (None or ``{}``).
 
     Raises:
-        FilterError: unknown operator, a value of the wrong type, a malformed AND/OR/NOT.
+        FilterError: unknown operator, a value of the wrong type, a malformed AND/OR/NOT,
+            nesting deeper than ``MAX_FILTER_DEPTH`` (16) levels, or more than
+            ``MAX_FILTER_TERMS`` (512) conditions, counting each comparison, each value of an
+            in/nin list and each AND/OR/NOT branch.
     """
     if filters is None:
         return None
     if not isinstance(filters, Mapping):
-        raise FilterError(f"filters must be a dict, got {type(filters).__name__} {filters!r}")
+        raise FilterError(
+            f"filters must be a dict, got {type(filters).__name__} {reprlib.repr(filters)}"
+        )
     if not filters:
         return None
-    return _node(filters, dialect, "filters")
+    return _node(filters, dialect, "filters", 1, _Budget())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
+import numbers
 import os
 import threading
 import time
@@ -22,6 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
+from memsdk.encoding import encode_text
 from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
@@ -50,6 +53,7 @@ from memsdk.sources import (
     CountedBlocks,
     Skipped,
     Source,
+    document_label,
     first_block,
     resolve_sources,
 )
@@ -63,6 +67,8 @@ __all__ = ["HybridMemory"]
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
+# Ids, limits and offsets are SQL bigints: the databases refuse larger integers.
+MAX_INT = 2**63 - 1
 
 
 _embedder: MiniLMEmbedder | None = None
@@ -92,7 +98,7 @@ def _shared_embedder() -> MiniLMEmbedder:
 
 def _to_bytes(text: Any, what: str) -> bytes:
     if isinstance(text, str):
-        return text.encode("utf-8", "surrogateescape")
+        return encode_text(text, what)
     if isinstance(text, bytes | bytearray):
         return bytes(text)
     raise InputError(f"{what} must be str or bytes, got {type(text).__name__}")
@@ -110,6 +116,11 @@ def _check_scope(scope: Any) -> Scope:
 def _check_id(memory_id: Any) -> int:
     if isinstance(memory_id, bool) or not isinstance(memory_id, int):
         raise InputError(f"memory id must be an int, got {type(memory_id).__name__} {memory_id!r}")
+    if not -MAX_INT - 1 <= memory_id <= MAX_INT:
+        raise InputError(
+            f"memory id {memory_id} does not fit in 64 bits, so no memory has it: use an id "
+            "that add(), ingest() or search() returned"
+        )
     return memory_id
 
 
@@ -126,10 +137,17 @@ class HybridMemory:
         rebuild_index: rebuild the vector index from SQL before use (repairs a missing or
             corrupted index file; the same as ``memsdk rebuild-index``).
         progress: show a progress bar while rebuilding.
+        create: False opens only an existing memory, so that a mistyped path is an error
+            instead of a new empty memory (the CLI's read commands open memories so).
 
     Raises:
-        InputError: ``path`` is a file or a foreign non-empty directory.
-        FormatError: the directory was written by a newer memsdk or another embedder.
+        NotFoundError: ``create`` is False and there is no memory at ``path``.
+        InputError: ``path`` is a file or a foreign non-empty directory, or not valid text
+            (a lone surrogate).
+        FormatError: the directory was written by a newer memsdk or another embedder, or its
+            manifest is malformed.
+        DatabaseCorruptedError: (a FormatError) the SQLite file is damaged; the message names
+            the repair.
         ConfigError: ``config.database_url`` is not the database the memory keeps its
             records in (a PostgreSQL memory opened without it, or the other way round).
         IndexCorruptedError: the vector index is missing or corrupted (see ``rebuild_index``).
@@ -144,6 +162,7 @@ class HybridMemory:
         config: MemoryConfig | None = None,
         rebuild_index: bool = False,
         progress: bool = False,
+        create: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, MemoryConfig):
             raise InputError(
@@ -159,6 +178,7 @@ class HybridMemory:
             dim=self.embedder.dim,
             busy_timeout_s=self.config.busy_timeout_s,
             load_index=not rebuild_index,
+            create=create,
         )
         self.path = self.notepad.directory
         self._closed = False
@@ -198,9 +218,13 @@ class HybridMemory:
         config: MemoryConfig | None = None,
         rebuild_index: bool = False,
         progress: bool = False,
+        create: bool = True,
     ) -> HybridMemory:
-        """Create or reopen the memory at ``path`` (see the class for arguments and errors)."""
-        return cls(path, config=config, rebuild_index=rebuild_index, progress=progress)
+        """Create or reopen the memory at ``path`` (see the class for arguments and errors);
+        with ``create=False`` only reopen it."""
+        return cls(
+            path, config=config, rebuild_index=rebuild_index, progress=progress, create=create
+        )
 
     def __enter__(self) -> HybridMemory:
         return self
@@ -250,9 +274,13 @@ class HybridMemory:
     ) -> AddResult:
         """Store one text (a fact, a ticket, a note). A long text is cut into several chunks.
 
+        A str is stored as its UTF-8 bytes; U+DC80..U+DCFF stand for the raw bytes 0x80..0xFF
+        (``surrogateescape``), so text decoded that way round-trips exactly (see
+        :mod:`memsdk.encoding`).
+
         Raises:
-            InputError: ``text`` is not str/bytes, is empty or blank, or is larger than
-                ``config.max_text_bytes``; bad metadata or scope.
+            InputError: ``text`` is not str/bytes, is empty or blank, holds another lone
+                surrogate, or is larger than ``config.max_text_bytes``; bad metadata or scope.
         """
         data = _to_bytes(text, "text")
         if not data.strip():
@@ -292,14 +320,17 @@ class HybridMemory:
 
         Args:
             metadata: stored on every chunk of these documents (filterable).
-            name: the document name for a file object or iterable.
+            name: the document name for a file object or iterable. Document names are
+                labels: NUL characters and lone surrogates (a file name's undecodable bytes)
+                are stored as U+FFFD.
             follow_symlinks: let a directory walk follow symlinks that lead outside it.
             progress: show a progress bar in bytes.
 
         Raises:
             NotFoundError: the path does not exist.
-            InputError: an unsupported source, a text file object with undecodable bytes, bad
-                metadata or scope.
+            InputError: an unsupported source, a text file object with undecodable bytes, a
+                str piece with a lone surrogate other than U+DC80..U+DCFF (which stand for
+                raw bytes), bad metadata or scope.
             Exception: whatever a source raises while it is read (an iterable's own error, an
                 ``OSError`` of a file that fails midway): the batches committed before stay, the
                 document is recorded as failed in the ledger, and no empty document is left.
@@ -316,7 +347,9 @@ class HybridMemory:
         limit = self.config.max_document_bytes
 
         def skip(src: Source | Skipped, reason: str) -> None:
-            skipped.append(SkippedSource(source=src.name, reason=reason))
+            skipped.append(
+                SkippedSource(source=document_label(src.name), reason=document_label(reason))
+            )
             logger.info("skipping %s: %s", src.name, reason)
 
         with progress_bar(progress, total=total, desc="ingest", unit="B", unit_scale=True) as bar:
@@ -453,7 +486,7 @@ class HybridMemory:
         if text is not None:
             if not isinstance(text, str) or not text.strip():
                 raise InputError("text must be a non-empty string")
-            data = text.encode("utf-8", "surrogateescape")
+            data = encode_text(text, "text")
             if len(data) > self.config.max_text_bytes:
                 raise InputError(
                     f"text is {len(data)} bytes, at most {self.config.max_text_bytes} allowed"
@@ -520,14 +553,18 @@ class HybridMemory:
             )
         return self.weights
 
-    def _query_bytes(self, text: Any, what: str) -> bytes:
+    def _score_bytes(self, text: Any, what: str, call: str) -> bytes:
+        """``text`` as the bytes a scoring call reads: not empty, at most
+        ``config.max_score_bytes`` (scoring time and memory grow with the text)."""
         data = _to_bytes(text, what)
         if not data:
             raise InputError(f"{what} is empty: give at least one byte")
-        if len(data) > self.config.max_text_bytes:
+        limit = self.config.max_score_bytes
+        if len(data) > limit:
             raise InputError(
-                f"{what} is {len(data)} bytes, at most {self.config.max_text_bytes} are accepted "
-                "(config.max_text_bytes)"
+                f"{what} is {len(data)} bytes, {call} scores at most {limit} in one call "
+                "(MemoryConfig.max_score_bytes): score it in pieces of at most that size, or "
+                "raise the limit"
             )
         return data
 
@@ -537,10 +574,11 @@ class HybridMemory:
         learned from it. Call :meth:`flush` first to include chunks still being absorbed.
 
         Raises:
-            InputError: empty, oversized or non-text input; a bad scope.
+            InputError: empty or non-text input, or more than ``config.max_score_bytes``; a
+                bad scope.
             MemsdkError: the memory was opened with ``weight_memory=False``.
         """
-        data = self._query_bytes(text, "text")
+        data = self._score_bytes(text, "text", "bits_per_byte()")
         return float(byte_losses(self._weight_state(scope), data).mean())
 
     def complete(
@@ -549,32 +587,66 @@ class HybridMemory:
         *,
         scope: Scope,
         max_bytes: int = 200,
-        stop: str | None = "\n",
+        stop: str | bytes | None = "\n",
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> str:
         """Continue ``prompt`` with the scope's weight memory (greedy unless ``temperature``
         > 0). Stops after ``max_bytes`` bytes or at ``stop`` (default: the end of the line;
-        None runs to ``max_bytes``). Returns the continuation, without the prompt and without
-        the stop string.
+        None or empty runs to ``max_bytes``). Returns the continuation, without the prompt and
+        without the stop string.
+
+        Args:
+            max_bytes: the longest continuation, 1..4096 bytes.
+            stop: a str (encoded as UTF-8, as the prompt is) or bytes, matched against the
+                continuation's bytes.
+            temperature: 0 for greedy decoding, else a finite number > 0.
+            seed: the sampling seed (an int in 0..2**64-1); None samples from torch's global
+                generator.
 
         Raises:
-            InputError: empty, oversized or non-text prompt; ``max_bytes`` outside
-                1..4096; a negative temperature; a bad scope.
+            InputError: an empty or non-text prompt, or one of more than
+                ``config.max_score_bytes``; ``max_bytes``, ``stop``, ``temperature`` or
+                ``seed`` of the wrong type or out of range; a bad scope.
             MemsdkError: the memory was opened with ``weight_memory=False``.
         """
-        data = self._query_bytes(prompt, "prompt")
-        if not isinstance(max_bytes, int) or not 1 <= max_bytes <= MAX_COMPLETION_BYTES:
+        data = self._score_bytes(prompt, "prompt", "complete()")
+        if (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, int)
+            or not 1 <= max_bytes <= MAX_COMPLETION_BYTES
+        ):
             raise InputError(
                 f"max_bytes must be an int in 1..{MAX_COMPLETION_BYTES}, got {max_bytes!r}"
             )
-        stop_bytes = stop.encode() if stop else None
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature)
+            or temperature < 0
+        ):
+            raise InputError(
+                f"temperature must be a finite number >= 0 (0 decodes greedily), got "
+                f"{temperature!r}"
+            )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64
+        ):
+            raise InputError(f"seed must be None or an int in 0..2**64-1, got {seed!r}")
+        if isinstance(stop, str):
+            stop_bytes: bytes | None = encode_text(stop, "stop")
+        elif isinstance(stop, bytes | bytearray):
+            stop_bytes = bytes(stop)
+        elif stop is None:
+            stop_bytes = None
+        else:
+            raise InputError(f"stop must be a str, bytes or None, got {type(stop).__name__}")
         out = generate(
             self._weight_state(scope),
             data,
             max_bytes,
-            temperature=temperature,
-            stop=stop_bytes,
+            temperature=float(temperature),
+            stop=stop_bytes or None,
             seed=seed,
         )
         if stop_bytes and out.endswith(stop_bytes):
@@ -625,10 +697,11 @@ class HybridMemory:
                 before any of the scope's data: the baseline to compare against).
 
         Raises:
-            InputError: empty, oversized or non-text input; an unknown ``weights``; a bad scope.
+            InputError: empty or non-text input, or more than ``config.max_score_bytes``; an
+                unknown ``weights``; a bad scope.
             MemsdkError: the memory was opened with ``weight_memory=False``.
         """
-        data = self._query_bytes(text, "text")
+        data = self._score_bytes(text, "text", "surprise()")
         if weights not in ("adapted", "initial"):
             raise InputError(f"weights must be 'adapted' or 'initial', got {weights!r}")
         state = self._weight_state(scope)
@@ -683,7 +756,8 @@ class HybridMemory:
             max_bytes: the longest completion in bytes (1..4096).
 
         Raises:
-            InputError: an empty or oversized query, an unknown route, a bad ``k``,
+            InputError: an empty or oversized query (``max_query_bytes``, and with the weight
+                memory ``max_score_bytes``), an unknown route, a bad ``k``,
                 ``max_bytes`` or scope.
             FilterError: a malformed filter.
             MemsdkError: ``route`` is ``weights`` or ``both`` on a memory opened with
@@ -807,7 +881,7 @@ class HybridMemory:
     def _check_query(self, query: Any, k: Any) -> None:
         if not isinstance(query, str) or not query.strip():
             raise InputError("query must be a non-empty string")
-        size = len(query.encode("utf-8", "surrogatepass"))
+        size = len(encode_text(query, "query"))
         if size > self.config.max_query_bytes:
             raise InputError(
                 f"query is {size} bytes, at most {self.config.max_query_bytes}: search with a "
@@ -842,6 +916,11 @@ class HybridMemory:
         for label, value, low in (("limit", limit, 1), ("offset", offset, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{label} must be an int >= {low}, got {value!r}")
+            if value > MAX_INT:
+                raise InputError(
+                    f"{label} is {value}, larger than the databases take (2**63 - 1): page "
+                    "with smaller limits and offsets"
+                )
         where = compile_filters(filters, dialect=self.notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:

@@ -90,6 +90,14 @@ class Recall:
             raise InputError(f"max_bytes must be an int, got {max_bytes!r}")
         if not 1 <= max_bytes <= MAX_COMPLETION_BYTES:
             raise InputError(f"max_bytes must be in 1..{MAX_COMPLETION_BYTES}, got {max_bytes}")
+        size = len(query.encode("utf-8", "surrogateescape"))
+        limit = self.memory.config.max_score_bytes
+        if self.memory.weights is not None and size > limit:
+            raise InputError(
+                f"query is {size} bytes, and a routed query is scored by the weight model, "
+                f"which reads at most {limit} (MemoryConfig.max_score_bytes): shorten it, use "
+                "search(), or raise the limit"
+            )
         if self.memory.weights is None and route in ("weights", "both"):
             raise MemsdkError(
                 f"route={route!r} needs the weight memory, and {self.memory.path} was opened with "

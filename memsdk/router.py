@@ -38,6 +38,7 @@ from memsdk.results import RouteFeatures, SearchHit
 __all__ = [
     "BRANCHES",
     "DEFAULT_POLICY_PATH",
+    "MAX_IDENTIFIER_CHARS",
     "ROUTES",
     "BranchScore",
     "Policy",
@@ -46,6 +47,7 @@ __all__ = [
     "explain",
     "feature_vector",
     "fit_policy",
+    "identifier_spans",
     "line_shape",
     "make_probes",
     "passage_context",
@@ -65,12 +67,30 @@ FIT_STEPS = 400
 FIT_LR = 0.05
 
 _WORD = re.compile(r"\w+")
+# Every pattern below runs on text a caller or an LLM supplies, or on stored lines, so each is
+# linear in its input: a greedy run that could split one string in many ways (``\w+`` next to
+# a class that also holds ``_``) is exponential, and ``[...]*\d`` retried at every position of
+# a long run without digits is quadratic. Possessive quantifiers (``*+``, ``++``) never give
+# back what they took; tests/test_hangs.py times the worst inputs.
+#
 # Tokens holding a digit: ids, numbers, times, addresses. Masking them gives a line's shape.
-_VARIABLE = re.compile(r"[\w.:/\-]*\d[\w.:/\-]*")
+# A token is a maximal run of [\w.:/-]: the lookbehind starts a match only where a run starts,
+# the lazy part stops at the run's first digit, and the possessive rest takes the run's end.
+_VARIABLE = re.compile(r"(?<![\w.:/\-])[\w.:/\-]*?\d[\w.:/\-]*+")
 
 
-# Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs.
-_IDENTIFIER = re.compile(r"^(?=.*\d)[\w.:/\\@#\-+]{3,}$|^[/~.]?\w+(?:[-_:/.]\w+)+$")
+# Query pieces that look like identifiers: ids, numbers, hex, paths, host:port, UUIDs. Either
+# a piece of at least 3 id characters holding a digit, or an optional [/~.] and then word runs
+# joined by single separators [-:/.] (``R02-M1``, ``/var/log/syslog``), with at least one
+# separator, where an ``_`` inside a word run (``blk_x``) counts as one. ``_`` is a word
+# character, so that rule is a lookahead, not a second way to split the piece.
+_IDENTIFIER = re.compile(
+    r"(?=.*?\d)[\w.:/\\@#\-+]{3,}+\Z"
+    r"|[/~.]?(?=\w*?(?:[-:/.]|\w_\w))(?:\w++[-:/.])*+\w++\Z"
+)
+# A longer piece is not an identifier (ids, hashes, paths and URLs are shorter); the bound also
+# caps what each identifier costs later, when whole_word() looks for it in stored text.
+MAX_IDENTIFIER_CHARS = 256
 _TRIM = "\"'`()[]{}<>,;!?"
 
 
@@ -80,11 +100,15 @@ def whole_word(span: str) -> re.Pattern[str]:
 
 
 def identifier_spans(query: str) -> list[str]:
-    """Identifier-like pieces of a query: ``blk_-160...``, ``R02-M1-N0-C:J12-U11``, ``4812``."""
+    """Identifier-like pieces of a query: ``blk_-160...``, ``R02-M1-N0-C:J12-U11``, ``4812``.
+
+    Pieces are split at white space; one longer than ``MAX_IDENTIFIER_CHARS`` is never an
+    identifier. Linear in the length of ``query``, whatever it holds.
+    """
     spans = []
     for piece in query.split():
         piece = piece.strip(_TRIM).rstrip(".:")  # sentence punctuation is not part of an id
-        if _IDENTIFIER.match(piece):
+        if len(piece) <= MAX_IDENTIFIER_CHARS and _IDENTIFIER.match(piece):
             spans.append(piece)
     return spans
 
@@ -325,7 +349,7 @@ def passage_context(query: str, hits: Sequence[SearchHit], *, budget: int) -> st
     A line scores by the query's identifiers it holds whole (they dominate), then by the share
     of the query's words it holds, then by its passage's rank.
     """
-    spans = [re.compile(r"(?<!\w)" + re.escape(s) + r"(?!\w)") for s in identifier_spans(query)]
+    spans = [whole_word(span) for span in identifier_spans(query)]
     words = {w.lower() for w in _WORD.findall(query)}
     scored = []
     seen = set()
@@ -397,7 +421,8 @@ class Probe:
 
 
 def line_shape(line: str) -> str:
-    """A line with every token that holds a digit masked: lines of one log template share it."""
+    """A line with every token that holds a digit masked: lines of one log template share it.
+    Linear in the length of ``line``."""
     return _VARIABLE.sub("#", line)
 
 

@@ -6,6 +6,8 @@ import unicodedata
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from memsdk.encoding import lone_surrogate
+
 __all__ = ["Scope"]
 
 MAX_SCOPE_PART = 256
@@ -21,7 +23,7 @@ class Scope(BaseModel):
 
     Raises:
         pydantic.ValidationError: (a ``ValueError``) a part is empty, too long, not a string,
-            or holds control characters.
+            or holds control characters or a lone surrogate (U+D800..U+DFFF).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -42,6 +44,12 @@ class Scope(BaseModel):
             raise ValueError(f"is {len(value)} characters long, at most {MAX_SCOPE_PART} allowed")
         if any(unicodedata.category(ch) == "Cc" for ch in value):
             raise ValueError("holds control characters (such as NUL or newline): remove them")
+        index = lone_surrogate(value)
+        if index is not None:
+            raise ValueError(
+                f"holds the lone surrogate U+{ord(value[index]):04X} at index {index}, which is "
+                "not text and has no UTF-8 encoding: remove it"
+            )
         return value
 
     def key(self) -> tuple[str, str, str, str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from memsdk.encoding import encode_text
 from memsdk.errors import InputError, NotFoundError
 
 __all__ = [
@@ -58,6 +60,9 @@ class Source:
     size: int | None
     blocks: Callable[[], Iterator[bytes]]
     sniff: bool  # check for binary content before ingesting
+
+    def __post_init__(self) -> None:
+        self.name = document_label(self.name)
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def _fileobj_blocks(f: BinaryIO | TextIO, name: str) -> Callable[[], Iterator[by
                 ) from None
             if not block:
                 return
-            yield block.encode("utf-8", "surrogateescape") if isinstance(block, str) else block
+            yield encode_text(block, name) if isinstance(block, str) else block
 
     return blocks
 
@@ -137,7 +142,7 @@ def _iter_blocks(items: Iterable[Any], name: str) -> Callable[[], Iterator[bytes
     def blocks() -> Iterator[bytes]:
         for i, item in enumerate(items):
             if isinstance(item, str):
-                yield item.encode("utf-8", "surrogateescape")
+                yield encode_text(item, f"{name}: item {i}")
             elif isinstance(item, bytes | bytearray | memoryview):
                 yield bytes(item)
             else:
@@ -149,10 +154,14 @@ def _iter_blocks(items: Iterable[Any], name: str) -> Callable[[], Iterator[bytes
     return blocks
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def document_label(name: str) -> str:
-    """A document name as stored: NUL characters (which PostgreSQL text cannot hold) become
-    U+FFFD, as they do in chunk text."""
-    return name.replace("\x00", "\ufffd")
+    """A document name as stored: NUL characters (which PostgreSQL text cannot hold) and lone
+    surrogates (which no UTF-8 text holds; ``os`` gives one for each undecodable byte of a file
+    name) become U+FFFD, as invalid bytes do in chunk text."""
+    return _SURROGATE.sub("\ufffd", name.replace("\x00", "\ufffd"))
 
 
 def _inside(path: str, root: str) -> bool:

@@ -70,6 +70,14 @@ ROWS = [
         "StorageError, ingest goes on once space is free",
         "tests/test_limits.py::test_a_full_disk_keeps_every_committed_chunk",
     ),
+    (
+        "regex_hang",
+        "the worst inputs of the patterns memsdk applies to text (identifiers in a "
+        "{query_bytes}-byte query, shapes of {line_kib} KiB lines, calibration probes, search "
+        "and a routed query), each call in a subprocess killed past {ceiling_s:.0f} s",
+        "{inputs} inputs, slowest {slowest_s:.2f} s",
+        "tests/test_hangs.py",
+    ),
 ]
 
 

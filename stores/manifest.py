@@ -72,6 +72,11 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest | None:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise FormatError(
+            f"{path} is a directory, not a memsdk manifest (a small JSON file): restore the "
+            "file from a backup of the memory"
+        ) from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise FormatError(
             f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not a memsdk manifest"
@@ -99,6 +104,25 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest | None:
         manifest = Manifest(**fields)
     except TypeError as e:
         raise FormatError(f"{path} is missing fields: {e}") from None
-    if not isinstance(manifest.embedder_name, str) or not isinstance(manifest.embedder_dim, int):
-        raise FormatError(f"{path} has a malformed embedder entry")
+    for name, expected in _FIELD_TYPES.items():
+        value = getattr(manifest, name)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise FormatError(
+                f'{path} has "{name}": {json.dumps(value)[:80]}, expected a '
+                f"{'string' if expected is str else 'whole number'}: restore the manifest from "
+                "a backup of the memory, or correct that field"
+            )
     return manifest
+
+
+# The JSON type of each manifest field (the dataclass annotations are strings at run time).
+_FIELD_TYPES = {
+    "embedder_name": str,
+    "embedder_dim": int,
+    "metric": str,
+    "index_type": str,
+    "database": str,
+    "memsdk_version": str,
+    "format_version": int,
+    "created_at": str,
+}

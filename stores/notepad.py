@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import ConfigError, FormatError, IndexCorruptedError, InputError
+from memsdk.encoding import lone_surrogate
+from memsdk.errors import ConfigError, FormatError, IndexCorruptedError, InputError, NotFoundError
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
@@ -79,10 +80,14 @@ class Notepad:
         embedder_name, dim: the embedder the vectors come from (checked against the manifest).
         busy_timeout_s: SQLite lock wait.
         load_index: False skips reading the index file (used to rebuild a broken one).
+        create: False refuses to make a new memory where there is none.
 
     Raises:
-        InputError: ``directory`` is a file, or a non-empty folder that is not a memory.
+        NotFoundError: ``create`` is False and ``directory`` holds no memory.
+        InputError: ``directory`` is a file, a non-empty folder that is not a memory, or a
+            path with a lone surrogate.
         FormatError: the manifest is corrupted, newer, or names another embedder.
+        DatabaseCorruptedError: the SQLite file is damaged (names the repair).
         ConfigError: ``database_url`` is not the database the memory keeps its records in.
         IndexCorruptedError: the index file is missing or unreadable (names the rebuild command).
     """
@@ -96,7 +101,16 @@ class Notepad:
         dim: int,
         busy_timeout_s: float = 30.0,
         load_index: bool = True,
+        create: bool = True,
     ) -> None:
+        text = os.fspath(directory)
+        index = lone_surrogate(text) if isinstance(text, str) else None
+        if index is not None:
+            raise InputError(
+                f"memory path {text!r} holds the lone surrogate U+{ord(text[index]):04X} at index "
+                f"{index}, which is not text (the database and index files need UTF-8 paths): "
+                "pick a path of valid text"
+            )
         self.directory = Path(directory).expanduser().resolve()
         if self.directory.exists() and not self.directory.is_dir():
             raise InputError(
@@ -107,6 +121,11 @@ class Notepad:
             raise InputError(
                 f"{self.directory} is not empty and has no {MANIFEST_NAME}: it is not a memsdk "
                 "memory; open an empty or new directory instead"
+            )
+        if manifest is None and not create:
+            raise NotFoundError(
+                f"no memory at {self.directory}: check the path (a memory is made by ingesting "
+                "into a new directory, or by opening it with create=True)"
             )
         self.directory.mkdir(parents=True, exist_ok=True)
         url = database_url or f"sqlite:///{self.directory / DATABASE_NAME}"

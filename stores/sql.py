@@ -48,12 +48,12 @@ from sqlalchemy import (
     table,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import DuplicateError, InputError, StorageError
+from memsdk.errors import DatabaseCorruptedError, DuplicateError, InputError, StorageError
 
 __all__ = [
     "ChunkRecord",
@@ -237,6 +237,8 @@ _POSTGRES_FTS = [
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _MAX_QUERY_TERMS = 64
 WRITE_LOCK_KEY = 0x6D656D73  # the PostgreSQL advisory lock every write transaction takes
+# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 
 
 def _query_phrases(query: str) -> list[list[str]]:
@@ -269,8 +271,16 @@ class SQLStore:
         else:
             self._read_engine = self._write_engine = create_engine(url, pool_pre_ping=True)
         self.dialect = self._read_engine.dialect.name
+        # Chunk ids are INTEGER: 64 bits on SQLite, 32 on PostgreSQL, whose driver refuses a
+        # larger id even in a lookup; an id the column cannot hold belongs to no chunk.
+        bits = 63 if self.is_sqlite else 31
+        self._id_bound = 2**bits
         self._read = sessionmaker(self._read_engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    def _holdable(self, chunk_id: int) -> bool:
+        """Whether the id column can hold ``chunk_id`` (see ``_id_bound``)."""
+        return -self._id_bound <= chunk_id < self._id_bound
 
     @staticmethod
     def _sqlite_engine(url: str, args: dict[str, Any], *, begin: str, busy: float) -> Engine:
@@ -294,13 +304,35 @@ class SQLStore:
         return engine
 
     def create_schema(self) -> None:
-        """Create the tables (and full-text index) that do not exist yet."""
-        Base.metadata.create_all(self._write_engine)
-        ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
-        if self._write_engine.dialect.name in ("sqlite", "postgresql"):
-            with self._write_engine.begin() as conn:
-                for statement in ddl:
-                    conn.exec_driver_sql(statement)
+        """Create the tables (and full-text index) that do not exist yet.
+
+        Raises:
+            DatabaseCorruptedError: the SQLite file is damaged.
+        """
+        with self._corruption_named():
+            Base.metadata.create_all(self._write_engine)
+            ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
+            if self._write_engine.dialect.name in ("sqlite", "postgresql"):
+                with self._write_engine.begin() as conn:
+                    for statement in ddl:
+                        conn.exec_driver_sql(statement)
+
+    @contextlib.contextmanager
+    def _corruption_named(self) -> Iterator[None]:
+        """Turn SQLite's "database disk image is malformed" and "file is not a database"
+        into a DatabaseCorruptedError that names the repair."""
+        try:
+            yield
+        except DatabaseError as exc:
+            code = getattr(exc.orig, "sqlite_errorcode", None)
+            if code is None or code & 0xFF not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise
+            path = make_url(self.url).database
+            raise DatabaseCorruptedError(
+                f"the SQLite database {path} is damaged ({exc.orig}): restore it from a backup, "
+                "or salvage the rows SQLite can still read with the sqlite3 shell (README, "
+                '"Repairing a damaged database"), then run memsdk rebuild-index --memory DIR'
+            ) from exc
 
     def close(self) -> None:
         self._read_engine.dispose()
@@ -308,7 +340,12 @@ class SQLStore:
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._read() as session, session.begin():
+        """A read transaction.
+
+        Raises:
+            DatabaseCorruptedError: the SQLite file is damaged.
+        """
+        with self._corruption_named(), self._read() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
@@ -317,9 +354,15 @@ class SQLStore:
 
         Raises:
             StorageError: the database cannot grow (disk full) or is read-only.
+            DatabaseCorruptedError: the SQLite file is damaged.
         """
         try:
-            with self._write_lock, self._write() as session, session.begin():
+            with (
+                self._corruption_named(),
+                self._write_lock,
+                self._write() as session,
+                session.begin(),
+            ):
                 if self.dialect == "postgresql":
                     # One writer at a time, as SQLite's BEGIN IMMEDIATE: history ids then
                     # commit in the order they are drawn, so an index that has caught up to
@@ -540,6 +583,7 @@ class SQLStore:
 
     def get_chunks(self, scope_id: int, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """The scope's chunks among ``ids``; ids of other scopes are simply absent."""
+        ids = [i for i in ids if self._holdable(i)]
         if not ids:
             return {}
         stmt = (
@@ -590,6 +634,8 @@ class SQLStore:
         Raises:
             DuplicateError: the new text equals another chunk of the scope.
         """
+        if not self._holdable(chunk_id):
+            return False
         with self.writing() as s:
             row = s.scalar(
                 select(ChunkRow).where(ChunkRow.id == chunk_id, ChunkRow.scope_id == scope_id)
@@ -632,6 +678,10 @@ class SQLStore:
 
         Documents left without chunks are removed too. Returns the deleted ids.
         """
+        if ids is not None:
+            ids = [i for i in ids if self._holdable(i)]
+            if not ids:
+                return []
         with self.writing() as s:
             # Only the columns the history needs: not the embeddings of a whole scope.
             stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
@@ -674,6 +724,8 @@ class SQLStore:
     def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
         """Events of one chunk, oldest first. ADD events are stored without text (it would
         double the database); their text is the first later event's old text, or the current."""
+        if not self._holdable(chunk_id):
+            return []
         with self.reading() as s:
             rows = list(
                 s.scalars(

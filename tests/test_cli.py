@@ -49,3 +49,35 @@ def test_console_script_is_installed():
     assert exe.exists(), f"no memsdk console script at {exe}: pip install -e ."
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "rebuild-index" in out.stdout
+
+
+def test_read_commands_never_create_a_memory_at_a_mistyped_path(tmp_path, capsys):
+    memory = tmp_path / "memory"
+    assert main(["ingest", str(_log(tmp_path)), "--memory", str(memory), "--tenant", "acme"]) == 0
+    capsys.readouterr()
+    typo = tmp_path / "memroy"
+    scope = ["--tenant", "acme"]
+    for argv in (
+        ["search", "req-00042", "--memory", str(typo), *scope],
+        ["query", "req-00042", "--memory", str(typo), *scope],
+        ["calibrate", "--memory", str(typo), *scope, "--quiet"],
+        ["stats", "--memory", str(typo)],
+        ["sessions", "--memory", str(typo)],
+        ["rebuild-index", "--memory", str(typo), "--quiet"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"memsdk {argv[0]}: error: no memory at {typo}: check the path" in err, err
+        assert not typo.exists(), argv
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["stats", "--memory", str(empty)]) == 2
+    assert "no memory at" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
+    assert main(["stats", "--memory", str(memory)]) == 0  # the real one still reads
+
+
+def _log(tmp_path: Path) -> Path:
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"2026-11-22 req-{i:05d} GET /api/orders/{i} 200\n" for i in range(50)))
+    return log

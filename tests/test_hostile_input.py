@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import re
+import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memsdk import (
+    DatabaseCorruptedError,
     DuplicateError,
     FilterError,
     FormatError,
@@ -33,6 +39,24 @@ from memsdk.stores.vector_index import VectorIndex
 from memsdk.stores.weights import WeightDeltas
 
 SCOPE = Scope(tenant="hostile")
+# Lone surrogates: U+DC80..U+DCFF stand for raw bytes in text (surrogateescape), the rest are
+# not text at all. Hypothesis draws str without them unless asked, so every strategy mixes
+# these in.
+SURROGATES = ["\ud800", "\udbff", "\udc00", "\udc7f", "\udc80", "\udcff", "\udd00", "\udfff"]
+_with_surrogates = st.lists(
+    st.sampled_from(SURROGATES) | st.text(max_size=6), min_size=1, max_size=8
+).map("".join)
+
+
+def _unencodable(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate that stands for no byte."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 EXAMPLES = {"text": 80, "filters": 150, "metadata": 80, "scopes": 40, "files": 60}
 TRIED: dict[str, int] = {}  # examples hypothesis ran, per test, for RELIABILITY.md
 
@@ -66,13 +90,17 @@ def _count(mem: HybridMemory, scope: Scope = SCOPE) -> int:
 
 
 @settings(max_examples=EXAMPLES["text"], **SETTINGS)
-@given(data=st.one_of(st.text(max_size=2000), st.binary(max_size=2000)))
+@given(data=st.one_of(st.text(max_size=2000), st.binary(max_size=2000), _with_surrogates))
 def test_any_text_or_bytes_is_stored_exactly_or_refused(memory, data, figures) -> None:
     _tried(figures, "text_and_bytes")
     before = _count(memory)
     try:
         result = memory.add(data, scope=SCOPE)
     except InputError as exc:
+        if isinstance(data, str) and _unencodable(data):
+            assert "lone surrogate" in str(exc)
+            assert _count(memory) == before
+            return
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
         assert not raw.strip(), exc
         assert _count(memory) == before
@@ -96,7 +124,12 @@ def test_any_stream_of_pieces_ingests(memory, pieces, figures) -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | _with_surrogates,
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
@@ -106,7 +139,7 @@ _keys = st.sampled_from(
     ["ticket", "team", "AND", "OR", "NOT", "eq", "gte", "in", "contains", "", "$where", "a.b"]
 )
 _filters = st.recursive(
-    st.dictionaries(_keys | st.text(max_size=6), _json, max_size=3),
+    st.dictionaries(_keys | st.text(max_size=6) | _with_surrogates, _json, max_size=3),
     lambda inner: st.dictionaries(_keys, inner | st.lists(inner, max_size=3) | _json, max_size=3),
     max_leaves=10,
 )
@@ -131,7 +164,11 @@ def test_any_filter_selects_or_is_a_filter_error(memory, filters, figures) -> No
 
 
 @settings(max_examples=EXAMPLES["metadata"], **SETTINGS)
-@given(metadata=st.one_of(_json, st.dictionaries(st.text(max_size=10), _json, max_size=4)))
+@given(
+    metadata=st.one_of(
+        _json, st.dictionaries(st.text(max_size=10) | _with_surrogates, _json, max_size=4)
+    )
+)
 def test_any_metadata_round_trips_or_is_refused(memory, metadata, figures) -> None:
     _tried(figures, "metadata")
     text = f"metadata probe {uuid.uuid4()}"  # hypothesis seeds `random`: uuid4 is unique
@@ -146,8 +183,21 @@ def test_any_metadata_round_trips_or_is_refused(memory, metadata, figures) -> No
     assert json.loads(json.dumps(stored)) == stored
 
 
-_names = st.text(min_size=1, max_size=40).filter(str.strip) | st.sampled_from(
-    ["../../etc/passwd", "a/b\\c", "'; DROP TABLE chunks; --", "%", "_", "\u202e", "x" * 256, ".."]
+_names = (
+    st.text(min_size=1, max_size=40).filter(str.strip)
+    | st.sampled_from(
+        [
+            "../../etc/passwd",
+            "a/b\\c",
+            "'; DROP TABLE chunks; --",
+            "%",
+            "_",
+            "\u202e",
+            "x" * 256,
+            "..",
+        ]
+    )
+    | _with_surrogates.filter(str.strip)
 )
 
 
@@ -176,6 +226,129 @@ def test_any_scope_name_is_plain_data(memory, tenant, user, figures) -> None:
         "weights",
         "router",
     }
+
+
+def test_lone_surrogates_in_every_field_are_clear_errors(memory, tmp_path) -> None:
+    """U+D800 is not text: each field that takes a str refuses it by name (text fields keep
+    U+DC80..U+DCFF, which stand for raw bytes); document names store it as U+FFFD."""
+    bad = "x\ud800y"
+    before = _count(memory)
+    lone = "holds the lone surrogate U+D800 at index 1, which is not text and has no UTF-8 encoding"
+    text_fix = "pass bytes, or a str decoded with errors='surrogateescape' or 'replace'"
+    cases = [
+        (lambda: memory.add(bad, scope=SCOPE), f"text {lone}: {text_fix}"),
+        (lambda: memory.ingest(["ok\n", bad], scope=SCOPE, name="s"), f"s: item 1 {lone}"),
+        (lambda: memory.update(1, scope=SCOPE, text=bad), f"text {lone}"),
+        (lambda: memory.search(bad, scope=SCOPE), f"query {lone}"),
+        (lambda: memory.query(bad, scope=SCOPE), f"query {lone}"),
+        (lambda: memory.surprise(bad, scope=SCOPE), f"text {lone}"),
+        (lambda: memory.bits_per_byte(bad, scope=SCOPE), f"text {lone}"),
+        (lambda: memory.complete(bad, scope=SCOPE), f"prompt {lone}"),
+        (lambda: memory.complete("node", scope=SCOPE, stop=bad), f"stop {lone}"),
+        (
+            lambda: memory.add("m", scope=SCOPE, metadata={"k": bad}),
+            f"metadata value at k {lone}: remove it, or replace it with U+FFFD",
+        ),
+        (
+            lambda: memory.add("m", scope=SCOPE, metadata={"k": [{"j": "\udcff"}]}),
+            "metadata value at k[0].j holds the lone surrogate U+DCFF",
+        ),
+        (
+            lambda: memory.add("m", scope=SCOPE, metadata={bad: 1}),
+            f"metadata key 'x\\ud800y' {lone}",
+        ),
+        (
+            lambda: memory.search("node", scope=SCOPE, filters={"team": bad}),
+            f"filter 'team' eq: the value {lone}",
+        ),
+        (
+            lambda: memory.search("node", scope=SCOPE, filters={"team": {"contains": bad}}),
+            f"filter 'team' contains: the value {lone}",
+        ),
+        (
+            lambda: memory.get_all(scope=SCOPE, filters={"OR": [{bad: 1}]}),
+            f"filter key 'x\\ud800y' {lone}",
+        ),
+    ]
+    for call, message in cases:
+        with pytest.raises(InputError, match=re.escape(message)):
+            call()
+    with pytest.raises(FilterError):
+        memory.search("node", scope=SCOPE, filters={"team": {"in": ["net", bad]}})
+    for part in ("tenant", "user", "agent", "run"):
+        with pytest.raises(ValueError, match=rf"{part}\n.*holds the lone surrogate U\+D800"):
+            Scope(**{"tenant": "t", part: bad})
+    assert _count(memory) == before
+    # Text keeps U+DC80..U+DCFF: they are the bytes a surrogateescape decode could not read.
+    (escaped,) = memory.add("raw \udcff byte", scope=SCOPE).ids
+    assert memory.get(escaped, scope=SCOPE).data == b"raw \xff byte"
+    assert memory.complete("node", scope=SCOPE, stop="\udcff", max_bytes=8) is not None
+    # Document names are labels: a lone surrogate is stored as U+FFFD.
+    report = memory.ingest(["named oddly\n"], scope=SCOPE, name=bad)
+    (doc_chunk,) = [
+        i for i in memory.get_all(scope=SCOPE, limit=100_000) if i.text == "named oddly\n"
+    ]
+    assert doc_chunk.source == "x\ufffdy" and report.documents == 1
+    odd = tmp_path / "docs"
+    odd.mkdir()
+    (odd / os.fsdecode(b"caf\xe9.log")).write_text("a file whose name is not UTF-8\n")
+    report = memory.ingest(odd, scope=SCOPE)
+    assert report.documents == 1
+    (item,) = [
+        i for i in memory.get_all(scope=SCOPE, limit=100_000) if i.text.startswith("a file whose")
+    ]
+    assert item.source.endswith("caf\ufffd.log")
+
+
+def test_complete_refuses_bad_sampling_arguments(memory) -> None:
+    for kwargs, message in (
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0.*got nan"),
+        ({"temperature": float("inf")}, "temperature must be a finite number >= 0.*got inf"),
+        ({"temperature": "hot"}, "temperature must be a finite number >= 0.*got 'hot'"),
+        ({"temperature": True}, "temperature must be a finite number"),
+        ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+        (
+            {"seed": 2**70},
+            r"seed must be None or an int in 0\.\.2\*\*64-1, got 1180591620717411303424",
+        ),
+        ({"seed": -1}, r"seed must be None or an int in 0\.\.2\*\*64-1"),
+        ({"seed": "7"}, "seed must be None or an int"),
+        ({"stop": 5}, "stop must be a str, bytes or None, got int"),
+        ({"max_bytes": True}, r"max_bytes must be an int in 1\.\.4096, got True"),
+    ):
+        with pytest.raises(InputError, match=message):
+            memory.complete("node-3 said", scope=SCOPE, **kwargs)
+    # bytes stop: the same stop as its str, matched on the continuation's bytes
+    memory.flush()  # the weights stop changing under the comparisons
+    greedy = memory.complete("node-3 said", scope=SCOPE, max_bytes=60)
+    assert memory.complete("node-3 said", scope=SCOPE, max_bytes=60, stop=b"\n") == greedy
+    sampled = memory.complete("node-3", scope=SCOPE, temperature=0.8, seed=2**64 - 1)
+    assert sampled == memory.complete("node-3", scope=SCOPE, temperature=0.8, seed=2**64 - 1)
+
+
+def test_filters_have_a_depth_and_width_limit(memory) -> None:
+    nested: dict = {"team": "net"}
+    for _ in range(1000):
+        nested = {"NOT": nested}
+    with pytest.raises(FilterError, match="filters nest deeper than 16 levels"):
+        memory.search("node-3 said", scope=SCOPE, filters=nested)
+    wide = {"OR": [{"ticket": i} for i in range(3000)]}
+    for filters in (wide, {"ticket": {"in": list(range(3000))}}, {"OR": [{}] * 600}):
+        with pytest.raises(FilterError, match="filters hold more than 512 conditions"):
+            memory.get_all(scope=SCOPE, filters=filters)
+    # The largest filters allowed compile to SQL the database runs.
+    deep: dict = {"OR": [{"ticket": i} for i in range(200)]}  # 16 levels of dicts
+    for _ in range(14):
+        deep = {"AND": [deep]}
+    for filters in (
+        {"OR": [{"ticket": i} for i in range(256)]},
+        {"ticket": {"in": list(range(511))}},
+        {"ticket": {"nin": list(range(8, 519))}},
+        deep,
+    ):
+        found = memory.get_all(scope=SCOPE, filters=filters, limit=100_000)
+        assert found and all(i.metadata.get("ticket", 7) == 7 for i in found)  # nin: or absent
+        assert memory.search("node-3 said", scope=SCOPE, k=2, filters=filters)
 
 
 # ---- forged and truncated files ---------------------------------------------------------------
@@ -268,3 +441,82 @@ def test_a_pickle_planted_in_a_memory_is_never_executed(tmp_path, caplog) -> Non
     with pytest.raises(MemsdkError):
         HybridMemory.open(memory, config=MemoryConfig())
     assert not trap.exists()
+
+
+@pytest.fixture(scope="module")
+def memory_to_damage(tmp_path_factory, database) -> Path:
+    if database != "sqlite":
+        pytest.skip("damages a SQLite file (PostgreSQL keeps its own files)")
+    path = tmp_path_factory.mktemp("damage") / "memory"
+    with HybridMemory.open(path, config=MemoryConfig(weight_memory=False)) as mem:
+        lines = [f"line {i}: node-{i % 7} said {i * 7919} after {i % 13} s\n" for i in range(3000)]
+        mem.ingest(lines, scope=SCOPE, name="log", metadata={"team": "net"})
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate half", "overwrite header", "zero the middle"])
+def test_a_damaged_database_names_the_repair(memory_to_damage, tmp_path, damage) -> None:
+    path = tmp_path / "memory"
+    shutil.copytree(memory_to_damage, path)
+    db = path / "memory.db"
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        if damage == "truncate half":
+            f.truncate(size // 2)
+        elif damage == "overwrite header":
+            f.write(b"\xde\xad\xbe\xef" * 25)  # the 100-byte header
+        else:
+            f.seek(size // 3)
+            f.write(b"\x00" * (size // 3))
+    repair = r"restore it from a backup, or salvage .*README.*memsdk rebuild-index --memory DIR"
+    config = MemoryConfig(weight_memory=False)
+    try:
+        mem = HybridMemory.open(path, config=config)
+    except DatabaseCorruptedError as exc:
+        assert re.search(
+            rf"{db} is damaged \((database disk image is malformed|file is not a "
+            rf"database)\): {repair}",
+            str(exc),
+        ), exc
+        assert damage != "zero the middle"  # the schema pages are intact there
+        return
+    with mem:
+        for call in (
+            lambda: mem.search("node-3 said", scope=SCOPE),
+            lambda: mem.get_all(scope=SCOPE, limit=100_000),
+            lambda: mem.add("a new fact", scope=SCOPE),
+            mem.stats,
+        ):
+            with pytest.raises(DatabaseCorruptedError, match=repair):
+                call()
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs the sqlite3 shell")
+def test_the_readme_salvage_of_a_damaged_database_works(memory_to_damage, tmp_path) -> None:
+    """The commands the README gives under "Repairing a damaged database", run as written."""
+    path = tmp_path / "memory"
+    shutil.copytree(memory_to_damage, path)
+    db = path / "memory.db"
+    os.truncate(db, db.stat().st_size // 2)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Repairing a damaged database", 1)[1].split("###", 1)[0]
+    script = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(
+        ["sh", "-e", "-c", script.replace("DIR", str(path))],
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    with HybridMemory.open(path, config=MemoryConfig(weight_memory=False)) as mem:
+        items = mem.get_all(scope=SCOPE, limit=100_000)
+        assert 0 < len(items) < 3000  # what survived the damage
+        assert all(i.metadata == {"team": "net"} for i in items)
+        assert mem.search(items[0].text.split(":")[0], scope=SCOPE, k=1)[0].id == items[0].id
+        assert mem.add("written after the repair", scope=SCOPE).ids
+        assert set(mem.notepad.sql.all_chunk_ids().tolist()) == set(
+            mem.notepad.index.ids().tolist()
+        )

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from sqlalchemy import event
 
-from memsdk import HybridMemory, InputError, MemoryConfig, Scope, StorageError
+from memsdk import HybridMemory, InputError, MemoryConfig, NotFoundError, Scope, StorageError
 from memsdk.files import atomic_write_bytes
 
 SCOPE = Scope(tenant="acme")
@@ -191,3 +191,64 @@ def test_close_ends_even_when_the_weights_cannot_be_saved(memory_dir, monkeypatc
         mem.flush()
         (scope,) = mem.stats().scopes
         assert scope.weights.bytes_absorbed == scope.bytes
+
+
+def test_scoring_calls_take_at_most_max_score_bytes(tmp_path) -> None:
+    """surprise, bits_per_byte, complete and a routed query score their text with the weight
+    model, whose time grows with it: past max_score_bytes they refuse it before scoring."""
+    assert MemoryConfig().max_score_bytes == 64 << 10
+    with (
+        HybridMemory.open(tmp_path / "default") as mem,
+        pytest.raises(InputError, match=r"surprise\(\) scores at most 65536.*max_score_bytes"),
+    ):
+        mem.surprise("x" * ((64 << 10) + 1), scope=SCOPE)
+    with HybridMemory.open(tmp_path / "m", config=MemoryConfig(max_score_bytes=1024)) as mem:
+        mem.add("vpn-gw-1 kernel: tun0 down after sleep", scope=SCOPE)
+        text = "".join(_lines("score", 40))
+        at_limit = text.encode()[:1024].decode("utf-8", "ignore")
+        assert len(mem.surprise(at_limit, scope=SCOPE).lines) >= 1
+        assert mem.bits_per_byte(at_limit, scope=SCOPE) > 0
+        mem.complete(at_limit, scope=SCOPE, max_bytes=4)
+        over = text.encode()[:1025]
+        for name, call in (
+            ("surprise", lambda: mem.surprise(over, scope=SCOPE)),
+            ("bits_per_byte", lambda: mem.bits_per_byte(over, scope=SCOPE)),
+            ("complete", lambda: mem.complete(over, scope=SCOPE)),
+        ):
+            with pytest.raises(
+                InputError,
+                match=rf"is 1025 bytes, {name}\(\) scores at most 1024 in one call "
+                r"\(MemoryConfig\.max_score_bytes\)",
+            ):
+                call()
+        with pytest.raises(InputError, match=r"routed query.*at most 1024.*max_score_bytes"):
+            mem.query("vpn " * 300, scope=SCOPE)
+        assert mem.search("vpn " * 300, scope=SCOPE)  # search scores nothing: max_query_bytes
+        assert len(mem.get_all(scope=SCOPE)) == 1
+
+
+def test_integers_past_64_bits_are_input_errors(mem) -> None:
+    (memory_id,) = mem.add("VPN drops after sleep", scope=SCOPE).ids
+    for big in (2**63, -(2**63) - 1, 2**70):
+        for call in (
+            mem.get,
+            mem.delete,
+            mem.history,
+            lambda i, scope: mem.update(i, scope=scope, text="new text"),
+        ):
+            with pytest.raises(InputError, match=f"memory id {big} does not fit in 64 bits"):
+                call(big, scope=SCOPE)
+    for missing in (2**31, 2**63 - 1, -(2**63)):  # ids that fit, held by no memory
+        for call in (
+            mem.get,
+            mem.delete,
+            mem.history,
+            lambda i, scope: mem.update(i, scope=scope, text="new text"),
+        ):
+            with pytest.raises(NotFoundError):
+                call(missing, scope=SCOPE)
+    for label in ("limit", "offset"):
+        with pytest.raises(InputError, match=rf"{label} is {2**63}, larger than the databases"):
+            mem.get_all(scope=SCOPE, **{label: 2**63})
+    assert [i.id for i in mem.get_all(scope=SCOPE, limit=2**63 - 1)] == [memory_id]
+    assert mem.get_all(scope=SCOPE, offset=2**63 - 1) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from memsdk import (
+    AsyncHybridMemory,
     ConfigError,
     DuplicateError,
     FilterError,
@@ -383,6 +385,62 @@ def test_memory_directory_guards(tmp_path, scope):
     (newer / "manifest.json").write_text("{not json")
     with pytest.raises(FormatError, match="not valid JSON"):
         HybridMemory.open(newer)
+
+
+def test_a_manifest_of_the_wrong_shape_is_a_format_error(memory_dir, scope):
+    with HybridMemory.open(memory_dir) as mem:
+        mem.add("written before the manifest was damaged", scope=scope)
+    path = memory_dir / "manifest.json"
+    good = json.loads(path.read_text())
+    for field, value, expected in (
+        ("database", None, "string"),
+        ("database", 5, "string"),
+        ("embedder_name", ["minilm"], "string"),
+        ("embedder_dim", "384", "whole number"),
+        ("embedder_dim", True, "whole number"),
+        ("created_at", {"day": 1}, "string"),
+    ):
+        path.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(
+            FormatError, match=rf'has "{field}": .*, expected a {expected}: restore the manifest'
+        ):
+            HybridMemory.open(memory_dir)
+    path.unlink()
+    path.mkdir()  # manifest.json as a directory
+    with pytest.raises(FormatError, match=r"manifest\.json is a directory, not a memsdk manifest"):
+        HybridMemory.open(memory_dir)
+    path.rmdir()
+    path.write_text(json.dumps(good))
+    with HybridMemory.open(memory_dir) as mem:  # restored: nothing was lost
+        assert [i.text for i in mem.get_all(scope=scope)] == [
+            "written before the manifest was damaged"
+        ]
+
+
+def test_open_with_create_false_only_reopens(tmp_path, scope):
+    missing = tmp_path / "typo"
+    with pytest.raises(NotFoundError, match=f"no memory at {missing}: check the path"):
+        HybridMemory.open(missing, create=False)
+    with pytest.raises(NotFoundError, match="no memory at"):
+        asyncio.run(AsyncHybridMemory.open(missing, create=False))
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NotFoundError, match="no memory at"):
+        HybridMemory.open(empty, create=False)
+    assert list(empty.iterdir()) == []
+    with HybridMemory.open(tmp_path / "real") as mem:
+        mem.add("a fact", scope=scope)
+    with HybridMemory.open(tmp_path / "real", create=False) as mem:
+        assert mem.get_all(scope=scope)[0].text == "a fact"
+
+
+def test_a_memory_path_must_be_text(tmp_path, scope, database):
+    if database != "sqlite":
+        pytest.skip("the same check on both backends; the PostgreSQL harness resolves paths first")
+    with pytest.raises(InputError, match=r"holds the lone surrogate U\+D800 at index"):
+        HybridMemory.open(str(tmp_path / "mem\ud800ory"))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "garbage"])

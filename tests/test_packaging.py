@@ -23,8 +23,8 @@ FOLDERS = {
     "stores": "memsdk.stores",
 }
 STDLIB = set(sys.stdlib_module_names)
-# Leaf modules of memsdk (standard library only) that every layer may import.
-LEAVES = ("memsdk.errors", "memsdk.files")
+# Leaf modules of memsdk (standard library and memsdk.errors only) that every layer may import.
+LEAVES = ("memsdk.encoding", "memsdk.errors", "memsdk.files")
 
 
 def _pyproject() -> dict:

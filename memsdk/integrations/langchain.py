@@ -119,7 +119,7 @@ class MemsdkVectorStore(VectorStore):
             if doc_id.startswith(CHUNK_ID_PREFIX) and doc_id[len(CHUNK_ID_PREFIX) :].isdigit():
                 try:
                     item = self.memory.get(int(doc_id[len(CHUNK_ID_PREFIX) :]), scope=self.scope)
-                except NotFoundError:
+                except (NotFoundError, InputError):  # InputError: an id past 64 bits
                     continue
                 found[doc_id] = [item]
                 continue
