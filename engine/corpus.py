@@ -18,6 +18,18 @@ The split is by whole files and never changes between runs:
 - of every other source, the files whose SHA-256 of their path (relative to the source root)
   falls in the lowest :data:`HELDOUT_PERCENT` percent, at least one file per source.
 
+Held out means held out by content, not only by name. Debian ships many files twice under two
+names (``man1/as.1.gz`` and ``man1/x86_64-linux-gnu-as.1.gz`` are the same bytes), and many more
+nearly so (one page per alias, a translated page that keeps the English options). So a held-out
+file is dropped from the split (listed in :attr:`Split.dropped`, used by neither side) when its
+bytes equal a training file's, or when at least :data:`NEAR_DUPLICATE_SHARE` of its distinct
+telling lines occur in training files. A telling line has :data:`MIN_LINE_BYTES` or more and is
+in fewer than :data:`COMMON_LINE_FILES` training files: a line that many files share is the
+source's boilerplate (roff preambles, licence headers), which a held-out file may fairly hold;
+``gcloud_alpha_*`` pages copied from their ``gcloud_beta_*`` twins are not. The assignment stays by
+path: the shipped models were trained on that side of it, and a file moved from training to
+held-out would be a file they learned.
+
 Training text is the concatenation of the training files, each preceded by a NUL byte (the
 model's start-of-stream context), capped per source so that no source dominates; log files
 are repeated (:data:`REPEAT`) because logs are the main use and the smallest source.
@@ -29,6 +41,7 @@ import gzip
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +49,22 @@ from pathlib import Path
 from memsdk.engine.model import START_BYTE
 from memsdk.files import atomic_write_bytes
 
-__all__ = ["HELDOUT_SYSTEMS", "CorpusFile", "Split", "build_corpus", "split_files"]
+__all__ = [
+    "HELDOUT_SYSTEMS",
+    "CorpusFile",
+    "Split",
+    "build_corpus",
+    "copied_share",
+    "long_lines",
+    "split_files",
+]
 
 HELDOUT_SYSTEMS = ("BGL", "HDFS", "OpenStack")
 HELDOUT_PERCENT = 5
+# A held-out file with this share of its telling lines in training text is a near-copy.
+NEAR_DUPLICATE_SHARE = 0.5
+MIN_LINE_BYTES = 24  # shorter lines (blank, braces, ".PP", "}") say nothing about copying
+COMMON_LINE_FILES = 3  # a line in this many training files is boilerplate, not copying
 MAX_FILE_BYTES = 4 * 1024 * 1024
 # Logs are what the weight memory streams most, but the smallest source: repeat them.
 REPEAT = {"loghub": 4}
@@ -57,6 +82,8 @@ class Split:
     train: list[CorpusFile] = field(default_factory=list)
     heldout: list[CorpusFile] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    # held-out by path but copied in training: (file, why), used by neither side
+    dropped: list[tuple[CorpusFile, str]] = field(default_factory=list)
 
 
 def _source_files(shared: Path | None) -> dict[str, tuple[Path, list[Path]]]:
@@ -106,7 +133,44 @@ def split_files(shared: Path | None) -> Split:
         chosen = {f.path for f in heldout}
         split.heldout.extend(heldout)
         split.train.extend(f for f in files if f.path not in chosen)
+    _drop_copies(split)
     return split
+
+
+def long_lines(data: bytes) -> set[bytes]:
+    """The distinct lines of ``data`` (stripped) of at least :data:`MIN_LINE_BYTES` bytes."""
+    return {s for line in data.splitlines() if len(s := line.strip()) >= MIN_LINE_BYTES}
+
+
+def copied_share(data: bytes, line_files: Counter[int]) -> float:
+    """The share of ``data``'s telling lines that occur in training text, where ``line_files``
+    counts the training files holding each long line (by hash); 0 when it has none."""
+    counts = [line_files[hash(line)] for line in long_lines(data)]
+    telling = [n for n in counts if n < COMMON_LINE_FILES]
+    return sum(n > 0 for n in telling) / len(telling) if telling else 0.0
+
+
+def _drop_copies(split: Split) -> None:
+    """Move every held-out file whose content is, or nearly is, a training file's to
+    ``split.dropped`` (see the module docstring). Reads every file once."""
+    if not split.heldout:
+        return
+    seen_files: set[bytes] = set()
+    line_files: Counter[int] = Counter()  # hashes, not lines: the training text is ~100 MB
+    for file in split.train:
+        data = read_text(file)
+        seen_files.add(hashlib.sha256(data).digest())
+        line_files.update(hash(line) for line in long_lines(data))
+    kept = []
+    for file in split.heldout:
+        data = read_text(file)
+        if hashlib.sha256(data).digest() in seen_files:
+            split.dropped.append((file, "identical to a training file"))
+        elif (share := copied_share(data, line_files)) >= NEAR_DUPLICATE_SHARE:
+            split.dropped.append((file, f"{share:.0%} of its telling lines are in training files"))
+        else:
+            kept.append(file)
+    split.heldout = kept
 
 
 def read_text(file: CorpusFile) -> bytes:
@@ -160,6 +224,7 @@ def build_corpus(
         "missing_sources": split.missing,
         "train": train_listing,
         "heldout": [asdict(f) for f in split.heldout],
+        "dropped": [{**asdict(f), "why": why} for f, why in split.dropped],
     }
     atomic_write_bytes(out_dir / "corpus.json", json.dumps(summary, indent=1).encode())
     return summary

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from memsdk.engine import load_model
-from memsdk.engine.corpus import HELDOUT_SYSTEMS, build_corpus, split_files
+from memsdk.engine.corpus import (
+    HELDOUT_SYSTEMS,
+    build_corpus,
+    copied_share,
+    long_lines,
+    read_text,
+    split_files,
+)
 from memsdk.engine.train import main as train
 from memsdk.engine.train import with_copies
 
@@ -32,6 +42,34 @@ def test_the_split_is_by_whole_files_and_holds_out_three_log_systems(shared):
     for source in {f.source for f in split.train}:  # some files of every other source
         assert any(f.source == source for f in split.heldout), source
     assert [f.path for f in split_files(shared()).heldout] == [f.path for f in split.heldout]
+
+
+def test_no_held_out_content_is_in_training(shared):
+    """Held out by content, not by name: Debian ships files twice under two names."""
+    split = split_files(shared())
+    train = {hashlib.sha256(read_text(f)).digest() for f in split.train}
+    copies = [f.name for f in split.heldout if hashlib.sha256(read_text(f)).digest() in train]
+    assert copies == []
+    dropped = {f.name: why for f, why in split.dropped}
+    assert not {f.path for f, _ in split.dropped} & {f.path for f in split.train + split.heldout}
+    twin = ("man1/as.1.gz", "man1/x86_64-linux-gnu-as.1.gz")  # byte-identical on Debian
+    if all(Path("/usr/share/man", name).exists() for name in twin):
+        assert dropped.get("man1/as.1.gz") == "identical to a training file"
+
+
+def test_a_near_copy_counts_its_telling_lines_not_shared_boilerplate():
+    boilerplate = [b'.\\" this preamble line is in every page of the source']
+    trained = [b"--zone=ZONE  the zone of the node template, such as us-central1-a"] + [
+        b"--flag-%d=VALUE  an option the beta page describes in detail" % i for i in range(9)
+    ]
+    line_files = Counter()
+    line_files.update(hash(line) for line in long_lines(b"\n".join(boilerplate + trained)))
+    line_files.update({hash(boilerplate[0]): 9})  # in many training files: boilerplate
+    alpha = b"\n".join(boilerplate + trained[:8] + [b"--new-flag  only the alpha page has it ok"])
+    assert copied_share(alpha, line_files) == 8 / 9
+    fresh = b"\n".join(boilerplate + [b"a line no training file ever held, long enough"] * 3)
+    assert copied_share(fresh, line_files) == 0.0
+    assert copied_share(b"short\n\n}", line_files) == 0.0
 
 
 def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
