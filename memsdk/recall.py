@@ -156,7 +156,7 @@ class Recall:
         else:
             policy = self.policy(scope_id)
             branch, policy_kind = policy.choose(features), policy.kind
-            reason = explain(branch, features, exact_span=exact_span)
+            reason = explain(branch, features, exact_span=exact_span, policy=policy)
         clock = lap("route", clock)
         context = ""
         if branch != "weights":

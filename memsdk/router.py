@@ -132,6 +132,15 @@ class Policy:
     def logits(self, features: RouteFeatures) -> list[float]:
         return self._logits(feature_vector(features))
 
+    @property
+    def constant(self) -> str | None:
+        """The branch this policy always takes whatever the features (every feature weight
+        zero: the fit found that routing did not pay on held-out folds), or None when it
+        routes."""
+        if any(w != 0.0 for row in self.weights for w in row):
+            return None
+        return BRANCHES[max(range(len(BRANCHES)), key=self.bias.__getitem__)]
+
     def choose(self, features: RouteFeatures) -> str:
         return self.choose_vector(feature_vector(features))
 
@@ -315,14 +324,26 @@ def _softmax_policy(x: torch.Tensor, costs: torch.Tensor, kind: str, penalty: fl
     )
 
 
-def explain(branch: str, features: RouteFeatures, *, exact_span: str | None = None) -> str:
-    """One line a person understands: the branch and the evidence behind it."""
+def explain(
+    branch: str,
+    features: RouteFeatures,
+    *,
+    exact_span: str | None = None,
+    policy: Policy | None = None,
+) -> str:
+    """One line a person understands: the branch and the evidence behind it. When ``policy``
+    is constant the features did not decide, and the line says so instead of listing them."""
     f = features
     head = {
         "notepad": "notepad: exact passages, read by the initial weights",
         "weights": "weights: the scope's fast weights alone",
         "both": "both: passages in the window, read by the scope's fast weights",
     }[branch]
+    if policy is not None and policy.constant == branch:
+        return (
+            f"{head}: {policy.kind} policy: always {branch}; routing on the query's features "
+            f"did not pay on held-out folds of its {policy.probes} probes"
+        )
     evidence = []
     if exact_span is not None:
         evidence.append(f"a passage holds {exact_span!r} verbatim")
