@@ -5,8 +5,9 @@ Python standard library's ``argparse.py``) to a file in bursts, as a service wou
 loop follows the file like ``tail -f``: every poll it ingests the complete new lines (a
 half-written last line waits for the next poll), then sends a routed query (``mem.query``)
 with the start of a line that named an identifier, printing the branch the router chose, its
-reason and the completion, and asks the weight memory how surprising the newest line is:
-familiar lines score low, a new kind of line scores high.
+reason and the completion. Before it stores each poll's lines it asks the weight memory how
+surprising the newest one is (score, then store: the weights may learn a line as soon as it is
+stored): familiar lines score low, a new kind of line scores high.
 
     python examples/tail_log.py [--memory DIR] [--lines 300]
 """
@@ -80,8 +81,10 @@ def main() -> int:
             complete, partial = data[:cut], data[cut:]
             if complete:
                 polls += 1
-                report = mem.ingest([complete], scope=scope, name=f"{log.name} poll {polls}")
                 newest = complete.decode("utf-8", "replace").splitlines()[-1]
+                # Score, then store: once ingested, the worker may train on the line at once.
+                surprise = mem.surprise(complete, scope=scope).lines[-1].bits_per_byte
+                report = mem.ingest([complete], scope=scope, name=f"{log.name} poll {polls}")
                 print(f"poll {polls}: {report.chunks} new chunks, {len(complete)} bytes")
                 text = complete.decode("utf-8", "replace")
                 ids = IDENTIFIER.findall(text)
@@ -91,7 +94,6 @@ def main() -> int:
                     ans = mem.query(prompt, scope=scope, k=1, max_bytes=60)
                     print(f"  query {prompt!r} -> {ans.route.branch}: {ans.completion!r}")
                     print(f"    why: {ans.route.reason.split(': ', 1)[1][:150]}")
-                surprise = mem.bits_per_byte(newest, scope=scope)
                 print(f"  newest line at {surprise:.2f} bits/byte: {newest[:70]!r}")
             if finished and not partial and offset == log.stat().st_size:
                 break
