@@ -8,8 +8,10 @@ queries are built from the stream:
 
 - needles: a line of the ingested part cut after an identifier found in one chunk only (the
   answer is the rest of the line), and the inserted facts cut before their value;
-- patterns: a line of the last quarter, never ingested, cut at about 40% at a space (the
-  answer is the rest of the line).
+- patterns: a line of the last quarter that the ingested part does not hold (up to case and
+  white space), cut at about 40% at a space (the answer is the rest of the line); lines of the
+  last quarter that the ingested part does hold (ticket-template boilerplate) are reported
+  apart, as repeats.
 
 Every query is scored on every branch (frozen, notepad, weights, both) by the bits per byte of
 its reference answer and by whether greedy decoding reproduces it exactly; then the router's
@@ -133,28 +135,56 @@ def insert_facts(lines: list[str], count: int, rng: random.Random) -> tuple[list
         subject = rng.choice(SUBJECTS).format(host=f"db-{rng.randrange(10, 99)}")
         value = rng.choice(VALUES)
         lines.insert(rng.randrange(len(lines) + 1), f"FACT {ref}: {subject} {value}\n")
-        facts.append(("needle", f"FACT {ref}: {subject}", f" {value}"))
+        facts.append(("fact", f"FACT {ref}: {subject}", f" {value}"))
     return lines, facts
 
 
+def normal_line(line: str) -> str:
+    """A line as compared for repeats: case and runs of white space do not count."""
+    return " ".join(line.lower().split())
+
+
 def build_queries(
-    mem: HybridMemory, scope: Scope, rest: list[str], facts: list, per_kind: int, seed: int
+    mem: HybridMemory,
+    scope: Scope,
+    ingested: list[str],
+    rest: list[str],
+    facts: list,
+    per_kind: int,
+    seed: int,
 ) -> list[tuple[str, str, str]]:
-    """(kind, query, answer): needles from the ingested part, facts, patterns from ``rest``."""
+    """(kind, query, answer): needles from the ingested part (its stream lines, not the facts),
+    the facts, and up to ``per_kind`` patterns and ``per_kind`` repeats from ``rest``.
+
+    A line of ``rest`` that also occurs in the ingested part (up to case and white space) is a
+    *repeat*, not a pattern: ticket-template boilerplate (``### How often does this bug
+    happen?``) is in every ticket, and a pattern is meant to be a line nobody stored.
+    """
     sql = mem.notepad.sql
     scope_id = sql.find_scope(scope.key())
     ids = sql.chunk_ids(scope_id).tolist()
     records = sql.get_chunks(scope_id, ids)
-    chunks = [(cid, records[cid].text) for cid in ids]
+    fact_lines = {normal_line(query + answer) for _, query, answer in facts}
+
+    def stream_lines(text: str) -> str:  # a needle from a fact line would be a fact again
+        return "".join(ln for ln in text.splitlines(True) if normal_line(ln) not in fact_lines)
+
+    chunks = [(cid, stream_lines(records[cid].text)) for cid in ids]
 
     def is_rare(span: str) -> bool:
         return len(sql.keyword_search(scope_id, span, limit=2)) == 1
 
     needles = make_probes(chunks, is_rare=is_rare, needles=per_kind, patterns=0, seed=seed)
-    patterns = make_probes(
-        [(-1, "".join(rest))], is_rare=lambda _: False, needles=0, patterns=per_kind, seed=seed
+    candidates = make_probes(
+        [(-1, "".join(rest))], is_rare=lambda _: False, needles=0, patterns=4 * per_kind, seed=seed
     )
-    return [(p.kind, p.query, p.answer) for p in needles + patterns] + facts
+    seen = {normal_line(line) for line in ingested}
+    kept: dict[str, list] = {"pattern": [], "repeat": []}
+    for p in candidates:
+        kind = "repeat" if normal_line(p.query + p.answer) in seen else "pattern"
+        if len(kept[kind]) < per_kind:
+            kept[kind].append((kind, p.query, p.answer))
+    return [(p.kind, p.query, p.answer) for p in needles] + facts + kept["pattern"] + kept["repeat"]
 
 
 def score_queries(mem: HybridMemory, scope: Scope, queries: list) -> list[dict]:
@@ -173,7 +203,7 @@ def score_queries(mem: HybridMemory, scope: Scope, queries: list) -> list[dict]:
         line = (query + answer).strip()
         rows.append(
             {
-                "kind": "fact" if query.startswith("FACT ref-") else kind,
+                "kind": kind,
                 "query": query,
                 "answer": answer,
                 "bits": {b: s.bits_per_byte for b, s in scores.items()},
@@ -357,7 +387,7 @@ def run_stream(
     scope = Scope(tenant="bench", user=name.replace("/", "-"))
     mem.ingest(ingested, scope=scope, name=name)
     mem.flush()
-    queries = build_queries(mem, scope, lines[cut:], facts, args.queries, args.seed)
+    queries = build_queries(mem, scope, ingested, lines[cut:], facts, args.queries, args.seed)
     if calibrate:
         mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
     rows = score_queries(mem, scope, queries)
@@ -419,12 +449,13 @@ def main(argv: list[str] | None = None) -> int:
             "model": mem.weights.model_name(),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "queries": len(rows),
-            "needle_top5": sum(r["in_top5"] for r in rows if r["kind"] != "pattern")
-            / max(1, sum(r["kind"] != "pattern" for r in rows)),
+            "needle_top5": sum(r["in_top5"] for r in rows if r["kind"] in ("needle", "fact"))
+            / max(1, sum(r["kind"] in ("needle", "fact") for r in rows)),
             "all": summarize(rows),
             "by_kind": {
                 k: summarize([r for r in rows if r["kind"] == k])
-                for k in ("needle", "fact", "pattern")
+                for k in ("needle", "fact", "pattern", "repeat")
+                if any(r["kind"] == k for r in rows)
             },
             "by_stream": by_stream(rows, HELDOUT),
             "within_stream_fit": within_stream_fit(rows),

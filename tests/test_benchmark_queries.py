@@ -1,0 +1,41 @@
+"""The memory benchmark's queries are what its tables say they are.
+
+A *pattern* is a line the scope never stored: one that the ingested part holds (ticket-template
+boilerplate) is a *repeat*, reported apart. A *fact* query is one of the inserted facts, and a
+needle never comes from a fact line, so each kind averages the queries it names.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from conftest import REPO, shared_path
+
+from memsdk import HybridMemory, MemoryConfig, Scope
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import memory_bench  # a script folder, not a package
+
+
+def test_patterns_are_never_stored_lines_and_kinds_are_counted_apart(tmp_path):
+    name, source = "tickets", memory_bench.HELDOUT["tickets"]
+    root = shared_path("data", source[0]).parents[2]  # ../shared, or skip
+    lines = memory_bench.read_stream(root, source, 48 * 1024)
+    cut = len(lines) * 3 // 4
+    ingested, facts = memory_bench.insert_facts(lines[:cut], 6, random.Random(0))
+    scope = Scope(tenant="bench", user=name)
+    with HybridMemory.open(tmp_path / "m", config=MemoryConfig(weight_memory=False)) as mem:
+        mem.ingest(ingested, scope=scope, name=name)
+        queries = memory_bench.build_queries(mem, scope, ingested, lines[cut:], facts, 20, 0)
+    stored = {memory_bench.normal_line(line) for line in ingested}
+    kinds = {kind for kind, _, _ in queries}
+    assert {"needle", "fact", "pattern", "repeat"} <= kinds
+    for kind, query, answer in queries:
+        line = memory_bench.normal_line(query + answer)
+        if kind == "needle":  # a stored line, its answer cut at 120 characters
+            assert any(s.startswith(line) for s in stored), query
+        else:
+            assert (line in stored) == (kind != "pattern"), (kind, query)
+    assert sorted(q for k, q, _ in queries if k == "fact") == sorted(q for _, q, _ in facts)
+    assert not any(q.startswith("FACT ref-") for k, q, _ in queries if k == "needle")
