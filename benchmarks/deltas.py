@@ -105,19 +105,29 @@ def measure_size(model, state: TTTState) -> dict:
     }
 
 
-def best_ms(fn, repeats: int = 20) -> float:
+def latency_ms(fn, repeats: int = 20) -> dict[str, float]:
+    """Median and 95th percentile (nearest rank) of ``repeats`` timed calls, in ms, after one
+    untimed warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - started)
-    return 1000 * min(times)
+        times.append(1000 * (time.perf_counter() - started))
+    times.sort()
+    return {
+        "median": times[len(times) // 2],
+        "p95": times[min(len(times) - 1, -(-95 * len(times) // 100) - 1)],
+        "repeats": repeats,
+    }
 
 
 def measure_merge(state: TTTState) -> dict:
     delta = read_delta(make_delta(state, state.initial_weights()))
     weights = {n: w.clone() for n, w in state.initial_weights().items()}
-    out = {"default_delta_cpu_ms": best_ms(lambda: merge_delta(weights, delta, model=delta.model))}
+    out = {
+        "default_delta_cpu_ms": latency_ms(lambda: merge_delta(weights, delta, model=delta.model))
+    }
     # A 25 MB delta: 48M kept entries of a 64M-entry tensor at 4 bits (+ a scale per 64).
     size = 1 << 26
     base = torch.zeros(size)
@@ -127,7 +137,7 @@ def measure_merge(state: TTTState) -> dict:
     )
     megabytes = packed.nbytes / 1e6
     out["large_delta_mb"] = megabytes
-    out["large_delta_cpu_ms"] = best_ms(lambda: merge_delta_(base, packed, backend="torch"), 3)
+    out["large_delta_cpu_ms"] = latency_ms(lambda: merge_delta_(base, packed, backend="torch"), 10)
     if torch.cuda.is_available():
         on_gpu = type(packed)(
             packed.indices.cuda(), packed.codes.cuda(), packed.scales.cuda(), packed.shape
@@ -138,7 +148,7 @@ def measure_merge(state: TTTState) -> dict:
             merge_delta_(base_gpu, on_gpu, backend="triton")
             torch.cuda.synchronize()
 
-        out["large_delta_cuda_ms"] = best_ms(merge, 20)
+        out["large_delta_cuda_ms"] = latency_ms(merge, 20)
         out["cuda_device"] = torch.cuda.get_device_name()
     else:
         out["large_delta_cuda_ms"] = None  # no GPU on this machine: unmeasured
