@@ -29,6 +29,7 @@ from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
+from memsdk.forking import after_fork_in_child, check_owner
 from memsdk.progress import progress_bar
 from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
 from memsdk.results import (
@@ -75,6 +76,18 @@ _embedder: MiniLMEmbedder | None = None
 _embedder_lock = threading.Lock()
 _models: dict[str, ByteLM] = {}
 _models_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: a lock a parent thread held would never be released here. The
+    loaded models are kept (read-only, shared copy-on-write with the parent)."""
+    global _embedder_lock, _models_lock
+    _embedder_lock, _models_lock = threading.Lock(), threading.Lock()
+    if _embedder is not None:
+        _embedder.after_fork()
+
+
+after_fork_in_child(_reset_after_fork)
 
 
 def _shared_model(name: str) -> ByteLM:
@@ -182,6 +195,7 @@ class HybridMemory:
         )
         self.path = self.notepad.directory
         self._closed = False
+        self._owner_pid = os.getpid()  # a forked child must open the memory again
         self._recall = Recall(self)
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
@@ -240,6 +254,8 @@ class HybridMemory:
         """Save the vector index and the weight deltas and release the database. Chunks the
         weight memory has not absorbed yet are absorbed after the next open. Safe to call
         twice."""
+        if not self._closed and os.getpid() != self._owner_pid:
+            self._closed = True  # a forked child's copy: the parent's resources stay its own
         if not self._closed:
             self._closed = True
             try:
@@ -257,6 +273,7 @@ class HybridMemory:
         self.notepad.save_index()
 
     def _live(self) -> None:
+        check_owner(self._owner_pid, f"memory {self.path}")
         if self._closed:
             raise MemsdkError(f"memory {self.path} is closed: open it again with HybridMemory.open")
 
