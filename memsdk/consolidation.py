@@ -57,7 +57,7 @@ from memsdk.engine import (
     restore_state,
     stream,
 )
-from memsdk.errors import BusyError, FormatError
+from memsdk.errors import BusyError, FormatError, MemsdkError
 from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
@@ -177,6 +177,10 @@ class Consolidator:
         self._dirty: set[int] = set()
         self._last_save = time.monotonic()
         self._stopping = threading.Event()
+        # Taken to queue a command and to queue "stop": nothing is queued after "stop", so
+        # every queued command is run or failed, and no caller waits forever.
+        self._accept_lock = threading.Lock()
+        self._accepting = True
         self._queue: queue.Queue[_Command] = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._run, name="memsdk-consolidation", daemon=True)
         self._worker.start()
@@ -207,7 +211,9 @@ class Consolidator:
             if scope_id in self._queued:
                 return
             self._queued.add(scope_id)
-        self._queue.put(_Command("scope", scope_id))
+        with self._accept_lock:
+            if self._accepting:  # else closed: absorbed after the next open
+                self._queue.put(_Command("scope", scope_id))
 
     def flush(self) -> None:
         """Wait until every committed chunk is absorbed (the last partial chunk included) and
@@ -236,14 +242,22 @@ class Consolidator:
         """
         self._call(_Command("compact", scope_id))
 
+    def interrupt(self) -> None:
+        """Stop absorbing after the current batch (a flush waiting for it raises MemsdkError);
+        commands already queued still run. The first step of closing."""
+        self._stopping.set()
+
     def close(self) -> None:
         """Stop after the current batch, save every changed state and give the leases up.
-        What was not absorbed yet is absorbed after the next open. Safe to call twice."""
-        if not self._worker.is_alive():
-            return
+        What was not absorbed yet is absorbed after the next open. Commands queued before
+        run; later ones raise MemsdkError. Safe to call twice and from several threads."""
         self._stopping.set()
-        self._queue.put(_Command("stop"))
-        self._worker.join()
+        with self._accept_lock:
+            accepting, self._accepting = self._accepting, False
+            if accepting and self._worker.is_alive():
+                self._queue.put(_Command("stop"))
+        if self._worker is not threading.current_thread():
+            self._worker.join()
 
     def initial_state(self) -> TTTState:
         """A state with the initial fast weights, for scopes that hold nothing yet."""
@@ -274,10 +288,21 @@ class Consolidator:
     # ---- the worker ------------------------------------------------------------------------
 
     def _call(self, command: _Command) -> None:
-        if not self._worker.is_alive():
-            raise RuntimeError("the consolidation worker has stopped")
-        self._queue.put(command)
-        command.done.wait()
+        """Queue ``command`` and wait for the worker to run it.
+
+        Raises:
+            MemsdkError: the memory is closed or closing, or the worker has stopped.
+        """
+        with self._accept_lock:
+            if not self._accepting or not self._worker.is_alive():
+                raise _closed()
+            self._queue.put(command)
+        while not command.done.wait(timeout=1.0):
+            if not self._worker.is_alive() and not command.done.is_set():
+                raise MemsdkError(
+                    "the weight memory's worker thread ended before it ran this call: close "
+                    "the memory and open it again"
+                )
         if command.error is not None:
             raise command.error
 
@@ -447,6 +472,7 @@ class Consolidator:
                 continue
             if command.kind == "stop":
                 self._stop(command)
+                self._fail_queued()
                 return
             try:
                 if command.kind == "scope":
@@ -481,6 +507,16 @@ class Consolidator:
                 except Exception:  # it lapses after lease_s
                     logger.exception("giving up the weight lease of scope %s failed", scope_id)
             self._held.clear()
+            command.done.set()
+
+    def _fail_queued(self) -> None:
+        """After "stop": fail whatever is still queued (nothing should be)."""
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            command.error = _closed()
             command.done.set()
 
     def _consolidate(self, scope_id: int) -> None:
@@ -518,6 +554,11 @@ class Consolidator:
                     stream(state, b"", final=True)
                     self._dirty.add(scope_id)
         self._save(force=True)
+        if self._stopping.is_set():
+            raise MemsdkError(
+                "the memory was closed while flush() waited for the weight memory: what it "
+                "absorbed is saved, the rest is absorbed after the next open"
+            )
 
     def _reset(self, scope_id: int) -> None:
         self._own_or_wait(scope_id)
@@ -568,6 +609,10 @@ class Consolidator:
                 self._seen[scope_id] = self.deltas.signature(scope_id)
                 self._dirty.discard(scope_id)
         self._last_save = time.monotonic()
+
+
+def _closed() -> MemsdkError:
+    return MemsdkError("the memory is closed: open it again with HybridMemory.open")
 
 
 def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:
