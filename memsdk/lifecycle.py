@@ -53,8 +53,9 @@ class CallGate:
         Raises:
             MemsdkError: the memory is closed or closing, or was opened by another process.
         """
+        # Before the lock: in a forked child, a parent thread may have held it at the fork.
+        check_owner(self.owner_pid, self.what)
         with self._changed:
-            check_owner(self.owner_pid, self.what)
             if self._shut:
                 raise self.closed_error()
             self._in_flight += 1

@@ -94,12 +94,21 @@ def _run(script: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_close_while_calls_are_in_flight(tmp_path) -> None:
+def test_close_while_calls_are_in_flight(tmp_path, figures) -> None:
     result = _run(RACE, str(tmp_path), str(TRIALS))
     assert result["hung"] == 0, f"{result['hung']} calls never returned after close()"
     assert result["raw"] == [], "\n".join(result["raw"])
     # Both sides of the race happened: calls that finished and calls that were refused.
     assert result["outcomes"]["ok"] > 0 and result["outcomes"]["MemsdkError"] > 0, result
+    figures.record(
+        "close_race",
+        trials=TRIALS,
+        calls=TRIALS * 8,
+        finished=result["outcomes"]["ok"],
+        refused=result["outcomes"]["MemsdkError"],
+        raw=len(result["raw"]),
+        hung=result["hung"],
+    )
 
 
 ASYNC = """
@@ -167,10 +176,11 @@ print(json.dumps({"first": first, "second": second, "at_close": at_close, "block
 """
 
 
-def test_cancelled_and_closed_async_ingests_stop(tmp_path) -> None:
+def test_cancelled_and_closed_async_ingests_stop(tmp_path, figures) -> None:
     result = _run(ASYNC, str(tmp_path / "m"))
     assert result["first"] == "cancelled"
     assert result["second"] == "MemsdkError"
     # Nothing read the stream once close() had returned.
     assert result["blocks"]["closed"] == result["at_close"]
     assert result["chunks"] > 1  # the batches committed before the cancellation stay
+    figures.record("async_cancel", chunks=result["chunks"], ceiling_s=CEILING_S)

@@ -20,7 +20,7 @@ CEILING_S = 300.0  # importing torch, two opens and a few trainings on a busy 2-
 CHILD_S = 120.0  # the child takes seconds; before the fix it never ended
 
 SCRIPT = """
-import json, multiprocessing, os, sys
+import json, multiprocessing, os, sys, time
 from memsdk import HybridMemory, MemsdkError, Scope
 
 path, report = sys.argv[1], sys.argv[2]
@@ -48,7 +48,9 @@ def child():
 
 worker = multiprocessing.get_context("fork").Process(target=child)
 worker.start()
+started = time.monotonic()
 worker.join(float(sys.argv[3]))
+child_s = time.monotonic() - started
 hung = worker.is_alive()
 if hung:
     worker.kill()
@@ -57,11 +59,12 @@ parent.add("the parent after the fork", scope=scope)
 parent.flush()
 hits = [h.text for h in parent.search("parent", scope=scope, k=5)]
 parent.close()
-print(json.dumps({"hung": hung, "exitcode": worker.exitcode, "parent_hits": hits}))
+print(json.dumps({"hung": hung, "exitcode": worker.exitcode, "parent_hits": hits,
+                  "child_s": child_s}))
 """
 
 
-def test_a_memory_opened_in_a_forked_child_works(tmp_path) -> None:
+def test_a_memory_opened_in_a_forked_child_works(tmp_path, figures) -> None:
     report = tmp_path / "child.json"
     try:
         done = subprocess.run(
@@ -84,3 +87,4 @@ def test_a_memory_opened_in_a_forked_child_works(tmp_path) -> None:
     assert "Open the memory again in this process" in child["inherited"]
     # The child's close of its inherited copy left the parent's memory working.
     assert {"the parent after the fork", "from the child process"} <= set(result["parent_hits"])
+    figures.record("fork_hang", child_s=result["child_s"], ceiling_s=CHILD_S)
