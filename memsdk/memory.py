@@ -218,6 +218,7 @@ class HybridMemory:
                     batch_chunks=self.config.weights_batch_chunks,
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
+                    max_loaded_states=self.config.weights_max_loaded_scopes,
                 )
             except BaseException:
                 self.notepad.close()
