@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO, TextIO
 
@@ -75,6 +76,8 @@ class AsyncHybridMemory:
         return self.sync.path
 
     async def close(self) -> None:
+        """As :meth:`HybridMemory.close`: calls in flight (an ingest still running in its
+        thread) stop at their next batch, and nothing writes once it returns."""
         await asyncio.to_thread(self.sync.close)
 
     async def flush(self) -> None:
@@ -94,15 +97,25 @@ class AsyncHybridMemory:
         name: str | None = None,
         follow_symlinks: bool = False,
     ) -> IngestReport:
-        """As :meth:`HybridMemory.ingest`; an iterable source is read in the worker thread."""
-        return await asyncio.to_thread(
-            self.sync.ingest,
-            source,
-            scope=scope,
-            metadata=metadata,
-            name=name,
-            follow_symlinks=follow_symlinks,
-        )
+        """As :meth:`HybridMemory.ingest`; an iterable source is read in the worker thread.
+
+        Cancelling the awaiting task stops the ingest in its thread before its next block
+        (a thread cannot be interrupted midway): the batches committed before stay, nothing
+        is written after, and ``asyncio.run`` does not wait for the rest of the stream."""
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(
+                self.sync.ingest,
+                source,
+                scope=scope,
+                metadata=metadata,
+                name=name,
+                follow_symlinks=follow_symlinks,
+                cancel=cancel,
+            )
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     async def search(
         self,

@@ -138,6 +138,13 @@ class MemoryConfig(BaseModel):
         description="longest chain of session deltas per scope before a save compacts it "
         "into one delta from the initial weights",
     )
+    weights_max_loaded_scopes: int = Field(
+        128,
+        ge=1,
+        description="scopes whose weight-memory state is kept in memory (about 0.8 MB each "
+        "with the shipped model); the least recently used beyond it are saved and dropped, "
+        "and loaded again from their deltas when next used",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MemoryConfig:

@@ -28,6 +28,13 @@ state. Without the lease a process reads the newest saved deltas (reloading them
 change) and leaves the training to the holder; its idle worker polls SQL and takes over the
 scopes whose chunks nobody has absorbed.
 
+States are loaded when used and kept under a budget (``max_loaded_states``, least recently
+used first out): a memory of many scopes holds only those in use. Which scopes have chunks to
+absorb is read from each newest delta's header (``through_chunk_id``, and the size of its
+partial-chunk buffer), without loading a state, and by the worker, so that opening a memory
+does not depend on how many scopes it holds. The worker alone evicts states, between batches
+and when idle; a changed state is saved before it is dropped.
+
 One worker thread per process is the only writer of its states. Readers (scoring, completion)
 use a state's fast weights as they are: each inner step replaces the fast-weight dict, never
 edits it.
@@ -35,6 +42,7 @@ edits it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -42,6 +50,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -57,7 +66,7 @@ from memsdk.engine import (
     restore_state,
     stream,
 )
-from memsdk.errors import BusyError, FormatError
+from memsdk.errors import BusyError, FormatError, MemsdkError
 from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
@@ -132,6 +141,8 @@ class Consolidator:
         poll_interval_s: idle time after which the worker saves, gives its leases up and
             looks for chunks nobody has absorbed (written by other processes).
         queue_size: bound of the command queue.
+        max_loaded_states: how many scopes' states stay in memory (about 0.8 MB each with
+            the shipped model); the least recently used beyond it are saved and dropped.
     """
 
     def __init__(
@@ -150,6 +161,7 @@ class Consolidator:
         wait_s: float = 60.0,
         poll_interval_s: float = 1.0,
         queue_size: int = 1024,
+        max_loaded_states: int = 128,
     ) -> None:
         self.sql = sql
         self.deltas = deltas
@@ -169,7 +181,12 @@ class Consolidator:
         self._seen: dict[int, tuple[int, ...]] = {}  # deltas on disk as last loaded or saved
         self._waiting: set[int] = set()  # scopes with work whose lease another process holds
         self._history_seen = -1
-        self._states: dict[int, TTTState] = {}
+        self.max_loaded_states = max_loaded_states
+        self._states: OrderedDict[int, TTTState] = OrderedDict()  # least recently used first
+        # Worker only: a lower bound of each scope's through_chunk_id, so that a poll reads
+        # the headers of scopes with new chunks only; and scopes found with work to do.
+        self._absorbed: dict[int, int] = {}
+        self._backlog: set[int] = set()
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
         self._queued: set[int] = set()
@@ -177,12 +194,13 @@ class Consolidator:
         self._dirty: set[int] = set()
         self._last_save = time.monotonic()
         self._stopping = threading.Event()
+        # Taken to queue a command and to queue "stop": nothing is queued after "stop", so
+        # every queued command is run or failed, and no caller waits forever.
+        self._accept_lock = threading.Lock()
+        self._accepting = True
         self._queue: queue.Queue[_Command] = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._run, name="memsdk-consolidation", daemon=True)
-        self._worker.start()
-        for scope_id, newest in sql.newest_chunk_ids().items():
-            if newest > self._through(self.state(scope_id)):
-                self.notify(scope_id)  # resume what the last session did not absorb
+        self._worker.start()  # it first resumes what the last session did not absorb
 
     # ---- called by HybridMemory ------------------------------------------------------------
 
@@ -190,7 +208,8 @@ class Consolidator:
         """The scope's state, merged from its deltas on first use (a fresh one if none, or if
         a delta is unreadable or belongs to another model or fast-weight mode: it is then
         rebuilt from the notepad's chunks). Unless this process holds the scope's lease, the
-        deltas are merged again whenever another process has saved newer ones."""
+        deltas are merged again whenever another process has saved newer ones. The state
+        stays loaded until the worker evicts it (``max_loaded_states``)."""
         with self._states_lock:
             state = self._states.get(scope_id)
             if state is None or (
@@ -199,7 +218,13 @@ class Consolidator:
             ):
                 state = self._load(scope_id)
                 self._states[scope_id] = state
+            self._states.move_to_end(scope_id)
             return state
+
+    def loaded_scopes(self) -> list[int]:
+        """The scopes whose states are in memory now, least recently used first."""
+        with self._states_lock:
+            return list(self._states)
 
     def notify(self, scope_id: int) -> None:
         """New chunks were committed for the scope: consolidate them soon."""
@@ -207,7 +232,9 @@ class Consolidator:
             if scope_id in self._queued:
                 return
             self._queued.add(scope_id)
-        self._queue.put(_Command("scope", scope_id))
+        with self._accept_lock:
+            if self._accepting:  # else closed: absorbed after the next open
+                self._queue.put(_Command("scope", scope_id))
 
     def flush(self) -> None:
         """Wait until every committed chunk is absorbed (the last partial chunk included) and
@@ -236,14 +263,22 @@ class Consolidator:
         """
         self._call(_Command("compact", scope_id))
 
+    def interrupt(self) -> None:
+        """Stop absorbing after the current batch (a flush waiting for it raises MemsdkError);
+        commands already queued still run. The first step of closing."""
+        self._stopping.set()
+
     def close(self) -> None:
         """Stop after the current batch, save every changed state and give the leases up.
-        What was not absorbed yet is absorbed after the next open. Safe to call twice."""
-        if not self._worker.is_alive():
-            return
+        What was not absorbed yet is absorbed after the next open. Commands queued before
+        run; later ones raise MemsdkError. Safe to call twice and from several threads."""
         self._stopping.set()
-        self._queue.put(_Command("stop"))
-        self._worker.join()
+        with self._accept_lock:
+            accepting, self._accepting = self._accepting, False
+            if accepting and self._worker.is_alive():
+                self._queue.put(_Command("stop"))
+        if self._worker is not threading.current_thread():
+            self._worker.join()
 
     def initial_state(self) -> TTTState:
         """A state with the initial fast weights, for scopes that hold nothing yet."""
@@ -257,7 +292,13 @@ class Consolidator:
         return f"{card.get('name', 'custom')} ({self.initial_state().model_fingerprint})"
 
     def figures(self, scope_id: int) -> ScopeWeights:
-        state = self.state(scope_id)
+        with self._states_lock:
+            state = self._states.get(scope_id)
+        if state is None:  # read, not kept: stats() of many scopes loads none of them
+            try:
+                state = self._load_chain(scope_id)[0]
+            except FormatError:
+                state = self.state(scope_id)  # rebuilt from the notepad
         chain = self._chain_versions(scope_id)
         modified = self.deltas.modified(scope_id)
         return ScopeWeights(
@@ -274,10 +315,21 @@ class Consolidator:
     # ---- the worker ------------------------------------------------------------------------
 
     def _call(self, command: _Command) -> None:
-        if not self._worker.is_alive():
-            raise RuntimeError("the consolidation worker has stopped")
-        self._queue.put(command)
-        command.done.wait()
+        """Queue ``command`` and wait for the worker to run it.
+
+        Raises:
+            MemsdkError: the memory is closed or closing, or the worker has stopped.
+        """
+        with self._accept_lock:
+            if not self._accepting or not self._worker.is_alive():
+                raise _closed()
+            self._queue.put(command)
+        while not command.done.wait(timeout=1.0):
+            if not self._worker.is_alive() and not command.done.is_set():
+                raise MemsdkError(
+                    "the weight memory's worker thread ended before it ran this call: close "
+                    "the memory and open it again"
+                )
         if command.error is not None:
             raise command.error
 
@@ -319,15 +371,20 @@ class Consolidator:
         for attempt in range(RELOAD_ATTEMPTS):
             signature = self.deltas.signature(scope_id)
             try:
-                state = self._load_chain(scope_id)
+                state, session, legacy = self._load_chain(scope_id)
+                if legacy:
+                    self._dirty.add(scope_id)  # saved as a delta at the next save
                 break
             except FormatError as exc:
                 if attempt + 1 < RELOAD_ATTEMPTS and self.deltas.signature(scope_id) != signature:
                     continue  # another process saved or compacted meanwhile
                 logger.warning("rebuilding the weight memory of scope %s: %s", scope_id, exc)
                 state = TTTState(self.model, self.ttt_config)
-                self._sessions[scope_id] = _Session(0, 0, _copy(state.initial_weights()))
+                session = _Session(0, 0, _copy(state.initial_weights()))
+                self._absorbed.pop(scope_id, None)  # absorbed again from its first chunk:
+                self._history_seen = -1  # the next poll finds it
                 break
+        self._sessions[scope_id] = session
         self._seen[scope_id] = signature
         return state
 
@@ -335,9 +392,10 @@ class Consolidator:
         versions = self.deltas.versions(scope_id)
         return versions[-1] if versions else 0
 
-    def _load_chain(self, scope_id: int) -> TTTState:
+    def _load_chain(self, scope_id: int) -> tuple[TTTState, _Session, bool]:
         """The scope's state from its chain of deltas (or from a snapshot of memsdk before
-        deltas, or a fresh state when it has neither), and this session's place on the chain.
+        deltas, or a fresh state when it has neither), this session's place on the chain, and
+        whether the state came from such a snapshot.
 
         Raises:
             FormatError: a delta is unreadable or belongs to another model or mode.
@@ -353,17 +411,43 @@ class Consolidator:
                     f"its deltas train {state.config.fast_params!r}, this memory is "
                     f"configured for {self.ttt_config.fast_params!r}"
                 )
-            self._sessions[scope_id] = _Session(versions[-1], len(chain), _copy(state.fast_weights))
-            return state
+            return state, _Session(versions[-1], len(chain), _copy(state.fast_weights)), False
         legacy = self.snapshots.read(scope_id)
         if legacy is not None:
             source = str(self.snapshots.path(scope_id))
             state = TTTState.from_bytes(legacy, self.model, source=source)
-            self._dirty.add(scope_id)  # saved as a delta at the next save
         else:
             state = TTTState(self.model, self.ttt_config)
-        self._sessions[scope_id] = _Session(0, 0, _copy(state.initial_weights()))
-        return state
+        return state, _Session(0, 0, _copy(state.initial_weights())), legacy is not None
+
+    def _position(self, scope_id: int) -> tuple[int, int]:
+        """The scope's ``through_chunk_id`` and partial-chunk bytes: from its state when it is
+        loaded, else from its newest delta's header (no state is loaded), else from a state
+        read and dropped (a snapshot from before deltas, a damaged header)."""
+        with self._states_lock:
+            state = self._states.get(scope_id)
+        if state is None:
+            versions = self.deltas.versions(scope_id)
+            if not versions and not self.snapshots.size(scope_id):
+                return 0, 0
+            if versions:
+                try:
+                    header = self.deltas.header(scope_id, versions[-1])
+                    meta = header["__metadata__"]
+                    fast_params = json.loads(meta["ttt_config"])["fast_params"]
+                    if meta["model"] != self.initial_state().model_fingerprint or (
+                        fast_params != self.ttt_config.fast_params
+                    ):  # rebuilt when loaded: load it now, so that it is absorbed again
+                        raise ValueError("a delta of another model or fast-weight mode")
+                    extra = json.loads(meta["extra"])
+                    return int(extra.get(THROUGH, "0")), int(header["pending"]["shape"][0])
+                except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                    logger.debug("reading the state of scope %s: %s", scope_id, exc)
+            try:
+                state = self._load_chain(scope_id)[0]
+            except FormatError:
+                state = self.state(scope_id)  # rebuilt from the notepad
+        return self._through(state), len(state.pending)
 
     # ---- leases ----------------------------------------------------------------------------
 
@@ -386,13 +470,15 @@ class Consolidator:
                     self._dirty.discard(scope_id)
                     self._seen.pop(scope_id, None)
                 return False
-            if scope_id not in self._held:
-                self._held.add(scope_id)
-                if scope_id not in self._states or self._seen.get(
-                    scope_id
-                ) != self.deltas.signature(scope_id):
-                    self._dirty.discard(scope_id)
-                    self._states[scope_id] = self._load(scope_id)
+            newly_taken = scope_id not in self._held
+            self._held.add(scope_id)
+            # Load a state the worker evicted (it was saved), or reload one another process
+            # saved over since this one last read it.
+            if scope_id not in self._states or (
+                newly_taken and self._seen.get(scope_id) != self.deltas.signature(scope_id)
+            ):
+                self._dirty.discard(scope_id)
+                self._states[scope_id] = self._load(scope_id)
             return True
 
     def _own_or_wait(self, scope_id: int) -> None:
@@ -422,31 +508,72 @@ class Consolidator:
                 self._held.discard(scope_id)
 
     def _poll(self) -> None:
-        """Look for chunks nobody has absorbed: written by another process, or waiting for a
-        lease that may be free now."""
+        """Look for chunks nobody has absorbed (left by the last session, written by another
+        process, or waiting for a lease that may be free now) and put their scopes on the
+        backlog. Reads the delta headers of scopes with chunks newer than this worker knew
+        absorbed, and loads no state."""
         newest_history = self.sql.max_history_id()
         if newest_history == self._history_seen and not self._waiting:
             return
         self._history_seen = newest_history
         for scope_id, newest in self.sql.newest_chunk_ids().items():
-            if scope_id in self._waiting or newest > self._through(self.state(scope_id)):
-                self.notify(scope_id)
+            if scope_id in self._waiting:
+                self._backlog.add(scope_id)
+            elif newest > self._absorbed.get(scope_id, -1):
+                self._absorbed[scope_id] = through = self._position(scope_id)[0]
+                if newest > through:
+                    self._backlog.add(scope_id)
+
+    def _evict(self) -> None:
+        """Drop the least recently used states beyond ``max_loaded_states``, each saved first
+        when it changed (a state whose lease was lost meanwhile is dropped unsaved, as
+        :meth:`_own` says)."""
+        while True:
+            with self._states_lock:
+                if len(self._states) <= self.max_loaded_states:
+                    return
+                scope_id = next(iter(self._states))
+            if scope_id in self._dirty:
+                self._save_scope(scope_id)
+            with self._states_lock:
+                if scope_id not in self._dirty:
+                    self._states.pop(scope_id, None)
+                    self._sessions.pop(scope_id, None)
+                    self._seen.pop(scope_id, None)
+                else:  # unsaved and still leased: keep it, newest, and stop here
+                    self._states.move_to_end(scope_id)
+                    return
 
     # ---- the worker ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._poll()  # what the last session did not absorb
+        except Exception:
+            logger.exception("weight consolidation failed at start")
         while True:
             try:
-                command = self._queue.get(timeout=self.poll_interval_s)
+                if self._backlog:
+                    command = self._queue.get_nowait()
+                else:
+                    command = self._queue.get(timeout=self.poll_interval_s)
             except queue.Empty:
                 try:
-                    self._release_idle()
-                    self._poll()
+                    if self._backlog:
+                        scope_id = min(self._backlog)
+                        self._backlog.discard(scope_id)
+                        self._consolidate(scope_id)
+                        self._save(force=False)
+                    else:
+                        self._release_idle()
+                        self._poll()
+                    self._evict()
                 except Exception:
                     logger.exception("weight consolidation failed while idle")
                 continue
             if command.kind == "stop":
                 self._stop(command)
+                self._fail_queued()
                 return
             try:
                 if command.kind == "scope":
@@ -460,6 +587,7 @@ class Consolidator:
                     self._reset(command.scope_id)
                 elif command.kind == "compact":
                     self._compact(command.scope_id)
+                self._evict()
             except Exception as exc:
                 logger.exception("weight consolidation failed")
                 command.error = exc
@@ -483,6 +611,16 @@ class Consolidator:
             self._held.clear()
             command.done.set()
 
+    def _fail_queued(self) -> None:
+        """After "stop": fail whatever is still queued (nothing should be)."""
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            command.error = _closed()
+            command.done.set()
+
     def _consolidate(self, scope_id: int) -> None:
         """Absorb the scope's chunks after its ``through_chunk_id``, batch by batch, renewing
         the lease each time; without the lease, leave it to the holder (and poll for it)."""
@@ -490,6 +628,7 @@ class Consolidator:
             self._waiting.add(scope_id)
             return
         self._waiting.discard(scope_id)
+        self._backlog.discard(scope_id)
         while not self._stopping.is_set():
             state = self._states[scope_id]
             rows = self.sql.chunk_bytes_after(scope_id, self._through(state), self.batch_chunks)
@@ -497,6 +636,7 @@ class Consolidator:
                 return
             stream(state, b"".join(data for _, data in rows))
             state.extra[THROUGH] = str(rows[-1][0])
+            self._absorbed[scope_id] = rows[-1][0]
             self._dirty.add(scope_id)
             self._save(force=False)
             if not self._own(scope_id):
@@ -504,20 +644,28 @@ class Consolidator:
 
     def _finish(self) -> None:
         """Drain every scope with unabsorbed chunks, stream partial chunks, save."""
-        for scope_id, newest in self.sql.newest_chunk_ids().items():
-            if newest > self._through(self.state(scope_id)):
+        newest_ids = self.sql.newest_chunk_ids()
+        with self._states_lock:
+            scope_ids = sorted(set(newest_ids) | set(self._states))
+        for scope_id in scope_ids:
+            through, pending = self._position(scope_id)
+            if newest_ids.get(scope_id, 0) > through:
                 self._own_or_wait(scope_id)
                 self._consolidate(scope_id)
-        with self._states_lock:
-            scope_ids = list(self._states)
-        for scope_id in scope_ids:
-            if self.state(scope_id).pending:
+                pending = len(self._states[scope_id].pending)
+            if pending:
                 self._own_or_wait(scope_id)
                 state = self._states[scope_id]
                 if state.pending:
                     stream(state, b"", final=True)
                     self._dirty.add(scope_id)
+            self._evict()
         self._save(force=True)
+        if self._stopping.is_set():
+            raise MemsdkError(
+                "the memory was closed while flush() waited for the weight memory: what it "
+                "absorbed is saved, the rest is absorbed after the next open"
+            )
 
     def _reset(self, scope_id: int) -> None:
         self._own_or_wait(scope_id)
@@ -544,30 +692,38 @@ class Consolidator:
         ):
             return
         for scope_id in sorted(self._dirty):
-            if not self._own(scope_id):
-                continue  # the lease was lost: _own dropped the progress
-            state, session = self._states[scope_id], self._sessions[scope_id]
-            if session.depth + 1 > self.max_deltas:  # compact: one delta from the initial weights
-                session.parent, session.depth = 0, 0
-                session.base = _copy(state.initial_weights())
-            # Every save is a new version (the lease holder alone numbers them), so another
-            # process sees each save as a change of the versions, whatever the file clock.
-            version = self._newest(scope_id) + 1
-            labels = {
-                "version": str(version),
-                "parent": str(session.parent),
-                "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)
-            self.deltas.write(scope_id, version, data)
-            for old in self.deltas.versions(scope_id):  # off the chain now: older saves
-                if old != version and old > session.parent:
-                    self.deltas.delete(scope_id, old)
-            self.snapshots.delete(scope_id)  # a snapshot from before deltas, now replaced
-            with self._states_lock:
-                self._seen[scope_id] = self.deltas.signature(scope_id)
-                self._dirty.discard(scope_id)
+            self._save_scope(scope_id)
         self._last_save = time.monotonic()
+
+    def _save_scope(self, scope_id: int) -> None:
+        """Save one changed state as the next delta of its session's chain."""
+        if not self._own(scope_id):
+            return  # the lease was lost: _own dropped the progress
+        state, session = self._states[scope_id], self._sessions[scope_id]
+        if session.depth + 1 > self.max_deltas:  # compact: one delta from the initial weights
+            session.parent, session.depth = 0, 0
+            session.base = _copy(state.initial_weights())
+        # Every save is a new version (the lease holder alone numbers them), so another
+        # process sees each save as a change of the versions, whatever the file clock.
+        version = self._newest(scope_id) + 1
+        labels = {
+            "version": str(version),
+            "parent": str(session.parent),
+            "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)
+        self.deltas.write(scope_id, version, data)
+        for old in self.deltas.versions(scope_id):  # off the chain now: older saves
+            if old != version and old > session.parent:
+                self.deltas.delete(scope_id, old)
+        self.snapshots.delete(scope_id)  # a snapshot from before deltas, now replaced
+        with self._states_lock:
+            self._seen[scope_id] = self.deltas.signature(scope_id)
+            self._dirty.discard(scope_id)
+
+
+def _closed() -> MemsdkError:
+    return MemsdkError("the memory is closed: open it again with HybridMemory.open")
 
 
 def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -29,6 +29,8 @@ from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
+from memsdk.forking import after_fork_in_child
+from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar
 from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
 from memsdk.results import (
@@ -75,6 +77,18 @@ _embedder: MiniLMEmbedder | None = None
 _embedder_lock = threading.Lock()
 _models: dict[str, ByteLM] = {}
 _models_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: a lock a parent thread held would never be released here. The
+    loaded models are kept (read-only, shared copy-on-write with the parent)."""
+    global _embedder_lock, _models_lock
+    _embedder_lock, _models_lock = threading.Lock(), threading.Lock()
+    if _embedder is not None:
+        _embedder.after_fork()
+
+
+after_fork_in_child(_reset_after_fork)
 
 
 def _shared_model(name: str) -> ByteLM:
@@ -182,6 +196,7 @@ class HybridMemory:
         )
         self.path = self.notepad.directory
         self._closed = False
+        self._gate = CallGate(f"memory {self.path}")
         self._recall = Recall(self)
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
@@ -203,6 +218,7 @@ class HybridMemory:
                     batch_chunks=self.config.weights_batch_chunks,
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
+                    max_loaded_states=self.config.weights_max_loaded_scopes,
                 )
             except BaseException:
                 self.notepad.close()
@@ -239,15 +255,26 @@ class HybridMemory:
     def close(self) -> None:
         """Save the vector index and the weight deltas and release the database. Chunks the
         weight memory has not absorbed yet are absorbed after the next open. Safe to call
-        twice."""
-        if not self._closed:
-            self._closed = True
-            try:
-                if self.weights is not None:
-                    self.weights.close()
-            finally:
-                self.notepad.close()
+        twice, and from any thread while others are inside calls: calls arriving from now on
+        raise MemsdkError, an ingest or a flush in flight stops at its next batch (raising
+        MemsdkError; what was committed stays), other calls in flight finish, and close()
+        returns once none is left, so nothing writes after it (:mod:`memsdk.lifecycle`)."""
+        if os.getpid() != self._gate.owner_pid:
+            self._closed = True  # a forked child's copy: the parent's resources stay its own
+            return
+        if not self._gate.shut_down():
+            return
+        self._closed = True
+        try:
+            if self.weights is not None:
+                self.weights.interrupt()  # absorption and a waiting flush stop at their batch
+            self._gate.wait_idle()
+            if self.weights is not None:
+                self.weights.close()
+        finally:
+            self.notepad.close()
 
+    @gated
     def flush(self) -> None:
         """Wait until the weight memory has absorbed every stored chunk, then write everything
         pending to disk (the vector index file, the weight deltas)."""
@@ -258,7 +285,7 @@ class HybridMemory:
 
     def _live(self) -> None:
         if self._closed:
-            raise MemsdkError(f"memory {self.path} is closed: open it again with HybridMemory.open")
+            raise self._gate.closed_error()
 
     def _scope_id(self, scope: Any, *, create: bool) -> int | None:
         self._live()
@@ -269,6 +296,7 @@ class HybridMemory:
 
     # ---- writing -----------------------------------------------------------------------------
 
+    @gated
     def add(
         self, text: str | bytes, *, scope: Scope, metadata: Mapping[str, Any] | None = None
     ) -> AddResult:
@@ -297,6 +325,7 @@ class HybridMemory:
         doc_id, dups = self._ingest_stream(scope_id, "<add>", iter([data]), meta, ids)
         return AddResult(ids=ids, document_id=doc_id, duplicates_skipped=dups)
 
+    @gated
     def ingest(
         self,
         source: str | os.PathLike[str] | BinaryIO | TextIO | Iterable[str | bytes],
@@ -306,6 +335,7 @@ class HybridMemory:
         name: str | None = None,
         follow_symlinks: bool = False,
         progress: bool = False,
+        cancel: threading.Event | None = None,
     ) -> IngestReport:
         """Stream documents into the notepad: a file, a directory (recursively), a file object,
         or an iterable of str/bytes pieces forming one stream.
@@ -325,6 +355,8 @@ class HybridMemory:
                 are stored as U+FFFD.
             follow_symlinks: let a directory walk follow symlinks that lead outside it.
             progress: show a progress bar in bytes.
+            cancel: set it (from another thread) to stop the ingest before its next block;
+                the call then raises MemsdkError, and the batches committed before stay.
 
         Raises:
             NotFoundError: the path does not exist.
@@ -364,7 +396,9 @@ class HybridMemory:
                     continue
                 stream = CountedBlocks(*opened, bar.update, limit=limit)
                 ids: list[int] = []
-                doc_id, d = self._ingest_stream(scope_id, src.name, stream, meta, ids)
+                doc_id, d = self._ingest_stream(
+                    scope_id, src.name, stream, meta, ids, cancel=cancel
+                )
                 if stream.cut:
                     skip(src, f"cut after its first {limit} bytes ({LIMIT_HINT})")
                 read += stream.seen
@@ -390,6 +424,8 @@ class HybridMemory:
         blocks: Iterable[bytes],
         metadata: dict[str, Any],
         new_ids: list[int],
+        *,
+        cancel: threading.Event | None = None,
     ) -> tuple[int | None, int]:
         """Chunk, deduplicate, embed and store one document, appending the new chunk ids to
         ``new_ids``. Returns (document id or None when nothing new was stored, duplicates
@@ -397,7 +433,8 @@ class HybridMemory:
 
         When ``blocks`` raises, the batches committed before stay (their ids are in
         ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
-        removed if it holds no chunk), and the exception propagates."""
+        removed if it holds no chunk), and the exception propagates. So it is when ``cancel``
+        is set or the memory is closing: the stream stops before its next block."""
         sql = self.notepad.sql
         doc_id = sql.start_document(scope_id, source, metadata)
         hasher = hashlib.sha256()
@@ -406,6 +443,12 @@ class HybridMemory:
         def hashed() -> Iterator[bytes]:
             nonlocal size
             for block in blocks:
+                if cancel is not None and cancel.is_set():
+                    raise MemsdkError(
+                        f"ingest of {source} was cancelled: the batches committed before stay; "
+                        "ingest it again to complete it"
+                    )
+                self._gate.check(f"the ingest of {source}")
                 hasher.update(block)
                 size += len(block)
                 yield block
@@ -462,6 +505,7 @@ class HybridMemory:
         )
         return (doc_id if kept else None), dups
 
+    @gated
     def update(
         self,
         memory_id: int,
@@ -509,6 +553,7 @@ class HybridMemory:
         self.notepad.sync()
         return self.get(memory_id, scope=scope)
 
+    @gated
     def delete(self, memory_id: int, *, scope: Scope) -> None:
         """Delete one memory (its history stays).
 
@@ -521,6 +566,7 @@ class HybridMemory:
             raise NotFoundError(f"memory {memory_id} not found in {scope}")
         self.notepad.sync()
 
+    @gated
     def delete_all(self, *, scope: Scope) -> int:
         """Delete every memory of the scope; returns how many were deleted."""
         scope_id = self._scope_id(scope, create=False)
@@ -568,6 +614,7 @@ class HybridMemory:
             )
         return data
 
+    @gated
     def bits_per_byte(self, text: str | bytes, *, scope: Scope) -> float:
         """How surprising ``text`` is to the scope's weight memory, in bits per byte (lower:
         more familiar). Scored in a fresh window with the current fast weights; nothing is
@@ -581,6 +628,7 @@ class HybridMemory:
         data = self._score_bytes(text, "text", "bits_per_byte()")
         return float(byte_losses(self._weight_state(scope), data).mean())
 
+    @gated
     def complete(
         self,
         prompt: str | bytes,
@@ -653,6 +701,7 @@ class HybridMemory:
             out = out[: -len(stop_bytes)]
         return out.decode("utf-8", "replace")
 
+    @gated
     def reset_weights(self, *, scope: Scope) -> None:
         """Forget what the scope's weight memory learned: back to the initial fast weights.
         The notepad keeps its chunks, and they are not absorbed again; later ingests are.
@@ -665,6 +714,7 @@ class HybridMemory:
         if scope_id is not None:
             self.weights.reset(scope_id)
 
+    @gated
     def compact_weights(self, *, scope: Scope | None = None) -> int:
         """Merge the chain of session deltas of ``scope`` (default: every scope) into one delta
         from the initial weights, removing the older files; what was absorbed is kept up to
@@ -686,6 +736,7 @@ class HybridMemory:
 
     # ---- routed queries ----------------------------------------------------------------------
 
+    @gated
     def surprise(self, text: str | bytes, *, scope: Scope, weights: str = "adapted") -> Surprise:
         """How novel each line of ``text`` is to the scope's memory: bits per byte per line
         (each line with its newline), scored in one pass so every line sees the lines before
@@ -717,6 +768,7 @@ class HybridMemory:
             start = end
         return Surprise(bits_per_byte=float(bits.mean()), weights=weights, lines=lines)
 
+    @gated
     def query(
         self,
         query: str,
@@ -767,6 +819,7 @@ class HybridMemory:
             query, scope=scope, route=route, k=k, filters=filters, max_bytes=max_bytes
         )
 
+    @gated
     def calibrate_router(
         self,
         *,
@@ -803,6 +856,7 @@ class HybridMemory:
 
     # ---- reading -----------------------------------------------------------------------------
 
+    @gated
     def search(
         self,
         query: str,
@@ -890,6 +944,7 @@ class HybridMemory:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
 
+    @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
         """One memory by id.
 
@@ -904,6 +959,7 @@ class HybridMemory:
             raise NotFoundError(f"memory {memory_id} not found in {scope}")
         return MemoryItem(**self._item_fields(found[memory_id], scope))
 
+    @gated
     def get_all(
         self,
         *,
@@ -928,6 +984,7 @@ class HybridMemory:
         records = self.notepad.sql.list_chunks(scope_id, where=where, limit=limit, offset=offset)
         return [MemoryItem(**self._item_fields(r, scope)) for r in records]
 
+    @gated
     def history(self, memory_id: int, *, scope: Scope) -> list[HistoryEvent]:
         """Every change to a memory, oldest first (also after it was deleted).
 
@@ -953,6 +1010,7 @@ class HybridMemory:
             for e in events
         ]
 
+    @gated
     def stats(self) -> MemoryStats:
         """Figures of the whole memory: per scope documents, chunks and bytes; index size."""
         self._live()
@@ -981,6 +1039,7 @@ class HybridMemory:
             scopes=scopes,
         )
 
+    @gated
     def rebuild_index(self, *, progress: bool = False) -> int:
         """Rebuild the vector index from the embeddings in SQL; returns the number of vectors."""
         self._live()

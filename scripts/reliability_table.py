@@ -78,6 +78,47 @@ ROWS = [
         "{inputs} inputs, slowest {slowest_s:.2f} s",
         "tests/test_hangs.py",
     ),
+    (
+        "fork_hang",
+        "a memory opened in a child forked (multiprocessing) after the parent ran the embedder "
+        "and the weight memory; the parent's open memory inherited by the child",
+        "the child added, flushed and searched in {child_s:.1f} s (it hung forever before; "
+        "ceiling {ceiling_s:.0f} s); the inherited memory refused with a MemsdkError naming "
+        "the fix, the parent's kept working",
+        "tests/test_fork.py",
+    ),
+    (
+        "close_race",
+        "close() from one thread while 8 others call delete_all, flush, reset_weights, "
+        "compact_weights, add, ingest, search and bits_per_byte",
+        "{trials} trials, {calls} calls: {finished} finished, {refused} refused with a "
+        "MemsdkError, {raw} raw errors, {hung} hung; every call after close() a MemsdkError",
+        "tests/test_close.py::test_close_while_calls_are_in_flight",
+    ),
+    (
+        "async_cancel",
+        "an async ingest of an endless stream cancelled, another closed under it",
+        "both stopped at their next block ({chunks} chunks committed before stay); nothing "
+        "read after close(); asyncio.run returned (ceiling {ceiling_s:.0f} s)",
+        "tests/test_close.py::test_cancelled_and_closed_async_ingests_stop",
+    ),
+    (
+        "scopes_loaded",
+        "a memory of {scopes} scopes with saved weights, reopened: flush, stats and queries "
+        "of {used} scopes",
+        "states loaded: none at open, after flush or after stats; {used} after using {used}",
+        "tests/test_scopes.py",
+    ),
+    (
+        "scopes_10k",
+        "a memory of {scopes} scopes, each with a chunk and a saved weight delta, opened in a "
+        "fresh process",
+        "open {open_s:.2f} s; RSS {rss_after_open_mb} MB after open, {rss_after_flush_mb} MB "
+        "after an idle poll and a flush ({flush_s:.1f} s), {rss_after_one_scope_mb} MB after "
+        "using one scope; {loaded_states} state loaded (before: every state, about 0.8 MB "
+        "each)",
+        "benchmarks/scopes.py",
+    ),
 ]
 
 

@@ -689,6 +689,11 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()
         logger.debug("loaded %s from %s on %s", self.name, self.model_dir, self.device)
 
+    def after_fork(self) -> None:
+        """Call in a forked child: the lock may have been held by a parent thread that does
+        not exist here, and would then never be released."""
+        self._lock = threading.Lock()
+
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text``, ``[CLS]`` and ``[SEP]`` included, *not* capped.
 

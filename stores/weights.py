@@ -10,13 +10,17 @@ crash leaves the previous file or the new one, never a torn file.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from memsdk.files import atomic_write_bytes
 
 __all__ = ["RouterPolicies", "ScopeFiles", "WeightDeltas", "WeightSnapshots"]
+
+MAX_HEADER_BYTES = 100 << 20  # the limit safetensors itself applies
 
 
 class ScopeFiles:
@@ -95,6 +99,26 @@ class WeightDeltas:
         except FileNotFoundError:
             return []
         return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"scope-(\d+)", n)))
+
+    def header(self, scope_id: int, version: int) -> dict[str, Any]:
+        """The safetensors header of a delta file (each tensor's dtype and shape, and the
+        ``__metadata__`` strings), read without the tensors: a few KB instead of the file.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: the file does not start with a safetensors header.
+        """
+        with open(self.path(scope_id, version), "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                raise ValueError(f"a safetensors header of {size} bytes")
+            raw = f.read(size)
+        if len(raw) != size:
+            raise ValueError("the file ends inside its safetensors header")
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("the safetensors header is not a JSON object")
+        return header
 
     def write(self, scope_id: int, version: int, data: bytes) -> None:
         self.folder(scope_id).mkdir(parents=True, exist_ok=True)
