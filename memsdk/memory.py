@@ -467,11 +467,12 @@ class HybridMemory:
         memory_id: int,
         *,
         scope: Scope,
-        text: str | None = None,
+        text: str | bytes | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> MemoryItem:
         """Replace a memory's text (re-embedded) and/or its metadata; the change is recorded in
-        its history.
+        its history. The text is stored exactly as :meth:`add` stores it (str or bytes, the
+        exact bytes kept), as one chunk.
 
         Raises:
             NotFoundError: the scope holds no memory ``memory_id``.
@@ -482,16 +483,18 @@ class HybridMemory:
         if text is None and metadata is None:
             raise InputError("update needs text=, metadata= or both")
         meta = validate_metadata(metadata) if metadata is not None else None
-        content_hash = vector = None
+        content_hash = vector = raw = None
         if text is not None:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("text must be a non-empty string")
-            data = encode_text(text, "text")
+            # The same bytes, text, raw bytes and content hash as add() stores for this input,
+            # so an update never changes what was given nor blocks adding it again.
+            data = _to_bytes(text, "text")
+            if not data.strip():
+                raise InputError("text is empty or only white space: there is nothing to remember")
             if len(data) > self.config.max_text_bytes:
                 raise InputError(
                     f"text is {len(data)} bytes, at most {self.config.max_text_bytes} allowed"
                 )
-            text, _ = decode_chunk(data)
+            text, raw = decode_chunk(data)
             content_hash = hashlib.sha256(data).hexdigest()
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None or not self.notepad.sql.get_chunks(scope_id, [memory_id]):
@@ -502,6 +505,7 @@ class HybridMemory:
             scope_id,
             memory_id,
             text_value=text,
+            raw=raw,
             content_hash=content_hash,
             embedding=vector,
             metadata=meta,

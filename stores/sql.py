@@ -622,11 +622,13 @@ class SQLStore:
         chunk_id: int,
         *,
         text_value: str | None,
+        raw: bytes | None = None,
         content_hash: str | None,
         embedding: np.ndarray | None,
         metadata: dict[str, Any] | None,
     ) -> bool:
-        """Change a chunk's text (with its hash and embedding) and/or metadata; records UPDATE.
+        """Change a chunk's text (with its exact bytes when the text cannot hold them, its hash
+        and embedding) and/or metadata; records UPDATE.
 
         Returns:
             False when the scope holds no chunk ``chunk_id``.
@@ -654,7 +656,7 @@ class SQLStore:
                         f"memory {other} of this scope already holds this exact text: "
                         f"delete memory {chunk_id} instead, or update memory {other}"
                     )
-                row.text, row.raw = text_value, None
+                row.text, row.raw = text_value, raw
                 row.content_hash = content_hash  # type: ignore[assignment]
                 row.embedding = np.asarray(embedding, dtype="<f4").tobytes()
             if metadata is not None:
