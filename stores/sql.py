@@ -495,37 +495,53 @@ class SQLStore:
         skipped. Returns the new ids in input order, None for a skipped chunk.
         """
         with self.writing() as s:
-            taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
-            rows: list[ChunkRow | None] = []
-            for c in chunks:
-                if c.content_hash in taken:
-                    rows.append(None)
-                    continue
-                taken.add(c.content_hash)
-                row = ChunkRow(
-                    scope_id=scope_id,
-                    document_id=document_id,
-                    seq=c.seq,
-                    start_byte=c.start_byte,
-                    end_byte=c.end_byte,
-                    text=c.text,
-                    raw=c.raw,
-                    content_hash=c.content_hash,
-                    meta=c.metadata,
-                    embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
-                )
-                s.add(row)
-                rows.append(row)
+            return _insert_rows(s, scope_id, document_id, chunks)
+
+    def replace_chunks(
+        self,
+        scope_id: int,
+        old_ids: Sequence[int],
+        source: str,
+        metadata: dict[str, Any],
+        chunks: Sequence[NewChunk],
+    ) -> list[int]:
+        """Delete the scope's chunks among ``old_ids`` and store ``chunks`` as one new
+        document, in one transaction: a refused write (a duplicate, a full disk) leaves the
+        old chunks in place, and no reader sees the scope without either.
+
+        Returns:
+            the new chunk ids, in input order.
+
+        Raises:
+            DuplicateError: a chunk repeats content the scope keeps (outside ``old_ids``) or
+                another chunk of ``chunks``; nothing was changed.
+        """
+        old_ids = [i for i in old_ids if self._holdable(i)]
+        with self.writing() as s:
+            _delete_rows(s, scope_id, old_ids)
+            doc = DocumentRow(scope_id=scope_id, source=source, meta=metadata)
+            s.add(doc)
             s.flush()
-            added = [r for r in rows if r is not None]
-            s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
-            if document_id is not None and added:
-                s.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.id == document_id)
-                    .values(chunk_count=DocumentRow.chunk_count + len(added))
+            ids = _insert_rows(s, scope_id, doc.id, chunks)
+            if None in ids or not ids:
+                raise DuplicateError(
+                    "the text repeats content this scope already holds (memsdk keeps one copy "
+                    "of identical content per scope): nothing was changed; search for it, or "
+                    "store a text that differs"
                 )
-            return [r.id if r is not None else None for r in rows]
+            doc.size_bytes = sum(c.end_byte - c.start_byte for c in chunks)
+            s.add(
+                LedgerRow(
+                    scope_id=scope_id,
+                    document_id=doc.id,
+                    source=source,
+                    status="committed",
+                    chunks_added=len(ids),
+                    bytes_read=doc.size_bytes,
+                    finished_at=_now(),
+                )
+            )
+            return [i for i in ids if i is not None]
 
     def chunk_ids(self, scope_id: int, where: ColumnElement[bool] | None = None) -> np.ndarray:
         """Ids of the scope's chunks that pass ``where``, (n,) int64."""
@@ -685,43 +701,7 @@ class SQLStore:
             if not ids:
                 return []
         with self.writing() as s:
-            # Only the columns the history needs: not the embeddings of a whole scope.
-            stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
-                ChunkRow.scope_id == scope_id
-            )
-            if ids is not None:
-                stmt = stmt.where(ChunkRow.id.in_(list(ids)))
-            rows = s.execute(stmt).all()
-            if not rows:
-                return []
-            s.add_all(
-                HistoryRow(
-                    chunk_id=r.id,
-                    scope_id=scope_id,
-                    event="DELETE",
-                    old_text=r.text,
-                    old_meta=dict(r.meta),
-                )
-                for r in rows
-            )
-            deleted = [r.id for r in rows]
-            docs = {r.document_id for r in rows if r.document_id is not None}
-            for start in range(0, len(deleted), 500):
-                s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
-            for doc_id in docs:
-                left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
-                if left:
-                    s.execute(
-                        update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left)
-                    )
-                else:
-                    s.execute(
-                        update(LedgerRow)
-                        .where(LedgerRow.document_id == doc_id)
-                        .values(document_id=None)
-                    )
-                    s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
-            return deleted
+            return _delete_rows(s, scope_id, ids)
 
     def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
         """Events of one chunk, oldest first. ADD events are stored without text (it would
@@ -927,6 +907,82 @@ def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[
         ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
     )
     return set(session.scalars(stmt))
+
+
+def _insert_rows(
+    s: Session, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
+) -> list[int | None]:
+    """:meth:`SQLStore.insert_chunks` inside the caller's transaction."""
+    taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
+    rows: list[ChunkRow | None] = []
+    for c in chunks:
+        if c.content_hash in taken:
+            rows.append(None)
+            continue
+        taken.add(c.content_hash)
+        row = ChunkRow(
+            scope_id=scope_id,
+            document_id=document_id,
+            seq=c.seq,
+            start_byte=c.start_byte,
+            end_byte=c.end_byte,
+            text=c.text,
+            raw=c.raw,
+            content_hash=c.content_hash,
+            meta=c.metadata,
+            embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
+        )
+        s.add(row)
+        rows.append(row)
+    s.flush()
+    added = [r for r in rows if r is not None]
+    s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
+    if document_id is not None and added:
+        s.execute(
+            update(DocumentRow)
+            .where(DocumentRow.id == document_id)
+            .values(chunk_count=DocumentRow.chunk_count + len(added))
+        )
+    return [r.id if r is not None else None for r in rows]
+
+
+def _delete_rows(s: Session, scope_id: int, ids: Sequence[int] | None) -> list[int]:
+    """:meth:`SQLStore.delete_chunks` inside the caller's transaction."""
+    if ids is not None and not ids:
+        return []
+    # Only the columns the history needs: not the embeddings of a whole scope.
+    stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
+        ChunkRow.scope_id == scope_id
+    )
+    if ids is not None:
+        stmt = stmt.where(ChunkRow.id.in_(list(ids)))
+    rows = s.execute(stmt).all()
+    if not rows:
+        return []
+    s.add_all(
+        HistoryRow(
+            chunk_id=r.id,
+            scope_id=scope_id,
+            event="DELETE",
+            old_text=r.text,
+            old_meta=dict(r.meta),
+        )
+        for r in rows
+    )
+    deleted = [r.id for r in rows]
+    docs = {r.document_id for r in rows if r.document_id is not None}
+    for start in range(0, len(deleted), 500):
+        s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
+    for doc_id in docs:
+        left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
+        if left:
+            s.execute(update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left))
+        else:
+            s.execute(
+                update(LedgerRow).where(LedgerRow.document_id == doc_id).values(document_id=None)
+            )
+            s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
+    return deleted
 
 
 def _unpack_embeddings(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

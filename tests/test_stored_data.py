@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from memsdk import HybridMemory, MemoryConfig, Scope
-from memsdk.errors import DuplicateError
+from memsdk.errors import DuplicateError, InputError, StorageError
 from memsdk.stores.sql import ChunkRow
 
 NOTEPAD_ONLY = MemoryConfig(weight_memory=False)
@@ -47,3 +47,69 @@ def test_update_stores_exactly_what_add_stores(tmp_path):
         with mem.notepad.sql.reading() as s:
             stored = s.scalar(select(ChunkRow.content_hash).where(ChunkRow.id == memory_id))
         assert stored == hashlib.sha256(b"plain text").hexdigest()
+
+
+def _capped(engine, pages: int):
+    """Make every new connection of ``engine`` refuse to grow the SQLite file past ``pages``
+    (SQLite's max_page_count: the database then fails as on a full disk)."""
+
+    def cap(dbapi_connection, _record) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count={pages}")
+
+    event.listen(engine, "connect", cap)
+    engine.dispose()
+    return cap
+
+
+def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path):
+    """An upsert whose new text is refused (blank, NaN metadata, a copy of another text, a
+    full database) leaves the old text, its metadata and its id exactly as they were."""
+    pytest.importorskip("langchain_core", reason="the langchain extra")
+    from memsdk.integrations.langchain import MemsdkVectorStore
+
+    scope = Scope(tenant="lc", user="u1")
+    with HybridMemory.open(tmp_path / "m", config=NOTEPAD_ONLY) as mem:
+        store = MemsdkVectorStore(mem, scope=scope)
+        store.add_texts(
+            ["Ticket 4812: VPN drops after sleep"], metadatas=[{"ticket": 4812}], ids=["t-4812"]
+        )
+        store.add_texts(["Ticket 4813: printer offline"], ids=["t-4813"])
+        before = store.get_by_ids(["t-4812"])
+        chunks_before = sorted(i.id for i in mem.get_all(scope=scope))
+
+        def unchanged() -> None:
+            assert store.get_by_ids(["t-4812"]) == before
+            assert sorted(i.id for i in mem.get_all(scope=scope)) == chunks_before
+            assert [d.id for d in store.similarity_search("VPN drops after sleep", k=1)] == [
+                "t-4812"
+            ]
+
+        with pytest.raises(InputError):
+            store.add_texts(["   "], ids=["t-4812"])
+        unchanged()
+        with pytest.raises(InputError):
+            store.add_texts(["Ticket 4812: fixed"], metadatas=[{"x": float("nan")}], ids=["t-4812"])
+        unchanged()
+        with pytest.raises(DuplicateError, match="t-4812"):
+            store.add_texts(["Ticket 4813: printer offline"], ids=["t-4812"])
+        unchanged()
+        engine = mem.notepad.sql._write_engine
+        with engine.connect() as conn:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+        cap = _capped(engine, pages)
+        with pytest.raises(StorageError):
+            store.add_texts(["Ticket 4812: " + "new words " * 20_000], ids=["t-4812"])
+        event.remove(engine, "connect", cap)
+        engine.dispose()
+        unchanged()
+        # Accepted upserts replace the text, including with the same text again or a text
+        # that shares chunks with the old one.
+        store.add_texts(["Ticket 4812: VPN drops after sleep"], ids=["t-4812"])
+        assert [d.page_content for d in store.get_by_ids(["t-4812"])] == [
+            "Ticket 4812: VPN drops after sleep"
+        ]
+        store.add_texts(["Ticket 4812: fixed by a driver update"], ids=["t-4812"])
+        assert [d.page_content for d in store.get_by_ids(["t-4812"])] == [
+            "Ticket 4812: fixed by a driver update"
+        ]
+        assert len(mem.get_all(scope=scope)) == 2
