@@ -57,7 +57,9 @@ from memsdk.engine import (
     restore_state,
     stream,
 )
-from memsdk.errors import BusyError, FormatError
+from memsdk.engine.delta import header_int
+from memsdk.engine.ttt import initial_weights
+from memsdk.errors import BusyError, DatabaseCorruptedError, FormatError
 from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
@@ -169,6 +171,7 @@ class Consolidator:
         self._seen: dict[int, tuple[int, ...]] = {}  # deltas on disk as last loaded or saved
         self._waiting: set[int] = set()  # scopes with work whose lease another process holds
         self._history_seen = -1
+        self._shapes: dict[str, tuple[int, ...]] | None = None
         self._states: dict[int, TTTState] = {}
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
@@ -285,12 +288,22 @@ class Consolidator:
     def _through(state: TTTState) -> int:
         return int(state.extra.get(THROUGH, "0"))
 
+    def _fast_weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every fast weight a delta of this model may hold (those of either mode), by name:
+        a delta's header is checked against them before its tensors are read."""
+        if self._shapes is None:
+            masked = TTTConfig(fast_params="fisher_masked")
+            weights = initial_weights(self.model, masked)
+            self._shapes = {name: tuple(w.shape) for name, w in weights.items()}
+        return self._shapes
+
     def _read(self, scope_id: int, version: int) -> WeightDelta:
         path = self.deltas.path(scope_id, version)
         try:
-            return read_delta(self.deltas.read(scope_id, version), source=str(path))
+            data = self.deltas.read(scope_id, version)
         except OSError as exc:
             raise FormatError(f"{path} cannot be read: {exc}") from exc
+        return read_delta(data, source=str(path), shapes=self._fast_weight_shapes())
 
     def _chain(self, scope_id: int, newest: int) -> list[tuple[int, WeightDelta]]:
         """The deltas from the first to ``newest``, following each file's parent."""
@@ -298,11 +311,27 @@ class Consolidator:
         while version:
             delta = self._read(scope_id, version)
             chain.append((version, delta))
-            parent = int(delta.labels.get("parent", "-1"))
-            if not 0 <= parent < version:
-                raise FormatError(f"delta {version} of scope {scope_id} names parent {parent}")
-            version = parent
+            version = header_int(
+                delta.labels.get("parent"),
+                f"the parent named by delta {version} of scope {scope_id}",
+                high=version - 1,
+            )
         return chain[::-1]
+
+    def _check_through(self, scope_id: int, state: TTTState) -> None:
+        """A loaded state may claim only chunks the database has held: a ``through_chunk_id``
+        that is not a chunk id, or beyond every chunk id the database ever gave (its weights
+        were trained on another database's chunks, or a forged file), would stop the scope
+        absorbing its own chunks.
+
+        Raises:
+            FormatError: the claim is malformed or goes beyond the database.
+        """
+        header_int(
+            state.extra.get(THROUGH, "0"),
+            f"through_chunk_id of scope {scope_id} (the database's chunk ids end there)",
+            high=self.sql.newest_chunk_id_ever(),
+        )
 
     def _chain_versions(self, scope_id: int) -> list[int]:
         """The versions on the chain of the scope's newest delta (empty if unreadable)."""
@@ -321,6 +350,8 @@ class Consolidator:
             try:
                 state = self._load_chain(scope_id)
                 break
+            except DatabaseCorruptedError:
+                raise  # the database is damaged, not the deltas: they stay
             except FormatError as exc:
                 if attempt + 1 < RELOAD_ATTEMPTS and self.deltas.signature(scope_id) != signature:
                     continue  # another process saved or compacted meanwhile
@@ -353,12 +384,14 @@ class Consolidator:
                     f"its deltas train {state.config.fast_params!r}, this memory is "
                     f"configured for {self.ttt_config.fast_params!r}"
                 )
+            self._check_through(scope_id, state)
             self._sessions[scope_id] = _Session(versions[-1], len(chain), _copy(state.fast_weights))
             return state
         legacy = self.snapshots.read(scope_id)
         if legacy is not None:
             source = str(self.snapshots.path(scope_id))
             state = TTTState.from_bytes(legacy, self.model, source=source)
+            self._check_through(scope_id, state)
             self._dirty.add(scope_id)  # saved as a delta at the next save
         else:
             state = TTTState(self.model, self.ttt_config)

@@ -809,6 +809,14 @@ class SQLStore:
             ).all()
         return {int(r[0]): int(r[1]) for r in rows}
 
+    def newest_chunk_id_ever(self) -> int:
+        """The largest chunk id this database has given, deleted chunks included (every chunk
+        has an ADD event in the history, which is never deleted); 0 when it gave none."""
+        with self.reading() as s:
+            in_history = s.scalar(select(func.max(HistoryRow.chunk_id)))
+            in_chunks = s.scalar(select(func.max(ChunkRow.id)))
+        return max(int(in_history or 0), int(in_chunks or 0))
+
     def bytes_after(self, scope_id: int, after_id: int) -> tuple[int, int]:
         """The scope's text bytes: (all of them, those in chunks with id > ``after_id``)."""
         size = ChunkRow.end_byte - ChunkRow.start_byte

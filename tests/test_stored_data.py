@@ -5,13 +5,18 @@ header is rebuilt from SQL, and a memory refuses files that belong to another hi
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import shutil
 
 import pytest
 from sqlalchemy import event, select
 
 from memsdk import HybridMemory, MemoryConfig, Scope
-from memsdk.errors import DuplicateError, InputError, StorageError
+from memsdk.engine import read_delta
+from memsdk.errors import DuplicateError, FormatError, InputError, StorageError
 from memsdk.stores.sql import ChunkRow
+from memsdk.stores.weights import WeightDeltas
 
 NOTEPAD_ONLY = MemoryConfig(weight_memory=False)
 
@@ -113,3 +118,93 @@ def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path):
             "Ticket 4812: fixed by a driver update"
         ]
         assert len(mem.get_all(scope=scope)) == 2
+
+
+def _forge(data: bytes, **changes: object) -> bytes:
+    """``data`` (a safetensors file) with header fields replaced: a top-level field by its
+    name, a field of a JSON-valued field as ``labels__parent`` or ``extra__through_chunk_id``.
+    The tensors are kept as they are (their offsets are relative to the header's end)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    meta = header["__metadata__"]
+    for key, value in changes.items():
+        if "__" in key:
+            outer, inner = key.split("__")
+            fields = json.loads(meta[outer])
+            fields[inner] = value
+            meta[outer] = json.dumps(fields)
+        else:
+            meta[key] = value
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + data[8 + size :]
+
+
+FORGERIES = {
+    "parent not a number": {"labels__parent": "x"},
+    "parent ahead of the file": {"labels__parent": "7"},
+    "through not a number": {"extra__through_chunk_id": "x"},
+    "through past 64 bits": {"extra__through_chunk_id": str(10**30)},
+    "through past the database": {"extra__through_chunk_id": "999"},
+    "group size zero": {"group_size": "0"},
+    "group size not a power of two": {"group_size": "48"},
+    "huge shape": {"shapes": json.dumps({"w": [2**20, 2**20]})},
+    "shape of another model": {"shapes": json.dumps({"w": [3, 3]})},
+    "kept not a number": {"kept": json.dumps({"w": "x"})},
+    "negative position": {"position": "-5"},
+    "config of the wrong type": {"ttt_config": json.dumps({"chunk_bytes": "512"})},
+    "header not an object": {"labels": "[1, 2]"},
+}
+
+
+@pytest.fixture(scope="module")
+def weighted_memory(tmp_path_factory):
+    """A memory with two scopes whose weights absorbed a few lines each, closed."""
+    path = tmp_path_factory.mktemp("weighted") / "m"
+    with HybridMemory.open(path) as mem:
+        for tenant in ("victim", "bystander"):
+            lines = "".join(f"{tenant} order {n}: shipped to depot {n % 7}\n" for n in range(40))
+            mem.add(lines, scope=Scope(tenant=tenant))
+        mem.flush()
+    with HybridMemory.open(path) as mem:  # as saved: 4-bit deltas
+        figures = {s.scope.tenant: s.weights for s in mem.stats().scopes}
+        bits = {t: mem.bits_per_byte(f"{t} order 3:", scope=Scope(tenant=t)) for t in figures}
+    return path, figures, bits
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_delta_header_is_rebuilt_from_sql(tmp_path, weighted_memory, forgery, caplog):
+    """Each forged header field is a FormatError: the memory opens, the other scope is
+    untouched, and the damaged scope is rebuilt from its chunks in SQL."""
+    template, figures, bits = weighted_memory
+    path = tmp_path / "m"
+    shutil.copytree(template, path)
+    deltas = WeightDeltas(path)
+    victim_id = 1
+    (version,) = deltas.versions(victim_id)
+    original = deltas.read(victim_id, version)
+    changes = dict(FORGERIES[forgery])
+    if "shapes" in changes or "kept" in changes:  # name a real fast weight
+        name = next(iter(read_delta(original).packed))
+        for key in ("shapes", "kept"):
+            if key in changes:
+                changes[key] = changes[key].replace('"w"', json.dumps(name))
+    forged = _forge(original, **changes)
+    if not any(key.startswith(("labels__", "extra__")) for key in changes):  # fields memsdk reads
+        with pytest.raises(FormatError):
+            read_delta(forged, shapes={n: p.shape for n, p in read_delta(original).packed.items()})
+    deltas.write(victim_id, version, forged)
+    with caplog.at_level(logging.WARNING), HybridMemory.open(path) as mem:
+        victim, bystander = Scope(tenant="victim"), Scope(tenant="bystander")
+        assert mem.bits_per_byte("bystander order 3:", scope=bystander) == bits["bystander"]
+        mem.flush()
+        rebuilt = {s.scope.tenant: s.weights for s in mem.stats().scopes}
+        assert rebuilt["bystander"] == figures["bystander"]
+        assert rebuilt["victim"].through_chunk_id == figures["victim"].through_chunk_id
+        assert rebuilt["victim"].bytes_absorbed == figures["victim"].bytes_absorbed
+        assert mem.bits_per_byte("victim order 3:", scope=victim) < 0.9 * mem.bits_per_byte(
+            "victim order 3:", scope=Scope(tenant="nobody")
+        )
+    assert "rebuilding the weight memory of scope 1" in caplog.text
+    for v in WeightDeltas(path).versions(victim_id):  # the forged file is gone
+        read_delta(deltas.read(victim_id, v))
