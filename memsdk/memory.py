@@ -29,6 +29,7 @@ from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
+from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.progress import progress_bar
 from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
 from memsdk.results import (
@@ -209,6 +210,11 @@ class HybridMemory:
                 raise
         if rebuild_index:
             self.rebuild_index(progress=progress)
+        try:
+            settle_owed_resets(self)  # a delete-all cut short by a crash
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(
@@ -252,6 +258,7 @@ class HybridMemory:
         """Wait until the weight memory has absorbed every stored chunk, then write everything
         pending to disk (the vector index file, the weight deltas)."""
         self._live()
+        settle_owed_resets(self)
         if self.weights is not None:
             self.weights.flush()
         self.notepad.save_index()
@@ -526,17 +533,15 @@ class HybridMemory:
         self.notepad.sync()
 
     def delete_all(self, *, scope: Scope) -> int:
-        """Delete every memory of the scope; returns how many were deleted."""
-        scope_id = self._scope_id(scope, create=False)
-        if scope_id is None:
-            return 0
-        deleted = self.notepad.sql.delete_chunks(scope_id)
-        self.notepad.sync()
-        self.notepad.save_index()
-        if self.weights is not None:
-            self.weights.reset(scope_id)  # forgetting everything includes the weights
-        self._recall.forget(scope_id)  # and the router fitted on that data
-        return len(deleted)
+        """Delete every memory of the scope, and reset its weight memory and router policy
+        (they learned from that data); returns how many memories were deleted. Should the
+        process die or the reset fail after the memories are deleted, the next open (or
+        :meth:`flush`) finishes the reset.
+
+        Raises:
+            BusyError: another process kept the scope's weight lease (the reset stays owed).
+        """
+        return delete_scope(self, _check_scope(scope))
 
     # ---- the weight memory -------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
 embedding, so the vector index can always be rebuilt without re-embedding), ``history``
-(append-only), ``ingest_ledger`` (one row per ingested source and its outcome) and
-``weight_leases`` (which process may train a scope's weight memory now).
+(append-only), ``ingest_ledger`` (one row per ingested source and its outcome),
+``weight_leases`` (which process may train a scope's weight memory now) and ``owed_resets``
+(scopes emptied by a delete-all whose weights and router policy are not reset yet).
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
@@ -64,6 +65,7 @@ __all__ = [
     "LeaseRow",
     "LedgerRow",
     "NewChunk",
+    "OwedResetRow",
     "SQLStore",
     "ScopeKey",
     "ScopeRow",
@@ -171,6 +173,17 @@ class LeaseRow(Base):
     scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class OwedResetRow(Base):
+    """A scope whose chunks were all deleted while its weight memory and router policy, which
+    learned from them, are not reset yet. Written in the transaction that deletes the chunks,
+    removed once both are reset, so a crash between the two leaves the reset owed, not lost."""
+
+    __tablename__ = "owed_resets"
+
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass(frozen=True)
@@ -702,6 +715,26 @@ class SQLStore:
                 return []
         with self.writing() as s:
             return _delete_rows(s, scope_id, ids)
+
+    def delete_scope(self, scope_id: int) -> list[int]:
+        """Delete every chunk of the scope and, in the same transaction, record that its
+        weight memory and router policy owe a reset (:meth:`owed_resets`). Returns the
+        deleted ids."""
+        with self.writing() as s:
+            deleted = _delete_rows(s, scope_id, None)
+            if s.get(OwedResetRow, scope_id) is None:
+                s.add(OwedResetRow(scope_id=scope_id))
+            return deleted
+
+    def owed_resets(self) -> list[int]:
+        """Scopes whose weight memory and router policy still owe the reset of a delete-all."""
+        with self.reading() as s:
+            return list(s.scalars(select(OwedResetRow.scope_id).order_by(OwedResetRow.scope_id)))
+
+    def settle_reset(self, scope_id: int) -> None:
+        """The scope's owed reset is done."""
+        with self.writing() as s:
+            s.execute(delete(OwedResetRow).where(OwedResetRow.scope_id == scope_id))
 
     def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
         """Events of one chunk, oldest first. ADD events are stored without text (it would
