@@ -134,6 +134,8 @@ class Consolidator:
         poll_interval_s: idle time after which the worker saves, gives its leases up and
             looks for chunks nobody has absorbed (written by other processes).
         queue_size: bound of the command queue.
+        memory_id: the memory's identity, written into every delta; a delta that names
+            another memory is not merged (the scope is rebuilt from the notepad's chunks).
     """
 
     def __init__(
@@ -152,8 +154,10 @@ class Consolidator:
         wait_s: float = 60.0,
         poll_interval_s: float = 1.0,
         queue_size: int = 1024,
+        memory_id: str = "",
     ) -> None:
         self.sql = sql
+        self.memory_id = memory_id
         self.deltas = deltas
         self.snapshots = snapshots
         self.model = model
@@ -310,6 +314,12 @@ class Consolidator:
         chain, version = [], newest
         while version:
             delta = self._read(scope_id, version)
+            owner = delta.labels.get("memory_id")
+            if owner is not None and owner != self.memory_id:
+                raise FormatError(
+                    f"delta {version} of scope {scope_id} belongs to memory {owner}, this is "
+                    f"memory {self.memory_id}"
+                )
             chain.append((version, delta))
             version = header_int(
                 delta.labels.get("parent"),
@@ -589,6 +599,7 @@ class Consolidator:
             labels = {
                 "version": str(version),
                 "parent": str(session.parent),
+                "memory_id": self.memory_id,
                 "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)

@@ -204,6 +204,7 @@ class HybridMemory:
                     batch_chunks=self.config.weights_batch_chunks,
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
+                    memory_id=self.notepad.memory_id,
                 )
             except BaseException:
                 self.notepad.close()

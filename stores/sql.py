@@ -62,6 +62,7 @@ __all__ = [
     "DocumentRow",
     "HistoryRecord",
     "HistoryRow",
+    "IdentityRow",
     "LeaseRow",
     "LedgerRow",
     "NewChunk",
@@ -173,6 +174,16 @@ class LeaseRow(Base):
     scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class IdentityRow(Base):
+    """The memory's identity (one row): the manifest, the index file and the weight deltas
+    carry the same UUID, so files of another history are recognised."""
+
+    __tablename__ = "memory_identity"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
 
 
 class OwedResetRow(Base):
@@ -391,6 +402,30 @@ class SQLStore:
                 "and what was committed before is kept; free space (or make the database "
                 "writable) and run the call again",
             ) from exc
+
+    # ---- identity ----------------------------------------------------------------------------
+
+    def identity(self) -> str | None:
+        """The memory's identity (a UUID, hex) as the database records it; None when it records
+        none (a database made before identities, or a new, removed or emptied one)."""
+        with self.reading() as s:
+            row = s.get(IdentityRow, "memory_id")
+            return None if row is None else row.value
+
+    def adopt_identity(self, memory_id: str) -> str:
+        """Record ``memory_id`` as the memory's identity unless one is recorded; returns the
+        recorded one (another process may have recorded its own first)."""
+        try:
+            with self.writing() as s:
+                row = s.get(IdentityRow, "memory_id")
+                if row is not None:
+                    return row.value
+                s.add(IdentityRow(key="memory_id", value=memory_id))
+                return memory_id
+        except IntegrityError:
+            found = self.identity()
+            assert found is not None
+            return found
 
     # ---- scopes ------------------------------------------------------------------------------
 

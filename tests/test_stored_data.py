@@ -8,14 +8,16 @@ import hashlib
 import json
 import logging
 import shutil
+import struct
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, select
 
 from memsdk import HybridMemory, MemoryConfig, Scope
+from memsdk.cli import main as cli_main
 from memsdk.engine import read_delta
-from memsdk.errors import DuplicateError, FormatError, InputError, StorageError
-from memsdk.stores.sql import ChunkRow
+from memsdk.errors import DuplicateError, FormatError, InputError, StaleFilesError, StorageError
+from memsdk.stores.sql import ChunkRow, IdentityRow, SQLStore
 from memsdk.stores.weights import WeightDeltas
 
 NOTEPAD_ONLY = MemoryConfig(weight_memory=False)
@@ -208,3 +210,115 @@ def test_a_forged_delta_header_is_rebuilt_from_sql(tmp_path, weighted_memory, fo
     assert "rebuilding the weight memory of scope 1" in caplog.text
     for v in WeightDeltas(path).versions(victim_id):  # the forged file is gone
         read_delta(deltas.read(victim_id, v))
+
+
+SECRET = "".join(f"alice secret password is hunter2{n:02d} for account {n}\n" for n in range(40))
+
+
+def _alice_memory(path) -> float:
+    """A memory whose first scope (alice, scope id 1) absorbed a secret; returns the bits per
+    byte of the secret in a scope that holds nothing."""
+    with HybridMemory.open(path) as mem:
+        mem.add(SECRET, scope=Scope(tenant="alice"))
+        mem.flush()
+        blank = mem.bits_per_byte(SECRET, scope=Scope(tenant="nobody"))
+        assert mem.bits_per_byte(SECRET, scope=Scope(tenant="alice")) < 0.8 * blank
+    return blank
+
+
+def _remove_database(path) -> None:
+    for name in ("memory.db", "memory.db-wal", "memory.db-shm"):
+        (path / name).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("damage", ["removed", "truncated"])
+def test_a_lost_database_is_refused_until_repaired(tmp_path, damage, capsys):
+    """A memory whose database was removed or emptied does not open on a fresh one: the
+    files of the old history would give a new tenant the old tenant's weights and vectors.
+    ``memsdk repair`` moves them aside; then a new tenant starts clean."""
+    path = tmp_path / "m"
+    blank = _alice_memory(path)
+    _remove_database(path)
+    if damage == "truncated":
+        (path / "memory.db").write_bytes(b"")
+    with pytest.raises(StaleFilesError, match=r"memsdk repair --memory"):
+        HybridMemory.open(path)
+    with pytest.raises(StaleFilesError):  # the failed open changed nothing it checks
+        HybridMemory.open(path)
+    assert cli_main(["repair", "--memory", str(path), "--quiet"]) == 0
+    assert "moved aside" in capsys.readouterr().out
+    assert list(path.glob("stale-*/weights/scope-1"))
+    bob = Scope(tenant="bob")
+    with HybridMemory.open(path) as mem:
+        bob_text = "bob ordered a blue kettle for the kitchen\n"
+        (memory_id,) = mem.add(bob_text, scope=bob).ids
+        assert mem.notepad.sql.find_scope(bob.key()) == 1  # the id alice's files were under
+        mem.flush()
+        assert "hunter2" not in mem.complete("alice secret password is", scope=bob)
+        assert mem.bits_per_byte(SECRET, scope=bob) > 0.9 * blank
+        (hit,) = mem.search(bob_text, scope=bob, k=1)
+        assert hit.id == memory_id and hit.similarity > 0.9  # its own vector, not alice's
+        assert mem.stats().scopes[0].weights.through_chunk_id == memory_id  # absorbed
+    with HybridMemory.open(path) as mem:
+        assert mem.notepad.index.memory_id == mem.notepad.memory_id
+
+
+def test_an_older_database_backup_is_refused_until_the_index_is_rebuilt(tmp_path, caplog):
+    """A database restored from a backup older than the index and the weights: the index is
+    refused (it would rank new chunks by the vectors of chunks the backup never had), and the
+    weights, which claim chunks past the backup, are rebuilt from it."""
+    path = tmp_path / "m"
+    alice = Scope(tenant="alice")
+    _alice_memory(path)
+    backup = (path / "memory.db").read_bytes()
+    assert not (path / "memory.db-wal").exists()  # closed: everything is in the file
+    with HybridMemory.open(path) as mem:
+        later = [
+            mem.add(f"alice later note {n}: the cat is grey\n", scope=alice).ids[0]
+            for n in range(5)
+        ]
+        mem.flush()
+    _remove_database(path)
+    (path / "memory.db").write_bytes(backup)
+    with pytest.raises(StaleFilesError, match=r"memsdk rebuild-index --memory"):
+        HybridMemory.open(path)
+    assert cli_main(["repair", "--memory", str(path), "--quiet"]) == 0
+    with caplog.at_level(logging.WARNING), HybridMemory.open(path) as mem:
+        text = "alice bought a red bicycle on tuesday\n"
+        (memory_id,) = mem.add(text, scope=alice).ids
+        assert memory_id == later[0]  # the backup gives the id again
+        (hit,) = mem.search(text, scope=alice, k=1)
+        assert hit.id == memory_id and hit.similarity > 0.9
+        mem.flush()
+        assert mem.stats().scopes[0].weights.through_chunk_id == memory_id
+    assert "rebuilding the weight memory of scope 1" in caplog.text
+
+
+def test_a_memory_without_an_identity_adopts_one(tmp_path):
+    """Memories made before identities (no id in the manifest, the database or the index
+    file) keep opening, and take one on their first open."""
+    path = tmp_path / "m"
+    scope = Scope(tenant="acme")
+    with HybridMemory.open(path, config=NOTEPAD_ONLY) as mem:
+        (memory_id,) = mem.add("a note from before identities", scope=scope).ids
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["memory_id"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with SQLStore(f"sqlite:///{path / 'memory.db'}").writing() as s:
+        s.execute(delete(IdentityRow))
+    blob = (path / "notepad.faiss").read_bytes()  # back to the version 1 header
+    magic, _, synced_to, digest, _ = struct.unpack_from("<8sIq32s16s", blob)
+    (path / "notepad.faiss").write_bytes(
+        struct.pack("<8sIq32s", magic, 1, synced_to, digest)
+        + blob[struct.calcsize("<8sIq32s16s") :]
+    )
+    with HybridMemory.open(path, config=NOTEPAD_ONLY) as mem:
+        identity = mem.notepad.memory_id
+        assert len(identity) == 32
+        assert mem.get(memory_id, scope=scope).text == "a note from before identities"
+        assert mem.search("a note from before", scope=scope)[0].id == memory_id
+    with HybridMemory.open(path, config=NOTEPAD_ONLY) as mem:
+        assert mem.notepad.memory_id == identity
+        assert mem.notepad.sql.identity() == identity
+        assert mem.notepad.index.memory_id == identity
+    assert json.loads((path / "manifest.json").read_text())["memory_id"] == identity
