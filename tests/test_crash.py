@@ -181,7 +181,7 @@ mem.delete_all(scope=Scope(tenant="victim"))
 """
 
 
-def test_sigkill_right_after_delete_all_commits_still_resets_the_weights(tmp_path) -> None:
+def test_sigkill_right_after_delete_all_commits_still_resets_the_weights(tmp_path, figures):
     """A delete_all killed after its SQL commit: the next open finishes the reset it owed,
     so the victim's weights complete and score like an empty scope's, and its router policy
     file is gone."""
@@ -210,9 +210,11 @@ def test_sigkill_right_after_delete_all_commits_still_resets_the_weights(tmp_pat
     with HybridMemory.open(memory) as mem:
         mem.flush()
         assert mem.get_all(scope=victim) == []
-        assert mem.bits_per_byte(secret, scope=victim) == blank
+        after = mem.bits_per_byte(secret, scope=victim)
+        assert after == blank
         prompt = "victim card 1999: PIN"
         assert mem.complete(prompt, scope=victim) == mem.complete(prompt, scope=empty)
         assert not RouterPolicies(memory).path(victim_id).exists()
         assert mem.notepad.sql.owed_resets() == []
         assert mem.bits_per_byte("bystander notes: the VPN", scope=bystander) == kept
+    figures.record("delete_all_kill", learned_bits=learned, after_bits=after, blank_bits=blank)

@@ -68,7 +68,7 @@ def _capped(engine, pages: int):
     return cap
 
 
-def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path):
+def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path, figures):
     """An upsert whose new text is refused (blank, NaN metadata, a copy of another text, a
     full database) leaves the old text, its metadata and its id exactly as they were."""
     pytest.importorskip("langchain_core", reason="the langchain extra")
@@ -109,6 +109,7 @@ def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path):
         event.remove(engine, "connect", cap)
         engine.dispose()
         unchanged()
+        figures.record("refused_upserts", refusals=4, kinds="blank, NaN metadata, duplicate, full")
         # Accepted upserts replace the text, including with the same text again or a text
         # that shares chunks with the old one.
         store.add_texts(["Ticket 4812: VPN drops after sleep"], ids=["t-4812"])
@@ -174,8 +175,13 @@ def weighted_memory(tmp_path_factory):
     return path, figures, bits
 
 
+FORGED: set[str] = set()
+
+
 @pytest.mark.parametrize("forgery", FORGERIES)
-def test_a_forged_delta_header_is_rebuilt_from_sql(tmp_path, weighted_memory, forgery, caplog):
+def test_a_forged_delta_header_is_rebuilt_from_sql(
+    tmp_path, weighted_memory, forgery, caplog, figures
+):
     """Each forged header field is a FormatError: the memory opens, the other scope is
     untouched, and the damaged scope is rebuilt from its chunks in SQL."""
     template, figures, bits = weighted_memory
@@ -210,6 +216,8 @@ def test_a_forged_delta_header_is_rebuilt_from_sql(tmp_path, weighted_memory, fo
     assert "rebuilding the weight memory of scope 1" in caplog.text
     for v in WeightDeltas(path).versions(victim_id):  # the forged file is gone
         read_delta(deltas.read(victim_id, v))
+    FORGED.add(forgery)
+    figures.record("forged_headers", forgeries=len(FORGED))
 
 
 SECRET = "".join(f"alice secret password is hunter2{n:02d} for account {n}\n" for n in range(40))
@@ -231,8 +239,11 @@ def _remove_database(path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
+STALE: dict[str, float] = {}
+
+
 @pytest.mark.parametrize("damage", ["removed", "truncated"])
-def test_a_lost_database_is_refused_until_repaired(tmp_path, damage, capsys):
+def test_a_lost_database_is_refused_until_repaired(tmp_path, damage, capsys, figures):
     """A memory whose database was removed or emptied does not open on a fresh one: the
     files of the old history would give a new tenant the old tenant's weights and vectors.
     ``memsdk repair`` moves them aside; then a new tenant starts clean."""
@@ -255,15 +266,18 @@ def test_a_lost_database_is_refused_until_repaired(tmp_path, damage, capsys):
         assert mem.notepad.sql.find_scope(bob.key()) == 1  # the id alice's files were under
         mem.flush()
         assert "hunter2" not in mem.complete("alice secret password is", scope=bob)
-        assert mem.bits_per_byte(SECRET, scope=bob) > 0.9 * blank
+        leaked = mem.bits_per_byte(SECRET, scope=bob)
+        assert leaked > 0.9 * blank
+        STALE[f"{damage}_bits"], STALE["blank_bits"] = leaked, blank
         (hit,) = mem.search(bob_text, scope=bob, k=1)
         assert hit.id == memory_id and hit.similarity > 0.9  # its own vector, not alice's
         assert mem.stats().scopes[0].weights.through_chunk_id == memory_id  # absorbed
     with HybridMemory.open(path) as mem:
         assert mem.notepad.index.memory_id == mem.notepad.memory_id
+    figures.record("stale_files", **STALE)
 
 
-def test_an_older_database_backup_is_refused_until_the_index_is_rebuilt(tmp_path, caplog):
+def test_an_older_database_backup_is_refused_until_the_index_is_rebuilt(tmp_path, caplog, figures):
     """A database restored from a backup older than the index and the weights: the index is
     refused (it would rank new chunks by the vectors of chunks the backup never had), and the
     weights, which claim chunks past the backup, are rebuilt from it."""
@@ -292,6 +306,7 @@ def test_an_older_database_backup_is_refused_until_the_index_is_rebuilt(tmp_path
         mem.flush()
         assert mem.stats().scopes[0].weights.through_chunk_id == memory_id
     assert "rebuilding the weight memory of scope 1" in caplog.text
+    figures.record("stale_files", backup_similarity=float(hit.similarity))
 
 
 def test_a_memory_without_an_identity_adopts_one(tmp_path):
