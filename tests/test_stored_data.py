@@ -109,7 +109,11 @@ def test_a_refused_langchain_upsert_keeps_the_old_text(tmp_path, figures):
         event.remove(engine, "connect", cap)
         engine.dispose()
         unchanged()
-        figures.record("refused_upserts", refusals=4, kinds="blank, NaN metadata, duplicate, full")
+        figures.record(
+            "refused_upserts",
+            refusals=4,
+            kinds="blank text, NaN metadata, a duplicate, a full database",
+        )
         # Accepted upserts replace the text, including with the same text again or a text
         # that shares chunks with the old one.
         store.add_texts(["Ticket 4812: VPN drops after sleep"], ids=["t-4812"])
@@ -184,7 +188,7 @@ def test_a_forged_delta_header_is_rebuilt_from_sql(
 ):
     """Each forged header field is a FormatError: the memory opens, the other scope is
     untouched, and the damaged scope is rebuilt from its chunks in SQL."""
-    template, figures, bits = weighted_memory
+    template, saved, bits = weighted_memory
     path = tmp_path / "m"
     shutil.copytree(template, path)
     deltas = WeightDeltas(path)
@@ -207,9 +211,9 @@ def test_a_forged_delta_header_is_rebuilt_from_sql(
         assert mem.bits_per_byte("bystander order 3:", scope=bystander) == bits["bystander"]
         mem.flush()
         rebuilt = {s.scope.tenant: s.weights for s in mem.stats().scopes}
-        assert rebuilt["bystander"] == figures["bystander"]
-        assert rebuilt["victim"].through_chunk_id == figures["victim"].through_chunk_id
-        assert rebuilt["victim"].bytes_absorbed == figures["victim"].bytes_absorbed
+        assert rebuilt["bystander"] == saved["bystander"]
+        assert rebuilt["victim"].through_chunk_id == saved["victim"].through_chunk_id
+        assert rebuilt["victim"].bytes_absorbed == saved["victim"].bytes_absorbed
         assert mem.bits_per_byte("victim order 3:", scope=victim) < 0.9 * mem.bits_per_byte(
             "victim order 3:", scope=Scope(tenant="nobody")
         )
