@@ -20,8 +20,11 @@ strings and the input bytes of the attention window, from which the window cache
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -44,6 +47,7 @@ from memsdk.kernels.delta import PackedDelta, merge_delta_, pack_delta
 __all__ = [
     "DELTA_FORMAT",
     "WeightDelta",
+    "header_int",
     "make_delta",
     "merge_delta",
     "read_delta",
@@ -51,6 +55,14 @@ __all__ = [
 ]
 
 DELTA_FORMAT = "memsdk.weight_delta/1"
+# Bounds of what a header may claim, checked before anything is allocated: a forged header
+# must be a FormatError, never a terabyte allocation or an integer SQL cannot bind.
+MAX_HEADER_INT = 2**63 - 1  # counters and chunk ids are SQL bigints
+MAX_TENSORS = 256
+MAX_TENSOR_ENTRIES = 2**24  # entries of one fast weight
+MAX_GROUP_SIZE = 4096
+MAX_CHUNK_BYTES = 2**20
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
 
 
 @dataclass(frozen=True)
@@ -156,8 +168,103 @@ def make_delta(
     )
 
 
-def read_delta(data: bytes, *, source: str = "delta") -> WeightDelta:
-    """Parse a delta file written by :func:`make_delta`.
+def header_int(value: Any, what: str, *, low: int = 0, high: int = MAX_HEADER_INT) -> int:
+    """A decimal integer header field in ``[low, high]``.
+
+    Raises:
+        FormatError: not a decimal string of at most 20 digits, or out of range.
+    """
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise FormatError(f"{what} must be a decimal integer, got {str(value)[:40]!r}")
+    number = int(value)
+    if not low <= number <= high:
+        raise FormatError(f"{what} must be in {low}..{high}, got {number}")
+    return number
+
+
+def _json_dict(header: Mapping[str, str], key: str) -> dict[str, Any]:
+    value = json.loads(header[key])
+    if not isinstance(value, dict):
+        raise FormatError(f"header field {key} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_int(value: Any, what: str, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FormatError(f"{what} must be an integer in {low}..{high}, got {str(value)[:40]!r}")
+    return value
+
+
+def _header_shapes(
+    header: Mapping[str, str], expected: Mapping[str, tuple[int, ...]] | None
+) -> dict[str, tuple[int, ...]]:
+    """The header's tensor shapes, bounded, and each the shape ``expected`` gives its name."""
+    raw = _json_dict(header, "shapes")
+    if len(raw) > MAX_TENSORS:
+        raise FormatError(f"the header names {len(raw)} tensors, at most {MAX_TENSORS}")
+    shapes = {}
+    for name, dims in raw.items():
+        if not isinstance(dims, list) or len(dims) > 8:
+            raise FormatError(f"the shape of {name[:80]!r} must be a list of at most 8 sizes")
+        shape = tuple(
+            _json_int(d, f"a size of {name[:80]!r}", low=1, high=MAX_TENSOR_ENTRIES) for d in dims
+        )
+        if math.prod(shape) > MAX_TENSOR_ENTRIES:
+            raise FormatError(
+                f"{name[:80]!r} has {math.prod(shape)} entries, at most {MAX_TENSOR_ENTRIES}"
+            )
+        shapes[name] = shape
+    if expected is not None:
+        for name, shape in shapes.items():
+            if name not in expected or tuple(expected[name]) != shape:
+                want = tuple(expected[name]) if name in expected else None
+                raise FormatError(
+                    f"the header holds {name[:80]!r} of shape {shape}, the model's fast "
+                    f"weight of that name has shape {want}"
+                )
+    return shapes
+
+
+def _header_ttt_config(header: Mapping[str, str]) -> TTTConfig:
+    """The inner-loop settings, each of its field's type, finite and bounded."""
+    raw = _json_dict(header, "ttt_config")
+    defaults = {f.name: f.default for f in fields(TTTConfig)}
+    if not set(raw) <= set(defaults):
+        raise FormatError(f"ttt_config has unknown fields {sorted(set(raw) - set(defaults))}")
+    for name, value in raw.items():
+        kind = type(defaults[name])
+        if kind is int:
+            _json_int(value, f"ttt_config.{name}", low=1, high=MAX_CHUNK_BYTES)
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FormatError(f"ttt_config.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or abs(value) > 1e6:
+                raise FormatError(f"ttt_config.{name} must be finite and at most 1e6")
+        elif not isinstance(value, kind):
+            raise FormatError(f"ttt_config.{name} must be a {kind.__name__}, got {value!r}")
+    return TTTConfig(**raw)
+
+
+def _byte_tensor(tensors: Mapping[str, Tensor], name: str) -> bytes:
+    tensor = tensors[name]
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise FormatError(f"{name} must be a 1-D uint8 tensor, got {tensor.dtype} {tensor.shape}")
+    return bytes(tensor.tolist())
+
+
+def read_delta(
+    data: bytes,
+    *,
+    source: str = "delta",
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> WeightDelta:
+    """Parse a delta file written by :func:`make_delta`. Every header field is checked and
+    bounded before it is used, so a damaged or forged file is a FormatError (never another
+    exception, nor a huge allocation).
+
+    Args:
+        shapes: the names and shapes of the fast weights the delta may hold (the model's);
+            checked before its tensors are read.
 
     Raises:
         FormatError: not a delta file, truncated, forged or inconsistent.
@@ -165,57 +272,74 @@ def read_delta(data: bytes, *, source: str = "delta") -> WeightDelta:
     try:
         tensors = load_safetensors(bytes(data))
         header = _safetensors_metadata(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, RecursionError) as exc:
         raise FormatError(f"{source} is not a readable safetensors file: {exc}") from exc
     if header.get("format") != DELTA_FORMAT:
         raise FormatError(
             f"{source} has format {header.get('format')!r}, expected {DELTA_FORMAT!r}"
         )
     try:
-        group_size = int(header["group_size"])
-        shapes = {n: tuple(int(d) for d in s) for n, s in json.loads(header["shapes"]).items()}
-        kept = {n: int(k) for n, k in json.loads(header["kept"]).items()}
+        group_size = header_int(header["group_size"], "group_size", low=2, high=MAX_GROUP_SIZE)
+        if group_size & (group_size - 1):
+            raise FormatError(f"group_size must be a power of two, got {group_size}")
+        shape_of = _header_shapes(header, shapes)
+        kept_raw = _json_dict(header, "kept")
+        if set(kept_raw) != set(shape_of):
+            raise FormatError("the header's kept counts and shapes name different tensors")
         packed = {}
-        for name, shape in shapes.items():
-            numel = int(torch.Size(shape).numel())
+        for name, shape in shape_of.items():
+            numel = math.prod(shape)
+            kept = _json_int(kept_raw[name], f"kept of {name[:80]!r}", low=0, high=numel)
             if f"{name}.bitmap" in tensors:
-                mask = _from_bitmap(tensors[f"{name}.bitmap"], numel)
+                bitmap = tensors[f"{name}.bitmap"]
+                if bitmap.dtype != torch.uint8 or bitmap.shape != (-(-numel // 8),):
+                    raise FormatError(f"the bitmap of {name} does not match its shape")
+                mask = _from_bitmap(bitmap, numel)
                 indices = torch.nonzero(mask).reshape(-1)
             elif f"{name}.indices" in tensors:
                 indices = tensors[f"{name}.indices"].long()
-                if indices.numel() and (
-                    int(indices.min()) < 0
-                    or int(indices.max()) >= numel
-                    or bool((indices[1:] <= indices[:-1]).any())
+                if indices.dim() != 1 or (
+                    indices.numel()
+                    and (
+                        int(indices.min()) < 0
+                        or int(indices.max()) >= numel
+                        or bool((indices[1:] <= indices[:-1]).any())
+                    )
                 ):
                     raise ValueError(f"indices of {name} are out of range or not increasing")
             else:
                 indices = torch.arange(numel)
-            if indices.numel() != kept[name]:
-                raise ValueError(
-                    f"{name} keeps {indices.numel()} entries, header says {kept[name]}"
-                )
+            if indices.numel() != kept:
+                raise ValueError(f"{name} keeps {indices.numel()} entries, header says {kept}")
             codes, scales = tensors[f"{name}.codes"], tensors[f"{name}.scales"].float()
             if codes.dtype != torch.uint8 or not bool(torch.isfinite(scales).all()):
                 raise ValueError(f"codes or scales of {name} are damaged")
+            groups = -(-kept // group_size)
+            if scales.shape != (groups,) or codes.shape != (groups * group_size // 2,):
+                raise ValueError(f"codes or scales of {name} do not match its {kept} entries")
             packed[name] = PackedDelta(indices, codes, scales, shape, group_size)
+        model = header["model"]
+        extra = _json_dict(header, "extra")
+        labels = _json_dict(header, "labels")
         delta = WeightDelta(
-            model=header["model"],
+            model=model if isinstance(model, str) else "",
             packed=packed,
-            ttt_config=TTTConfig(**json.loads(header["ttt_config"])),
-            position=int(header["position"]),
-            steps=int(header["steps"]),
-            rejected_steps=int(header["rejected_steps"]),
-            last_byte=int(header["last_byte"]),
-            pending=bytes(tensors["pending"].tolist()),
-            recent_inputs=bytes(tensors["recent_inputs"].tolist()),
-            extra={str(k): str(v) for k, v in json.loads(header["extra"]).items()},
-            labels={str(k): str(v) for k, v in json.loads(header["labels"]).items()},
+            ttt_config=_header_ttt_config(header),
+            position=header_int(header["position"], "position"),
+            steps=header_int(header["steps"], "steps"),
+            rejected_steps=header_int(header["rejected_steps"], "rejected_steps"),
+            last_byte=header_int(header["last_byte"], "last_byte", high=255),
+            pending=_byte_tensor(tensors, "pending"),
+            recent_inputs=_byte_tensor(tensors, "recent_inputs"),
+            extra={str(k): str(v) for k, v in extra.items()},
+            labels={str(k): str(v) for k, v in labels.items()},
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except FormatError as exc:
         raise FormatError(f"{source} is damaged: {exc}") from exc
-    if not 0 <= delta.last_byte < 256 or len(delta.pending) >= delta.ttt_config.chunk_bytes:
-        raise FormatError(f"{source} is damaged: bad last byte or partial-chunk buffer")
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, RecursionError) as exc:
+        raise FormatError(f"{source} is damaged: {exc}") from exc
+    if len(delta.pending) >= delta.ttt_config.chunk_bytes:
+        raise FormatError(f"{source} is damaged: bad partial-chunk buffer")
     return delta
 
 

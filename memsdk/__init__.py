@@ -25,6 +25,7 @@ from memsdk.errors import (
     MemsdkError,
     ModelNotFoundError,
     NotFoundError,
+    StaleFilesError,
     StorageError,
 )
 from memsdk.memory import HybridMemory
@@ -77,6 +78,7 @@ __all__ = [
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "StaleFilesError",
     "StorageError",
     "Surprise",
     "SurpriseLine",

@@ -1,5 +1,5 @@
-"""The ``memsdk`` command line: ingest, search, query, calibrate, stats, sessions and
-rebuild-index."""
+"""The ``memsdk`` command line: ingest, search, query, calibrate, stats, sessions,
+rebuild-index and repair."""
 
 from __future__ import annotations
 
@@ -182,6 +182,16 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from memsdk.repair import repair
+
+    report = repair(args.memory, progress=not args.quiet)
+    for path in report.moved:
+        print(f"moved aside (another history than the database): {path}")
+    print(f"rebuilt the vector index of {args.memory}: {report.index_vectors} vectors")
+    return 0
+
+
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     with HybridMemory.open(
         args.memory, rebuild_index=True, progress=not args.quiet, create=False
@@ -257,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_rebuild)
+
+    p = sub.add_parser(
+        "repair",
+        help="keep the database, move the index, weight deltas and router policies of another "
+        "history aside, rebuild the index",
+    )
+    _memory_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_repair)
     return parser
 
 

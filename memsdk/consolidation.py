@@ -66,7 +66,9 @@ from memsdk.engine import (
     restore_state,
     stream,
 )
-from memsdk.errors import BusyError, FormatError, MemsdkError
+from memsdk.engine.delta import header_int
+from memsdk.engine.ttt import initial_weights
+from memsdk.errors import BusyError, DatabaseCorruptedError, FormatError, MemsdkError
 from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
@@ -143,6 +145,8 @@ class Consolidator:
         queue_size: bound of the command queue.
         max_loaded_states: how many scopes' states stay in memory (about 0.8 MB each with
             the shipped model); the least recently used beyond it are saved and dropped.
+        memory_id: the memory's identity, written into every delta; a delta that names
+            another memory is not merged (the scope is rebuilt from the notepad's chunks).
     """
 
     def __init__(
@@ -162,8 +166,10 @@ class Consolidator:
         poll_interval_s: float = 1.0,
         queue_size: int = 1024,
         max_loaded_states: int = 128,
+        memory_id: str = "",
     ) -> None:
         self.sql = sql
+        self.memory_id = memory_id
         self.deltas = deltas
         self.snapshots = snapshots
         self.model = model
@@ -187,6 +193,7 @@ class Consolidator:
         # the headers of scopes with new chunks only; and scopes found with work to do.
         self._absorbed: dict[int, int] = {}
         self._backlog: set[int] = set()
+        self._shapes: dict[str, tuple[int, ...]] | None = None
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
         self._queued: set[int] = set()
@@ -337,24 +344,56 @@ class Consolidator:
     def _through(state: TTTState) -> int:
         return int(state.extra.get(THROUGH, "0"))
 
+    def _fast_weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every fast weight a delta of this model may hold (those of either mode), by name:
+        a delta's header is checked against them before its tensors are read."""
+        if self._shapes is None:
+            masked = TTTConfig(fast_params="fisher_masked")
+            weights = initial_weights(self.model, masked)
+            self._shapes = {name: tuple(w.shape) for name, w in weights.items()}
+        return self._shapes
+
     def _read(self, scope_id: int, version: int) -> WeightDelta:
         path = self.deltas.path(scope_id, version)
         try:
-            return read_delta(self.deltas.read(scope_id, version), source=str(path))
+            data = self.deltas.read(scope_id, version)
         except OSError as exc:
             raise FormatError(f"{path} cannot be read: {exc}") from exc
+        return read_delta(data, source=str(path), shapes=self._fast_weight_shapes())
 
     def _chain(self, scope_id: int, newest: int) -> list[tuple[int, WeightDelta]]:
         """The deltas from the first to ``newest``, following each file's parent."""
         chain, version = [], newest
         while version:
             delta = self._read(scope_id, version)
+            owner = delta.labels.get("memory_id")
+            if owner is not None and owner != self.memory_id:
+                raise FormatError(
+                    f"delta {version} of scope {scope_id} belongs to memory {owner}, this is "
+                    f"memory {self.memory_id}"
+                )
             chain.append((version, delta))
-            parent = int(delta.labels.get("parent", "-1"))
-            if not 0 <= parent < version:
-                raise FormatError(f"delta {version} of scope {scope_id} names parent {parent}")
-            version = parent
+            version = header_int(
+                delta.labels.get("parent"),
+                f"the parent named by delta {version} of scope {scope_id}",
+                high=version - 1,
+            )
         return chain[::-1]
+
+    def _check_through(self, scope_id: int, state: TTTState) -> None:
+        """A loaded state may claim only chunks the database has held: a ``through_chunk_id``
+        that is not a chunk id, or beyond every chunk id the database ever gave (its weights
+        were trained on another database's chunks, or a forged file), would stop the scope
+        absorbing its own chunks.
+
+        Raises:
+            FormatError: the claim is malformed or goes beyond the database.
+        """
+        header_int(
+            state.extra.get(THROUGH, "0"),
+            f"through_chunk_id of scope {scope_id} (the database's chunk ids end there)",
+            high=self.sql.newest_chunk_id_ever(),
+        )
 
     def _chain_versions(self, scope_id: int) -> list[int]:
         """The versions on the chain of the scope's newest delta (empty if unreadable)."""
@@ -375,6 +414,8 @@ class Consolidator:
                 if legacy:
                     self._dirty.add(scope_id)  # saved as a delta at the next save
                 break
+            except DatabaseCorruptedError:
+                raise  # the database is damaged, not the deltas: they stay
             except FormatError as exc:
                 if attempt + 1 < RELOAD_ATTEMPTS and self.deltas.signature(scope_id) != signature:
                     continue  # another process saved or compacted meanwhile
@@ -411,11 +452,13 @@ class Consolidator:
                     f"its deltas train {state.config.fast_params!r}, this memory is "
                     f"configured for {self.ttt_config.fast_params!r}"
                 )
+            self._check_through(scope_id, state)
             return state, _Session(versions[-1], len(chain), _copy(state.fast_weights)), False
         legacy = self.snapshots.read(scope_id)
         if legacy is not None:
             source = str(self.snapshots.path(scope_id))
             state = TTTState.from_bytes(legacy, self.model, source=source)
+            self._check_through(scope_id, state)
         else:
             state = TTTState(self.model, self.ttt_config)
         return state, _Session(0, 0, _copy(state.initial_weights())), legacy is not None
@@ -439,9 +482,16 @@ class Consolidator:
                         fast_params != self.ttt_config.fast_params
                     ):  # rebuilt when loaded: load it now, so that it is absorbed again
                         raise ValueError("a delta of another model or fast-weight mode")
-                    extra = json.loads(meta["extra"])
-                    return int(extra.get(THROUGH, "0")), int(header["pending"]["shape"][0])
-                except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+                    owner = json.loads(meta["labels"]).get("memory_id")
+                    if owner is not None and owner != self.memory_id:
+                        raise ValueError(f"a delta of memory {owner}")  # rebuilt when loaded
+                    through = header_int(
+                        json.loads(meta["extra"]).get(THROUGH, "0"),
+                        f"through_chunk_id of scope {scope_id}",
+                        high=self.sql.newest_chunk_id_ever(),
+                    )
+                    return through, int(header["pending"]["shape"][0])
+                except (OSError, ValueError, KeyError, TypeError, IndexError, FormatError) as exc:
                     logger.debug("reading the state of scope %s: %s", scope_id, exc)
             try:
                 state = self._load_chain(scope_id)[0]
@@ -709,6 +759,7 @@ class Consolidator:
         labels = {
             "version": str(version),
             "parent": str(session.parent),
+            "memory_id": self.memory_id,
             "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         data = make_delta(state, session.base, keep=self.delta_keep, labels=labels)

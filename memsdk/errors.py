@@ -20,6 +20,7 @@ __all__ = [
     "MemsdkError",
     "ModelNotFoundError",
     "NotFoundError",
+    "StaleFilesError",
     "StorageError",
 ]
 
@@ -67,6 +68,18 @@ class DatabaseCorruptedError(FormatError):
     The database is the source of truth, so nothing else can rebuild it: the message names the
     repair (restore ``memory.db`` from a backup, or salvage it with the ``sqlite3`` shell's
     ``.recover``, then rebuild the index).
+    """
+
+
+class StaleFilesError(FormatError):
+    """Files of a memory directory belong to another history than its database: the database
+    was removed, emptied or restored from an older backup, or the vector index or weights were
+    copied from another memory. Using them would mix old data into the new records (reused ids,
+    another tenant's weights), so the memory refuses to open.
+
+    The message names the repair: restore the matching database, or run ``memsdk repair
+    --memory DIR``, which keeps the database and moves the files it does not vouch for aside
+    (``memsdk rebuild-index`` when only the index is stale).
     """
 
 

@@ -29,6 +29,7 @@ from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
+from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.forking import after_fork_in_child
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar
@@ -219,12 +220,18 @@ class HybridMemory:
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
                     max_loaded_states=self.config.weights_max_loaded_scopes,
+                    memory_id=self.notepad.memory_id,
                 )
             except BaseException:
                 self.notepad.close()
                 raise
         if rebuild_index:
             self.rebuild_index(progress=progress)
+        try:
+            settle_owed_resets(self)  # a delete-all cut short by a crash
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(
@@ -279,6 +286,7 @@ class HybridMemory:
         """Wait until the weight memory has absorbed every stored chunk, then write everything
         pending to disk (the vector index file, the weight deltas)."""
         self._live()
+        settle_owed_resets(self)
         if self.weights is not None:
             self.weights.flush()
         self.notepad.save_index()
@@ -511,11 +519,12 @@ class HybridMemory:
         memory_id: int,
         *,
         scope: Scope,
-        text: str | None = None,
+        text: str | bytes | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> MemoryItem:
         """Replace a memory's text (re-embedded) and/or its metadata; the change is recorded in
-        its history.
+        its history. The text is stored exactly as :meth:`add` stores it (str or bytes, the
+        exact bytes kept), as one chunk.
 
         Raises:
             NotFoundError: the scope holds no memory ``memory_id``.
@@ -526,16 +535,18 @@ class HybridMemory:
         if text is None and metadata is None:
             raise InputError("update needs text=, metadata= or both")
         meta = validate_metadata(metadata) if metadata is not None else None
-        content_hash = vector = None
+        content_hash = vector = raw = None
         if text is not None:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("text must be a non-empty string")
-            data = encode_text(text, "text")
+            # The same bytes, text, raw bytes and content hash as add() stores for this input,
+            # so an update never changes what was given nor blocks adding it again.
+            data = _to_bytes(text, "text")
+            if not data.strip():
+                raise InputError("text is empty or only white space: there is nothing to remember")
             if len(data) > self.config.max_text_bytes:
                 raise InputError(
                     f"text is {len(data)} bytes, at most {self.config.max_text_bytes} allowed"
                 )
-            text, _ = decode_chunk(data)
+            text, raw = decode_chunk(data)
             content_hash = hashlib.sha256(data).hexdigest()
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None or not self.notepad.sql.get_chunks(scope_id, [memory_id]):
@@ -546,6 +557,7 @@ class HybridMemory:
             scope_id,
             memory_id,
             text_value=text,
+            raw=raw,
             content_hash=content_hash,
             embedding=vector,
             metadata=meta,
@@ -568,17 +580,15 @@ class HybridMemory:
 
     @gated
     def delete_all(self, *, scope: Scope) -> int:
-        """Delete every memory of the scope; returns how many were deleted."""
-        scope_id = self._scope_id(scope, create=False)
-        if scope_id is None:
-            return 0
-        deleted = self.notepad.sql.delete_chunks(scope_id)
-        self.notepad.sync()
-        self.notepad.save_index()
-        if self.weights is not None:
-            self.weights.reset(scope_id)  # forgetting everything includes the weights
-        self._recall.forget(scope_id)  # and the router fitted on that data
-        return len(deleted)
+        """Delete every memory of the scope, and reset its weight memory and router policy
+        (they learned from that data); returns how many memories were deleted. Should the
+        process die or the reset fail after the memories are deleted, the next open (or
+        :meth:`flush`) finishes the reset.
+
+        Raises:
+            BusyError: another process kept the scope's weight lease (the reset stays owed).
+        """
+        return delete_scope(self, _check_scope(scope))
 
     # ---- the weight memory -------------------------------------------------------------------
 

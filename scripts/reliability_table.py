@@ -71,6 +71,46 @@ ROWS = [
         "tests/test_limits.py::test_a_full_disk_keeps_every_committed_chunk",
     ),
     (
+        "model",
+        "a hypothesis state machine over the public API (add, update, delete, delete_all, "
+        "reopen, LangChain upserts) against a plain dict of each scope's exact bytes",
+        "{examples} examples of up to {steps_per_example} steps; after every step each scope "
+        "held exactly its bytes, no scope reached another's memories, every refused call "
+        "changed nothing",
+        "tests/test_model_state_machine.py",
+    ),
+    (
+        "refused_upserts",
+        "LangChain upserts of an existing id refused ({kinds})",
+        "{refusals} refusals; the old text, its metadata and its id kept by each",
+        "tests/test_stored_data.py::test_a_refused_langchain_upsert_keeps_the_old_text",
+    ),
+    (
+        "forged_headers",
+        "weight deltas with one forged header field (parent, through_chunk_id, group size, "
+        "shapes, kept counts, position, inner-loop settings)",
+        "{forgeries} forgeries, each a FormatError: the memory opened, the other scope "
+        "untouched, the damaged scope rebuilt from SQL",
+        "tests/test_stored_data.py::test_a_forged_delta_header_is_rebuilt_from_sql",
+    ),
+    (
+        "delete_all_kill",
+        "a process killed with SIGKILL right after delete_all's SQL commit, then reopened",
+        "the deleted scope scores its old text at {after_bits:.2f} bits per byte, an empty "
+        "scope at {blank_bits:.2f} (before the delete: {learned_bits:.2f}); its router policy "
+        "removed",
+        "tests/test_crash.py::test_sigkill_right_after_delete_all_commits_still_resets_the_weights",
+    ),
+    (
+        "stale_files",
+        "memory.db removed, truncated to 0 bytes, or restored from an older backup",
+        "each open refused with StaleFilesError until `memsdk repair`; then a new tenant under "
+        "the old scope id scores the old tenant's secret at {removed_bits:.2f} bits per byte "
+        "(an empty scope: {blank_bits:.2f}), and a new chunk under a reused id is found by its "
+        "own vector (similarity {backup_similarity:.2f})",
+        "tests/test_stored_data.py",
+    ),
+    (
         "regex_hang",
         "the worst inputs of the patterns memsdk applies to text (identifiers in a "
         "{query_bytes}-byte query, shapes of {line_kib} KiB lines, calibration probes, search "

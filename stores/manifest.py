@@ -37,6 +37,10 @@ class Manifest:
     memsdk_version: str = "0.1.0"
     format_version: int = FORMAT_VERSION
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # The memory's identity (a UUID, hex), also stored in its database, index file and weight
+    # deltas: files of another history are refused. Empty in memories made before identities;
+    # they adopt one on their next open.
+    memory_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_NAME, **asdict(self)}
@@ -125,4 +129,5 @@ _FIELD_TYPES = {
     "memsdk_version": str,
     "format_version": int,
     "created_at": str,
+    "memory_id": str,
 }

@@ -9,10 +9,12 @@ Replaying is idempotent, so there is one way the index ever changes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +22,14 @@ import numpy as np
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.encoding import lone_surrogate
-from memsdk.errors import ConfigError, FormatError, IndexCorruptedError, InputError, NotFoundError
+from memsdk.errors import (
+    ConfigError,
+    FormatError,
+    IndexCorruptedError,
+    InputError,
+    NotFoundError,
+    StaleFilesError,
+)
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
@@ -147,16 +156,71 @@ class Notepad:
         self._saved_at = time.monotonic()
         try:
             self.sql.create_schema()
+            self.memory_id = self._identity()
             self.index = self._open_index() if load_index else VectorIndex(dim)
+            self.index.memory_id = self.memory_id
             if load_index:
                 self.sync()
         except BaseException:
             self.sql.close()
             raise
 
+    def _identity(self) -> str:
+        """The memory's identity, the same in the manifest and the database. A memory without
+        one (made before identities, or new) adopts one: the database first, so a crash in
+        between leaves a manifest that adopts the database's on the next open.
+
+        Raises:
+            StaleFilesError: the manifest names an identity the database does not hold (the
+                database was removed, emptied, or replaced by another memory's).
+        """
+        recorded = self.manifest.memory_id
+        held = self.sql.identity()
+        if recorded and held != recorded:
+            got = "no identity (a new, removed or emptied database)" if held is None else held
+            raise StaleFilesError(
+                f"the database of memory {self.directory} is not the one its files were made "
+                f"with: the manifest names memory {recorded}, the database holds {got}. "
+                "Restore the memory's own database from a backup, or keep this database and "
+                "move the index, weight deltas and router policies it does not vouch for aside "
+                f"with: memsdk repair --memory {self.directory}"
+            )
+        if not recorded:
+            recorded = self.sql.adopt_identity(held or uuid.uuid4().hex)
+            self.manifest = dataclasses.replace(self.manifest, memory_id=recorded)
+            self.manifest.write(self.directory)
+        return recorded
+
     def _open_index(self) -> VectorIndex:
+        """The saved index, when it belongs to this memory and to no history past the
+        database's.
+
+        Raises:
+            IndexCorruptedError: the file is missing while the database holds chunks, or
+                unreadable (names the rebuild command).
+            StaleFilesError: the file belongs to another memory, or reflects history events
+                the database does not hold (it was restored from an older backup, or lost
+                them): its ids would name other chunks (names the rebuild command).
+        """
         if self.index_path.exists():
-            return VectorIndex.load(self.index_path, dim=self.dim)
+            index = VectorIndex.load(self.index_path, dim=self.dim)
+            fix = (
+                f"rebuild it from the database with: memsdk rebuild-index --memory {self.directory}"
+            )
+            if index.memory_id and index.memory_id != self.memory_id:
+                raise StaleFilesError(
+                    f"vector index {self.index_path} belongs to memory {index.memory_id}, this "
+                    f"is memory {self.memory_id}: {fix}"
+                )
+            newest = self.sql.max_history_id()
+            if index.synced_to > newest:
+                raise StaleFilesError(
+                    f"vector index {self.index_path} reflects history up to event "
+                    f"{index.synced_to}, the database holds events up to {newest} only (it "
+                    f"was restored from an older backup, or replaced): {fix}"
+                )
+            index.dirty = index.dirty or not index.memory_id  # saved with the identity
+            return index
         if len(self.sql.all_chunk_ids()):
             raise IndexCorruptedError(
                 f"vector index {self.index_path} is missing but the database holds chunks: "
@@ -165,6 +229,7 @@ class Notepad:
         # Written at once, so a crash before the first regular save leaves an index that
         # catches up from SQL, not a missing one.
         index = VectorIndex(self.dim)
+        index.memory_id = self.memory_id
         index.save(self.index_path)
         return index
 
@@ -206,6 +271,7 @@ class Notepad:
         with self._sync_lock:
             newest = self.sql.max_history_id()
             index = VectorIndex(self.dim)
+            index.memory_id = self.memory_id
             for ids, vectors in self.sql.embeddings():
                 index.add(ids, vectors)
                 if on_batch is not None:

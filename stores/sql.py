@@ -2,8 +2,9 @@
 
 Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
 embedding, so the vector index can always be rebuilt without re-embedding), ``history``
-(append-only), ``ingest_ledger`` (one row per ingested source and its outcome) and
-``weight_leases`` (which process may train a scope's weight memory now).
+(append-only), ``ingest_ledger`` (one row per ingested source and its outcome),
+``weight_leases`` (which process may train a scope's weight memory now) and ``owed_resets``
+(scopes emptied by a delete-all whose weights and router policy are not reset yet).
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
@@ -61,9 +62,11 @@ __all__ = [
     "DocumentRow",
     "HistoryRecord",
     "HistoryRow",
+    "IdentityRow",
     "LeaseRow",
     "LedgerRow",
     "NewChunk",
+    "OwedResetRow",
     "SQLStore",
     "ScopeKey",
     "ScopeRow",
@@ -171,6 +174,27 @@ class LeaseRow(Base):
     scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     holder: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class IdentityRow(Base):
+    """The memory's identity (one row): the manifest, the index file and the weight deltas
+    carry the same UUID, so files of another history are recognised."""
+
+    __tablename__ = "memory_identity"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
+
+
+class OwedResetRow(Base):
+    """A scope whose chunks were all deleted while its weight memory and router policy, which
+    learned from them, are not reset yet. Written in the transaction that deletes the chunks,
+    removed once both are reset, so a crash between the two leaves the reset owed, not lost."""
+
+    __tablename__ = "owed_resets"
+
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass(frozen=True)
@@ -379,6 +403,30 @@ class SQLStore:
                 "writable) and run the call again",
             ) from exc
 
+    # ---- identity ----------------------------------------------------------------------------
+
+    def identity(self) -> str | None:
+        """The memory's identity (a UUID, hex) as the database records it; None when it records
+        none (a database made before identities, or a new, removed or emptied one)."""
+        with self.reading() as s:
+            row = s.get(IdentityRow, "memory_id")
+            return None if row is None else row.value
+
+    def adopt_identity(self, memory_id: str) -> str:
+        """Record ``memory_id`` as the memory's identity unless one is recorded; returns the
+        recorded one (another process may have recorded its own first)."""
+        try:
+            with self.writing() as s:
+                row = s.get(IdentityRow, "memory_id")
+                if row is not None:
+                    return row.value
+                s.add(IdentityRow(key="memory_id", value=memory_id))
+                return memory_id
+        except IntegrityError:
+            found = self.identity()
+            assert found is not None
+            return found
+
     # ---- scopes ------------------------------------------------------------------------------
 
     def find_scope(self, key: ScopeKey) -> int | None:
@@ -495,37 +543,53 @@ class SQLStore:
         skipped. Returns the new ids in input order, None for a skipped chunk.
         """
         with self.writing() as s:
-            taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
-            rows: list[ChunkRow | None] = []
-            for c in chunks:
-                if c.content_hash in taken:
-                    rows.append(None)
-                    continue
-                taken.add(c.content_hash)
-                row = ChunkRow(
-                    scope_id=scope_id,
-                    document_id=document_id,
-                    seq=c.seq,
-                    start_byte=c.start_byte,
-                    end_byte=c.end_byte,
-                    text=c.text,
-                    raw=c.raw,
-                    content_hash=c.content_hash,
-                    meta=c.metadata,
-                    embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
-                )
-                s.add(row)
-                rows.append(row)
+            return _insert_rows(s, scope_id, document_id, chunks)
+
+    def replace_chunks(
+        self,
+        scope_id: int,
+        old_ids: Sequence[int],
+        source: str,
+        metadata: dict[str, Any],
+        chunks: Sequence[NewChunk],
+    ) -> list[int]:
+        """Delete the scope's chunks among ``old_ids`` and store ``chunks`` as one new
+        document, in one transaction: a refused write (a duplicate, a full disk) leaves the
+        old chunks in place, and no reader sees the scope without either.
+
+        Returns:
+            the new chunk ids, in input order.
+
+        Raises:
+            DuplicateError: a chunk repeats content the scope keeps (outside ``old_ids``) or
+                another chunk of ``chunks``; nothing was changed.
+        """
+        old_ids = [i for i in old_ids if self._holdable(i)]
+        with self.writing() as s:
+            _delete_rows(s, scope_id, old_ids)
+            doc = DocumentRow(scope_id=scope_id, source=source, meta=metadata)
+            s.add(doc)
             s.flush()
-            added = [r for r in rows if r is not None]
-            s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
-            if document_id is not None and added:
-                s.execute(
-                    update(DocumentRow)
-                    .where(DocumentRow.id == document_id)
-                    .values(chunk_count=DocumentRow.chunk_count + len(added))
+            ids = _insert_rows(s, scope_id, doc.id, chunks)
+            if None in ids or not ids:
+                raise DuplicateError(
+                    "the text repeats content this scope already holds (memsdk keeps one copy "
+                    "of identical content per scope): nothing was changed; search for it, or "
+                    "store a text that differs"
                 )
-            return [r.id if r is not None else None for r in rows]
+            doc.size_bytes = sum(c.end_byte - c.start_byte for c in chunks)
+            s.add(
+                LedgerRow(
+                    scope_id=scope_id,
+                    document_id=doc.id,
+                    source=source,
+                    status="committed",
+                    chunks_added=len(ids),
+                    bytes_read=doc.size_bytes,
+                    finished_at=_now(),
+                )
+            )
+            return [i for i in ids if i is not None]
 
     def chunk_ids(self, scope_id: int, where: ColumnElement[bool] | None = None) -> np.ndarray:
         """Ids of the scope's chunks that pass ``where``, (n,) int64."""
@@ -622,11 +686,13 @@ class SQLStore:
         chunk_id: int,
         *,
         text_value: str | None,
+        raw: bytes | None = None,
         content_hash: str | None,
         embedding: np.ndarray | None,
         metadata: dict[str, Any] | None,
     ) -> bool:
-        """Change a chunk's text (with its hash and embedding) and/or metadata; records UPDATE.
+        """Change a chunk's text (with its exact bytes when the text cannot hold them, its hash
+        and embedding) and/or metadata; records UPDATE.
 
         Returns:
             False when the scope holds no chunk ``chunk_id``.
@@ -654,7 +720,7 @@ class SQLStore:
                         f"memory {other} of this scope already holds this exact text: "
                         f"delete memory {chunk_id} instead, or update memory {other}"
                     )
-                row.text, row.raw = text_value, None
+                row.text, row.raw = text_value, raw
                 row.content_hash = content_hash  # type: ignore[assignment]
                 row.embedding = np.asarray(embedding, dtype="<f4").tobytes()
             if metadata is not None:
@@ -683,43 +749,27 @@ class SQLStore:
             if not ids:
                 return []
         with self.writing() as s:
-            # Only the columns the history needs: not the embeddings of a whole scope.
-            stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
-                ChunkRow.scope_id == scope_id
-            )
-            if ids is not None:
-                stmt = stmt.where(ChunkRow.id.in_(list(ids)))
-            rows = s.execute(stmt).all()
-            if not rows:
-                return []
-            s.add_all(
-                HistoryRow(
-                    chunk_id=r.id,
-                    scope_id=scope_id,
-                    event="DELETE",
-                    old_text=r.text,
-                    old_meta=dict(r.meta),
-                )
-                for r in rows
-            )
-            deleted = [r.id for r in rows]
-            docs = {r.document_id for r in rows if r.document_id is not None}
-            for start in range(0, len(deleted), 500):
-                s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
-            for doc_id in docs:
-                left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
-                if left:
-                    s.execute(
-                        update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left)
-                    )
-                else:
-                    s.execute(
-                        update(LedgerRow)
-                        .where(LedgerRow.document_id == doc_id)
-                        .values(document_id=None)
-                    )
-                    s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
+            return _delete_rows(s, scope_id, ids)
+
+    def delete_scope(self, scope_id: int) -> list[int]:
+        """Delete every chunk of the scope and, in the same transaction, record that its
+        weight memory and router policy owe a reset (:meth:`owed_resets`). Returns the
+        deleted ids."""
+        with self.writing() as s:
+            deleted = _delete_rows(s, scope_id, None)
+            if s.get(OwedResetRow, scope_id) is None:
+                s.add(OwedResetRow(scope_id=scope_id))
             return deleted
+
+    def owed_resets(self) -> list[int]:
+        """Scopes whose weight memory and router policy still owe the reset of a delete-all."""
+        with self.reading() as s:
+            return list(s.scalars(select(OwedResetRow.scope_id).order_by(OwedResetRow.scope_id)))
+
+    def settle_reset(self, scope_id: int) -> None:
+        """The scope's owed reset is done."""
+        with self.writing() as s:
+            s.execute(delete(OwedResetRow).where(OwedResetRow.scope_id == scope_id))
 
     def history(self, scope_id: int, chunk_id: int) -> list[HistoryRecord]:
         """Events of one chunk, oldest first. ADD events are stored without text (it would
@@ -827,6 +877,14 @@ class SQLStore:
             ).all()
         return {int(r[0]): int(r[1]) for r in rows}
 
+    def newest_chunk_id_ever(self) -> int:
+        """The largest chunk id this database has given, deleted chunks included (every chunk
+        has an ADD event in the history, which is never deleted); 0 when it gave none."""
+        with self.reading() as s:
+            in_history = s.scalar(select(func.max(HistoryRow.chunk_id)))
+            in_chunks = s.scalar(select(func.max(ChunkRow.id)))
+        return max(int(in_history or 0), int(in_chunks or 0))
+
     def bytes_after(self, scope_id: int, after_id: int) -> tuple[int, int]:
         """The scope's text bytes: (all of them, those in chunks with id > ``after_id``)."""
         size = ChunkRow.end_byte - ChunkRow.start_byte
@@ -925,6 +983,82 @@ def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[
         ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
     )
     return set(session.scalars(stmt))
+
+
+def _insert_rows(
+    s: Session, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
+) -> list[int | None]:
+    """:meth:`SQLStore.insert_chunks` inside the caller's transaction."""
+    taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
+    rows: list[ChunkRow | None] = []
+    for c in chunks:
+        if c.content_hash in taken:
+            rows.append(None)
+            continue
+        taken.add(c.content_hash)
+        row = ChunkRow(
+            scope_id=scope_id,
+            document_id=document_id,
+            seq=c.seq,
+            start_byte=c.start_byte,
+            end_byte=c.end_byte,
+            text=c.text,
+            raw=c.raw,
+            content_hash=c.content_hash,
+            meta=c.metadata,
+            embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
+        )
+        s.add(row)
+        rows.append(row)
+    s.flush()
+    added = [r for r in rows if r is not None]
+    s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
+    if document_id is not None and added:
+        s.execute(
+            update(DocumentRow)
+            .where(DocumentRow.id == document_id)
+            .values(chunk_count=DocumentRow.chunk_count + len(added))
+        )
+    return [r.id if r is not None else None for r in rows]
+
+
+def _delete_rows(s: Session, scope_id: int, ids: Sequence[int] | None) -> list[int]:
+    """:meth:`SQLStore.delete_chunks` inside the caller's transaction."""
+    if ids is not None and not ids:
+        return []
+    # Only the columns the history needs: not the embeddings of a whole scope.
+    stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
+        ChunkRow.scope_id == scope_id
+    )
+    if ids is not None:
+        stmt = stmt.where(ChunkRow.id.in_(list(ids)))
+    rows = s.execute(stmt).all()
+    if not rows:
+        return []
+    s.add_all(
+        HistoryRow(
+            chunk_id=r.id,
+            scope_id=scope_id,
+            event="DELETE",
+            old_text=r.text,
+            old_meta=dict(r.meta),
+        )
+        for r in rows
+    )
+    deleted = [r.id for r in rows]
+    docs = {r.document_id for r in rows if r.document_id is not None}
+    for start in range(0, len(deleted), 500):
+        s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
+    for doc_id in docs:
+        left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
+        if left:
+            s.execute(update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left))
+        else:
+            s.execute(
+                update(LedgerRow).where(LedgerRow.document_id == doc_id).values(document_id=None)
+            )
+            s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
+    return deleted
 
 
 def _unpack_embeddings(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ and metadata) are turned into an ``IDSelectorBitmap`` *before* the search, so th
 top k of the allowed set, never a post-filtered remainder.
 
 On disk the index is one file: an 8-byte magic, a format version, the id of the last history
-event the index reflects (``synced_to``), the SHA-256 of the payload and the FAISS serialisation.
+event the index reflects (``synced_to``), the SHA-256 of the payload, the identity of the memory
+it belongs to (16 bytes of a UUID; version 2, zero when unknown) and the FAISS serialisation.
 The checksum is verified before FAISS parses anything, so a truncated or forged file is rejected
 with a clear error instead of reaching the C++ reader.
 """
@@ -17,6 +18,7 @@ import hashlib
 import os
 import struct
 import threading
+import uuid
 from pathlib import Path
 
 import faiss
@@ -29,8 +31,9 @@ __all__ = ["INDEX_NAME", "VectorIndex"]
 
 INDEX_NAME = "notepad.faiss"
 _MAGIC = b"MEMSDKIX"
-_VERSION = 1
-_HEADER = struct.Struct("<8sIq32s")  # magic, version, synced_to, sha256(payload)
+_VERSION = 2
+_HEADER_V1 = struct.Struct("<8sIq32s")  # magic, version, synced_to, sha256(payload)
+_HEADER = struct.Struct("<8sIq32s16s")  # version 2 adds the memory's identity
 
 
 def _rebuild_hint(directory: Path) -> str:
@@ -52,6 +55,7 @@ class VectorIndex:
         # The id of the newest SQL history event whose effect the index holds; the notepad
         # replays later events to catch up with writes it did not see (crash, other process).
         self.synced_to = 0
+        self.memory_id = ""  # the memory the index belongs to (UUID hex); "" when unknown
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -61,7 +65,10 @@ class VectorIndex:
             payload = faiss.serialize_index(self._index).tobytes()
             synced_to = self.synced_to
             self.dirty = False
-        header = _HEADER.pack(_MAGIC, _VERSION, synced_to, hashlib.sha256(payload).digest())
+        identity = uuid.UUID(hex=self.memory_id).bytes if self.memory_id else bytes(16)
+        header = _HEADER.pack(
+            _MAGIC, _VERSION, synced_to, hashlib.sha256(payload).digest(), identity
+        )
         atomic_write_bytes(path, header + payload)
 
     @classmethod
@@ -78,16 +85,24 @@ class VectorIndex:
             blob = path.read_bytes()
         except FileNotFoundError:
             raise IndexCorruptedError(f"vector index {path} is missing: {hint}") from None
-        if len(blob) < _HEADER.size:
+        if len(blob) < _HEADER_V1.size:
             raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
-        magic, version, synced_to, digest = _HEADER.unpack_from(blob)
+        magic, version, synced_to, digest = _HEADER_V1.unpack_from(blob)
         if magic != _MAGIC:
             raise IndexCorruptedError(f"{path} is not a memsdk vector index: {hint}")
-        if version != _VERSION:
+        if version not in (1, _VERSION):
             raise IndexCorruptedError(
                 f"vector index {path} has format version {version}, expected {_VERSION}: {hint}"
             )
-        payload = blob[_HEADER.size :]
+        identity = ""
+        start = _HEADER_V1.size
+        if version == 2:
+            if len(blob) < _HEADER.size:
+                raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
+            raw_id = _HEADER.unpack_from(blob)[4]
+            identity = uuid.UUID(bytes=raw_id).hex if any(raw_id) else ""
+            start = _HEADER.size
+        payload = blob[start:]
         if hashlib.sha256(payload).digest() != digest:
             raise IndexCorruptedError(
                 f"vector index {path} fails its checksum (truncated or altered): {hint}"
@@ -104,6 +119,7 @@ class VectorIndex:
         out = cls(dim)
         out._index = index
         out.synced_to = synced_to
+        out.memory_id = identity
         return out
 
     # ---- updates -----------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+import memsdk
 from memsdk import HybridMemory, IndexCorruptedError, NotFoundError, Scope
 from memsdk.cli import main as cli_main
 from memsdk.engine import read_delta
-from memsdk.stores.weights import WeightDeltas
+from memsdk.stores.weights import RouterPolicies, WeightDeltas
 
 SCOPE = Scope(tenant="crash", user="u1")
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -158,3 +159,62 @@ def test_rebuild_index_recovers_a_lost_index_file(memory_dir, damage, capsys) ->
     with HybridMemory.open(memory_dir) as mem:
         assert set(mem.notepad.index.ids().tolist()) == expected
         assert "host-17 kernel" in mem.search("host-17", scope=SCOPE, k=1)[0].text
+
+
+# Opens the memory, then deletes the victim's scope and kills itself with SIGKILL as soon as the
+# SQL transaction of the delete has committed: before the index, weights or router are touched.
+KILL_AFTER_DELETE_COMMIT = """
+import os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from memsdk import HybridMemory, Scope
+
+mem = HybridMemory.open(sys.argv[1])
+write_engine = mem.notepad.sql._write_engine
+
+@event.listens_for(Session, "after_commit")
+def die(session):
+    if session.get_bind() is write_engine:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+mem.delete_all(scope=Scope(tenant="victim"))
+"""
+
+
+def test_sigkill_right_after_delete_all_commits_still_resets_the_weights(tmp_path, figures):
+    """A delete_all killed after its SQL commit: the next open finishes the reset it owed,
+    so the victim's weights complete and score like an empty scope's, and its router policy
+    file is gone."""
+    memory = tmp_path / "m"
+    victim, bystander, empty = Scope(tenant="victim"), Scope(tenant="bystander"), Scope(tenant="x")
+    secret = "".join(f"victim card {1900 + n}: PIN {79900 + n} expires 0/29\n" for n in range(60))
+    with HybridMemory.open(memory) as mem:
+        mem.add(secret, scope=victim)
+        mem.add("bystander notes: the VPN drops after sleep\n" * 3, scope=bystander)
+        mem.flush()
+    with HybridMemory.open(memory) as mem:  # the weights as saved (4-bit deltas)
+        victim_id = mem.notepad.sql.find_scope(victim.key())
+        RouterPolicies(memory).write(
+            victim_id, (Path(memsdk.__file__).parent / "router_default.json").read_bytes()
+        )
+        learned = mem.bits_per_byte(secret, scope=victim)
+        blank = mem.bits_per_byte(secret, scope=empty)
+        assert learned < 0.8 * blank  # the weights did learn the secret
+        kept = mem.bits_per_byte("bystander notes: the VPN", scope=bystander)
+    child = subprocess.run(
+        [sys.executable, "-P", "-c", KILL_AFTER_DELETE_COMMIT, str(memory)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    with HybridMemory.open(memory) as mem:
+        mem.flush()
+        assert mem.get_all(scope=victim) == []
+        after = mem.bits_per_byte(secret, scope=victim)
+        assert after == blank
+        prompt = "victim card 1999: PIN"
+        assert mem.complete(prompt, scope=victim) == mem.complete(prompt, scope=empty)
+        assert not RouterPolicies(memory).path(victim_id).exists()
+        assert mem.notepad.sql.owed_resets() == []
+        assert mem.bits_per_byte("bystander notes: the VPN", scope=bystander) == kept
+    figures.record("delete_all_kill", learned_bits=learned, after_bits=after, blank_bits=blank)

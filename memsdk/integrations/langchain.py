@@ -37,6 +37,7 @@ from pydantic import ConfigDict
 
 from memsdk.errors import DuplicateError, InputError, NotFoundError
 from memsdk.memory import HybridMemory, _shared_embedder
+from memsdk.replace import replace_text
 from memsdk.results import MemoryItem
 from memsdk.scope import Scope
 
@@ -137,7 +138,8 @@ class MemsdkVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         """Store each text (a long one becomes several chunks) and return its id. A text whose
-        id is already stored replaces it (upsert).
+        id is already stored replaces it (upsert) in one transaction: when the new text is
+        refused, the old one stays.
 
         Raises:
             InputError: lengths of ``texts``, ``metadatas`` and ``ids`` differ; an empty text;
@@ -145,6 +147,7 @@ class MemsdkVectorStore(VectorStore):
             DuplicateError: the scope already holds a chunk identical to one of the text's
                 (memsdk keeps one copy of identical content per scope); nothing of that text
                 is stored.
+            StorageError: the database refused the write; nothing of that text is stored.
         """
         if kwargs:
             raise InputError(f"add_texts got unsupported arguments: {sorted(kwargs)}")
@@ -157,18 +160,23 @@ class MemsdkVectorStore(VectorStore):
         for text, metadata, doc_id in zip(texts, metadatas or [{}] * len(texts), ids, strict=True):
             if ID_KEY in (metadata or {}):
                 raise InputError(f"metadata key {ID_KEY!r} is reserved for the document id")
-            self.delete([doc_id])
-            result = self.memory.add(
-                text, scope=self.scope, metadata={**(metadata or {}), ID_KEY: doc_id}
-            )
-            if result.duplicates_skipped:
-                for memory_id in result.ids:  # nothing half-stored
-                    self.memory.delete(memory_id, scope=self.scope)
+            # The old text goes in the transaction that stores the new one: a refused text
+            # leaves it in place.
+            old = [item.id for items in self._chunks([doc_id]).values() for item in items]
+            try:
+                replace_text(
+                    self.memory,
+                    old,
+                    text,
+                    scope=self.scope,
+                    metadata={**(metadata or {}), ID_KEY: doc_id},
+                )
+            except DuplicateError as exc:
                 raise DuplicateError(
                     f"text {doc_id!r} repeats content this scope already holds (memsdk keeps "
                     "one copy of identical content per scope): search for it, or add a text "
                     "that differs"
-                )
+                ) from exc
         return ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
