@@ -194,6 +194,7 @@ class Consolidator:
         self._absorbed: dict[int, int] = {}
         self._backlog: set[int] = set()
         self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._checked: dict[int, tuple[int, ...]] = {}  # chains read in full: their signature
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
         self._queued: set[int] = set()
@@ -466,7 +467,12 @@ class Consolidator:
     def _position(self, scope_id: int) -> tuple[int, int]:
         """The scope's ``through_chunk_id`` and partial-chunk bytes: from its state when it is
         loaded, else from its newest delta's header (no state is loaded), else from a state
-        read and dropped (a snapshot from before deltas, a damaged header)."""
+        read and dropped (a snapshot from before deltas, a damaged header).
+
+        A header is trusted only once its chain was read in full and checked (every field of
+        every delta on it, the parents, the memory it belongs to) in this process, as it is on
+        disk now: a forged field anywhere on the chain must send the scope to be rebuilt from
+        the notepad, not be taken for absorbed work."""
         with self._states_lock:
             state = self._states.get(scope_id)
         if state is None:
@@ -475,6 +481,10 @@ class Consolidator:
                 return 0, 0
             if versions:
                 try:
+                    signature = self.deltas.signature(scope_id)
+                    if self._checked.get(scope_id) != signature:
+                        self._chain(scope_id, versions[-1])  # FormatError when damaged
+                        self._checked[scope_id] = signature
                     header = self.deltas.header(scope_id, versions[-1])
                     meta = header["__metadata__"]
                     fast_params = json.loads(meta["ttt_config"])["fast_params"]

