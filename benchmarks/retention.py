@@ -163,11 +163,22 @@ class Absorber:
         return float(score_bytes(self.state, tail)[0].mean())
 
 
+def method_config(spec: str, retention: str) -> RetentionConfig:
+    """``replay`` or ``replay@every_chunks=2+batch=4``: a method and its own fields, over the
+    fields of ``--retention`` (JSON)."""
+    fields = json.loads(retention or "{}")
+    method, _, rest = spec.partition("@")
+    for item in filter(None, rest.split("+")):
+        key, _, value = item.partition("=")
+        fields[key] = float(value) if "." in value else int(value)
+    return RetentionConfig(method=method, **fields)
+
+
 def run_method(args: argparse.Namespace) -> dict:
     """Every figure of one method (the child process)."""
     torch.manual_seed(0)
     model, _, _ = load_model("default")
-    config = RetentionConfig(method=args.method, **json.loads(args.retention or "{}"))
+    config = method_config(args.method, args.retention)
     data = sources(args.shared, args.source_bytes, args.tail_bytes)
     names = list(data)
     empty = TTTState(model, model.default_ttt)
@@ -317,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--method", default="none,replay", help="comma-separated methods")
+    parser.add_argument(
+        "--method",
+        default="none,replay",
+        help="comma-separated methods, each with optional fields: replay@every_chunks=2+batch=4",
+    )
     parser.add_argument(
         "--retention", default="", help="JSON of RetentionConfig fields (e.g. '{\"batch\": 4}')"
     )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -59,6 +60,7 @@ from memsdk.engine import (
 )
 from memsdk.errors import BusyError, FormatError
 from memsdk.files import process_running
+from memsdk.retention import RetentionConfig, SQLHistory, absorb, rehearsal_steps
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
@@ -99,6 +101,9 @@ class ScopeWeights:
     deltas: int
     delta_bytes: int
     saved_at: datetime | None
+    retention: str = "none"
+    rehearsal_steps: int = 0
+    sources_held: int = 0
 
 
 @dataclass
@@ -132,6 +137,7 @@ class Consolidator:
         poll_interval_s: idle time after which the worker saves, gives its leases up and
             looks for chunks nobody has absorbed (written by other processes).
         queue_size: bound of the command queue.
+        retention: how each scope's weights keep older sources (:mod:`memsdk.retention`).
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class Consolidator:
         wait_s: float = 60.0,
         poll_interval_s: float = 1.0,
         queue_size: int = 1024,
+        retention: RetentionConfig | None = None,
     ) -> None:
         self.sql = sql
         self.deltas = deltas
@@ -158,6 +165,8 @@ class Consolidator:
         self.ttt_config = ttt_config or getattr(model, "default_ttt", None) or TTTConfig()
         self.delta_keep = delta_keep
         self.max_deltas = max_deltas
+        self.retention = retention or RetentionConfig()
+        self._rng = random.Random(self.retention.seed)
         self._sessions: dict[int, _Session] = {}
         self.batch_chunks = batch_chunks
         self.save_interval_s = save_interval_s
@@ -269,6 +278,9 @@ class Consolidator:
             deltas=len(chain),
             delta_bytes=self.deltas.size(scope_id, chain),
             saved_at=None if modified is None else datetime.fromtimestamp(modified, UTC),
+            retention=self.retention.method,
+            rehearsal_steps=rehearsal_steps(state),
+            sources_held=SQLHistory(self.sql, scope_id, self._through(state)).sources(),
         )
 
     # ---- the worker ------------------------------------------------------------------------
@@ -492,10 +504,14 @@ class Consolidator:
         self._waiting.discard(scope_id)
         while not self._stopping.is_set():
             state = self._states[scope_id]
-            rows = self.sql.chunk_bytes_after(scope_id, self._through(state), self.batch_chunks)
+            through = self._through(state)
+            rows = self.sql.chunk_bytes_after(scope_id, through, self.batch_chunks)
             if not rows:
                 return
-            stream(state, b"".join(data for _, data in rows))
+            # Rehearsals sample only chunks absorbed before this batch (memsdk.retention).
+            history = SQLHistory(self.sql, scope_id, through)
+            data = b"".join(data for _, data in rows)
+            absorb(state, data, history=history, config=self.retention, rng=self._rng)
             state.extra[THROUGH] = str(rows[-1][0])
             self._dirty.add(scope_id)
             self._save(force=False)

@@ -127,6 +127,10 @@ class SQLHistory:
             self._spans = [(int(r[0]), int(r[1])) for r in rows if r[0] is not None]
         return self._spans
 
+    def sources(self) -> int:
+        """How many sources the history holds."""
+        return len(self._source_spans())
+
     def sample(self, count: int, size: int, rng: random.Random) -> list[bytes]:
         spans = self._source_spans()
         out = []
