@@ -103,11 +103,11 @@ class MemoryConfig(BaseModel):
     weights_batch_chunks: int = Field(
         16, ge=1, le=4096, description="chunks the background worker absorbs per batch"
     )
-    weights_retention: Literal["replay", "ewc", "none"] = Field(
+    weights_retention: Literal["replay", "none"] = Field(
         "replay",
         description="how a scope's weight memory keeps older sources while it absorbs new "
-        "ones (memsdk.retention): 'replay' rehearses chunks sampled from the notepad, 'ewc' "
-        "pulls Fisher-important weights back, 'none' keeps only what recent text left",
+        "ones (memsdk.retention): 'replay' rehearses chunks sampled from the notepad after "
+        "each new chunk (about 1.5x the absorb time); 'none' keeps mostly the newest source",
     )
     weights_save_interval_s: float = Field(
         30.0,

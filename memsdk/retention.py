@@ -11,7 +11,8 @@ empty scope. Two remedies are offered, compared on held-out mixed streams by
   from what the scope absorbed before. Sampling is balanced over sources (a source first,
   uniformly, then a place in it), so a source ingested early keeps its share of rehearsal
   however much came after it.
-- ``"ewc"`` (elastic weight consolidation, Kirkpatrick et al., 2017, online form): after each
+- ``"ewc"`` (elastic weight consolidation, Kirkpatrick et al., 2017, online form; offered to
+  the benchmark only, not to :class:`~memsdk.config.MemoryConfig`): after each
   piece of ``every_chunks`` chunks, every fast weight is pulled back toward an anchor (the
   weights as they were ``anchor_bytes`` ago) in proportion to its running Fisher diagonal, so
   the weights that earlier text relied on move least.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import random
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -216,8 +216,3 @@ def _pull_to_anchor(state: TTTState, config: RetentionConfig) -> None:
 def rehearsal_steps(state: TTTState) -> int:
     """Rehearsal steps the state took since its initial weights (kept in its deltas)."""
     return int(state.extra.get(REHEARSALS, "0"))
-
-
-def describe(config: RetentionConfig) -> Sequence[str]:
-    """The config as short strings (benchmark records)."""
-    return [f"{k}={v}" for k, v in sorted(config.__dict__.items())]
