@@ -107,7 +107,7 @@ class MemoryConfig(BaseModel):
         "replay",
         description="how a scope's weight memory keeps older sources while it absorbs new "
         "ones (memsdk.retention): 'replay' rehearses chunks sampled from the notepad after "
-        "each new chunk (about 1.5x the absorb time); 'none' keeps mostly the newest source",
+        "each new chunk (about twice the absorb time); 'none' keeps mostly the newest source",
     )
     weights_save_interval_s: float = Field(
         30.0,
