@@ -28,8 +28,9 @@ sources-by-method shared/own ratios.
 Usage::
 
     python benchmarks/retention.py            # the full protocol: over an hour on 2 cores
-    python benchmarks/retention.py --method none,replay --source-bytes 32768 --tail-bytes 8192 \
-        --curve-max-mb 0.1                    # as in benchmarks/README.md
+    # as in benchmarks/README.md:
+    python benchmarks/retention.py --method none,replay --source-bytes 32768 \\
+        --tail-bytes 8192 --curve-max-mb 0.1
 """
 
 from __future__ import annotations
