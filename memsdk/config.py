@@ -103,6 +103,12 @@ class MemoryConfig(BaseModel):
     weights_batch_chunks: int = Field(
         16, ge=1, le=4096, description="chunks the background worker absorbs per batch"
     )
+    weights_retention: Literal["replay", "none"] = Field(
+        "replay",
+        description="how a scope's weight memory keeps older sources while it absorbs new "
+        "ones (memsdk.retention): 'replay' rehearses chunks sampled from the notepad after "
+        "each new chunk (about twice the absorb time); 'none' keeps mostly the newest source",
+    )
     weights_save_interval_s: float = Field(
         30.0,
         ge=0,

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -70,6 +71,7 @@ from memsdk.engine.delta import header_int
 from memsdk.engine.ttt import initial_weights
 from memsdk.errors import BusyError, DatabaseCorruptedError, FormatError, MemsdkError
 from memsdk.files import process_running
+from memsdk.retention import RetentionConfig, SQLHistory, absorb, rehearsal_steps
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
@@ -110,6 +112,9 @@ class ScopeWeights:
     deltas: int
     delta_bytes: int
     saved_at: datetime | None
+    retention: str = "none"
+    rehearsal_steps: int = 0
+    sources_held: int = 0
 
 
 @dataclass
@@ -147,6 +152,7 @@ class Consolidator:
             the shipped model); the least recently used beyond it are saved and dropped.
         memory_id: the memory's identity, written into every delta; a delta that names
             another memory is not merged (the scope is rebuilt from the notepad's chunks).
+        retention: how each scope's weights keep older sources (:mod:`memsdk.retention`).
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class Consolidator:
         queue_size: int = 1024,
         max_loaded_states: int = 128,
         memory_id: str = "",
+        retention: RetentionConfig | None = None,
     ) -> None:
         self.sql = sql
         self.memory_id = memory_id
@@ -176,6 +183,8 @@ class Consolidator:
         self.ttt_config = ttt_config or getattr(model, "default_ttt", None) or TTTConfig()
         self.delta_keep = delta_keep
         self.max_deltas = max_deltas
+        self.retention = retention or RetentionConfig()
+        self._rng = random.Random(self.retention.seed)
         self._sessions: dict[int, _Session] = {}
         self.batch_chunks = batch_chunks
         self.save_interval_s = save_interval_s
@@ -318,6 +327,9 @@ class Consolidator:
             deltas=len(chain),
             delta_bytes=self.deltas.size(scope_id, chain),
             saved_at=None if modified is None else datetime.fromtimestamp(modified, UTC),
+            retention=self.retention.method,
+            rehearsal_steps=rehearsal_steps(state),
+            sources_held=SQLHistory(self.sql, scope_id, self._through(state)).sources(),
         )
 
     # ---- the worker ------------------------------------------------------------------------
@@ -691,10 +703,14 @@ class Consolidator:
         self._backlog.discard(scope_id)
         while not self._stopping.is_set():
             state = self._states[scope_id]
-            rows = self.sql.chunk_bytes_after(scope_id, self._through(state), self.batch_chunks)
+            through = self._through(state)
+            rows = self.sql.chunk_bytes_after(scope_id, through, self.batch_chunks)
             if not rows:
                 return
-            stream(state, b"".join(data for _, data in rows))
+            # Rehearsals sample only chunks absorbed before this batch (memsdk.retention).
+            history = SQLHistory(self.sql, scope_id, through)
+            data = b"".join(data for _, data in rows)
+            absorb(state, data, history=history, config=self.retention, rng=self._rng)
             state.extra[THROUGH] = str(rows[-1][0])
             self._absorbed[scope_id] = rows[-1][0]
             self._dirty.add(scope_id)

@@ -49,6 +49,7 @@ from memsdk.results import (
     SurpriseLine,
     WeightFigures,
 )
+from memsdk.retention import RetentionConfig
 from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
 from memsdk.sources import (
@@ -217,6 +218,7 @@ class HybridMemory:
                     delta_keep=self.config.weights_delta_keep,
                     max_deltas=self.config.weights_max_deltas,
                     batch_chunks=self.config.weights_batch_chunks,
+                    retention=RetentionConfig(method=self.config.weights_retention),
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
                     max_loaded_states=self.config.weights_max_loaded_scopes,

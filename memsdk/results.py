@@ -130,6 +130,15 @@ class WeightFigures(BaseModel):
     deltas: int = Field(description="session delta files the weight memory is merged from")
     delta_bytes: int = Field(description="bytes of those delta files")
     saved_at: datetime | None = Field(description="when the newest delta was written (UTC)")
+    retention: str = Field(
+        "none", description="how the weights keep older sources (MemoryConfig.weights_retention)"
+    )
+    rehearsal_steps: int = Field(
+        0, description="inner steps on earlier chunks replayed from the notepad (retention)"
+    )
+    sources_held: int = Field(
+        0, description="document sources absorbed so far, which rehearsals sample from"
+    )
 
 
 class ScopeStats(BaseModel):

@@ -1,0 +1,387 @@
+"""Retention benchmark: does a scope's weight memory keep every source it absorbed?
+
+Sources are text the model never trained on: the held-out streams of ``benchmarks/weights.py``
+(the split of ``memsdk.engine.corpus``: three Loghub systems, BGL, HDFS and OpenStack, Python
+standard library modules, man pages, issue-tracker tickets, and Linux and Python documentation
+where installed) and two kinds no corpus source reads (:data:`EXTRA`: C headers and Debian
+changelogs), each cut to ``--source-bytes``. Each source's last ``--tail-bytes`` are its unseen
+tail; the rest is its head. The sources are taken in an order that alternates kinds.
+
+For each retention method (``--method``, :mod:`memsdk.retention`) the benchmark measures, in a
+clean child process per method (so peak RSS is the method's own):
+
+- the bits per byte of each tail (``score_bytes`` in a fresh window, as ``bits_per_byte``
+  reads it) in an empty scope, in the source's own scope (its head absorbed), and in one shared
+  scope that absorbed every head in turn. Tails are never absorbed: score, then update;
+- the retention curve: the first source's tail after its head and then 0, 0.1, 0.3, 1 and 3 MB
+  of other held-out text (``--curve-max-mb`` stops earlier, for CPU time);
+- absorb throughput (bytes/s of the shared scope), peak RSS, and the bytes on disk of the
+  shared scope's weight memory (one 4-bit delta from the initial weights, as a scope saves it).
+
+Heads are absorbed in batches of ``--batch-bytes`` (the background worker's batch: 16 notepad
+chunks of 512 bytes), each batch added to the rehearsal history only after it was absorbed.
+Reference lines: ``xz -9e`` and ``zstd -19 --long`` of each tail conditioned on everything
+before it (size of prefix + tail minus size of prefix). One JSON line goes to stdout; ``--out``
+receives the JSON and, when matplotlib is installed, PNGs of the retention curve and of the
+sources-by-method shared/own ratios.
+
+Usage::
+
+    python benchmarks/retention.py            # the full protocol: over an hour on 2 cores
+    # as in benchmarks/README.md:
+    python benchmarks/retention.py --method none,replay --source-bytes 32768 \\
+        --tail-bytes 8192 --curve-max-mb 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+
+import torch
+from weights import COMPRESSORS, held_out_streams  # the sibling benchmark script
+
+from memsdk.engine import TTTState, load_model, make_delta, score_bytes
+from memsdk.files import atomic_write_bytes
+from memsdk.retention import MemoryHistory, RetentionConfig, absorb
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared"
+DEFAULT_OUT = REPO / "benchmarks" / "out"
+# Kinds alternate, so every source is followed by text of another kind.
+ORDER = (
+    "logs/BGL",
+    "prose/man",
+    "logs/HDFS",
+    "code/stdlib",
+    "tickets/tickets",
+    "code/c-headers",
+    "logs/OpenStack",
+    "prose/changelogs",
+    "prose/linux-doc",
+    "prose/python-doc",
+)
+# Text of this machine that no corpus source reads (engine/corpus.py), so never trained on:
+# C headers (code of another language) and Debian package changelogs (prose).
+EXTRA = {
+    "code/c-headers": ("/usr/include", "**/*.h"),
+    "prose/changelogs": ("/usr/share/doc", "*/changelog.Debian.gz"),
+}
+CURVE_MB = (0.0, 0.1, 0.3, 1.0, 3.0)
+MB = 1_000_000
+TARGETS = {"shared_over_own_max": 1.25, "newest_over_own_max": 1.05, "curve_3mb_over_own": 1.3}
+
+
+def streams(shared: Path, size: int) -> dict[str, bytes]:
+    """Name -> the first ``size`` bytes of each held-out source (whole files, concatenated)."""
+    out = held_out_streams(shared, size)
+    for name, (root, pattern) in EXTRA.items():
+        files = sorted(Path(root).glob(pattern), key=lambda p: sha256(str(p).encode()).digest())
+        parts, have = [], 0
+        for path in files:
+            if have >= size:
+                break
+            with open(path, "rb") as f:
+                text = (gzip.GzipFile(fileobj=f) if path.suffix == ".gz" else f).read(size)
+            parts.append(text)
+            have += len(text)
+        if have:
+            out[name] = b"".join(parts)[:size]
+    return out
+
+
+def sources(shared: Path, size: int, tail: int) -> dict[str, tuple[bytes, bytes]]:
+    """Name -> (head, tail) of each held-out source, in :data:`ORDER`."""
+    streams_ = streams(shared, size)
+    names = [n for n in ORDER if n in streams_] + sorted(set(streams_) - set(ORDER))
+    return {n: (streams_[n][:-tail], streams_[n][-tail:]) for n in names}
+
+
+def filler(shared: Path, names: list[str], block: int, total: int) -> bytes:
+    """``total`` bytes of the other held-out sources, round robin in blocks of ``block``
+    (each source's text from its start, so the first block of each is a head seen before)."""
+    pool = streams(shared, max(block, total))
+    parts, offsets = [], dict.fromkeys(names, 0)
+    size = 0
+    while size < total and any(offsets[n] < len(pool[n]) for n in names):
+        for name in names:
+            piece = pool[name][offsets[name] : offsets[name] + block]
+            offsets[name] += block
+            if piece:
+                parts.append(piece)
+                size += len(piece)
+    return b"".join(parts)[:total]
+
+
+def conditioned_bpb(prefix: bytes, data: bytes) -> dict[str, float | None]:
+    """Bits per byte each compressor adds for ``data`` after ``prefix``."""
+    out: dict[str, float | None] = {}
+    for name, command in COMPRESSORS.items():
+        if name == "gzip -9" or shutil.which(command[0]) is None:
+            continue
+
+        def size(text: bytes, command: list[str] = command) -> int:
+            run = subprocess.run(command, input=text, capture_output=True, check=True)
+            return len(run.stdout)
+
+        out[name] = 8 * (size(prefix + data) - (size(prefix) if prefix else 0)) / len(data)
+    return out
+
+
+class Absorber:
+    """One scope: a state, the history its rehearsals sample from, and its absorb time."""
+
+    def __init__(self, model, config: RetentionConfig, batch_bytes: int) -> None:
+        self.state = TTTState(model, model.default_ttt)
+        self.history = MemoryHistory()
+        self.config = config
+        self.batch_bytes = batch_bytes
+        self.rng = random.Random(config.seed)
+        self.seconds = 0.0
+        self.bytes = 0
+
+    def feed(self, name: str, data: bytes) -> None:
+        started = time.perf_counter()
+        for start in range(0, len(data), self.batch_bytes):
+            batch = data[start : start + self.batch_bytes]
+            absorb(self.state, batch, history=self.history, config=self.config, rng=self.rng)
+            self.history.add(name, batch)
+        self.seconds += time.perf_counter() - started
+        self.bytes += len(data)
+
+    def score(self, tail: bytes) -> float:
+        return float(score_bytes(self.state, tail)[0].mean())
+
+
+def method_config(spec: str, retention: str) -> RetentionConfig:
+    """``replay`` or ``replay@every_chunks=2+batch=4``: a method and its own fields, over the
+    fields of ``--retention`` (JSON)."""
+    fields = json.loads(retention or "{}")
+    method, _, rest = spec.partition("@")
+    for item in filter(None, rest.split("+")):
+        key, _, value = item.partition("=")
+        fields[key] = float(value) if "." in value else int(value)
+    return RetentionConfig(method=method, **fields)
+
+
+def run_method(args: argparse.Namespace) -> dict:
+    """Every figure of one method (the child process)."""
+    torch.manual_seed(0)
+    model, _, _ = load_model("default")
+    config = method_config(args.method, args.retention)
+    data = sources(args.shared, args.source_bytes, args.tail_bytes)
+    names = list(data)
+    empty = TTTState(model, model.default_ttt)
+    out: dict = {"retention": config.__dict__, "sources": {}}
+    shared = Absorber(model, config, args.batch_bytes)
+    for name in names:
+        head, tail = data[name]
+        own = Absorber(model, config, args.batch_bytes)
+        own.feed(name, head)
+        shared.feed(name, head)
+        out["sources"][name] = {
+            "head_bytes": len(head),
+            "tail_bytes": len(tail),
+            "empty": float(score_bytes(empty, tail)[0].mean()),
+            "own": own.score(tail),
+        }
+        print(f"{args.method} {name}: {out['sources'][name]}", file=sys.stderr)
+    for name in names:
+        out["sources"][name]["shared"] = shared.score(data[name][1])
+    out["absorb_bytes_per_s"] = shared.bytes / shared.seconds
+    base = {n: w.detach().clone() for n, w in shared.state.initial_weights().items()}
+    out["delta_bytes_per_scope"] = len(make_delta(shared.state, base))
+    out["rehearsal_steps"] = int(shared.state.extra.get("rehearsal_steps", "0"))
+    first = names[0]
+    head, tail = data[first]
+    curve = Absorber(model, config, args.batch_bytes)
+    curve.feed(first, head)
+    points = [mb for mb in CURVE_MB if mb <= args.curve_max_mb]
+    more = filler(args.shared, names[1:], args.source_bytes, int(points[-1] * MB))
+    out["curve"], done = {}, 0
+    for mb in points:
+        upto = int(mb * MB)
+        for start in range(done, upto, args.source_bytes):  # one source block at a time
+            block = more[start : min(start + args.source_bytes, upto)]
+            curve.feed(f"other-{start // args.source_bytes % (len(names) - 1)}", block)
+        done = max(done, upto)
+        out["curve"][str(mb)] = curve.score(tail)
+        print(f"{args.method} curve {mb} MB: {out['curve'][str(mb)]:.3f}", file=sys.stderr)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def references(args: argparse.Namespace) -> dict:
+    """Compressor lines: own (head then tail), shared (every head then tail), curve."""
+    data = sources(args.shared, args.source_bytes, args.tail_bytes)
+    names = list(data)
+    heads = b"".join(head for head, _ in data.values())
+    out: dict = {"sources": {}, "curve": {}}
+    for name, (head, tail) in data.items():
+        out["sources"][name] = {
+            "own": conditioned_bpb(head, tail),
+            "shared": conditioned_bpb(heads, tail),
+        }
+    head, tail = data[names[0]]
+    points = [mb for mb in CURVE_MB if mb <= args.curve_max_mb]
+    more = filler(args.shared, names[1:], args.source_bytes, int(points[-1] * MB))
+    for mb in points:
+        out["curve"][str(mb)] = conditioned_bpb(head + more[: int(mb * MB)], tail)
+    return out
+
+
+def summarize(method: dict) -> dict:
+    """Ratios against the own-scope figures, and the issue's targets."""
+    rows = method["sources"]
+    ratios = {n: r["shared"] / r["own"] for n, r in rows.items()}
+    newest = list(rows)[-1]
+    first = next(iter(rows))
+    curve = method["curve"]
+    last_mb = max(curve, key=float)
+    out = {
+        "shared_over_own": ratios,
+        "worst_shared_over_own": max(ratios.values()),
+        "newest_shared_over_own": ratios[newest],
+        "curve_last_mb": float(last_mb),
+        "curve_last_over_own": curve[last_mb] / rows[first]["own"],
+    }
+    out["targets_met"] = {
+        "shared_over_own": out["worst_shared_over_own"] <= TARGETS["shared_over_own_max"],
+        "newest": out["newest_shared_over_own"] <= TARGETS["newest_over_own_max"],
+        "curve_3mb": float(last_mb) >= 3.0
+        and out["curve_last_over_own"] <= TARGETS["curve_3mb_over_own"],
+        "throughput_15kBps": method["absorb_bytes_per_s"] >= 15_000,
+        "peak_rss_under_2GB": method["peak_rss_mib"] < 2048,
+    }
+    return out
+
+
+def plot(record: dict, out: Path) -> list[str]:
+    """The retention curve and the sources-by-method heatmap (none without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    methods = record["methods"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, method in methods.items():
+        xs = [float(mb) for mb in method["curve"]]
+        ax.plot(xs, list(method["curve"].values()), marker="o", label=name)
+    first = next(iter(record["references"]["sources"]))
+    own = next(iter(methods.values()))["sources"][first]
+    ax.axhline(own["empty"], color="grey", linestyle=":", label="empty scope")
+    for label, style in (("xz -9e", "--"), ("zstd -19 --long", "-.")):
+        ys = [ref.get(label) for ref in record["references"]["curve"].values()]
+        if all(y is not None for y in ys):
+            xs = [float(mb) for mb in record["references"]["curve"]]
+            ax.plot(xs, ys, color="black", linestyle=style, linewidth=1, label=label)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel(f"MB of other sources after {first}'s head")
+    ax.set_ylabel(f"{first} tail, bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(_save(fig, out / "retention_curve.png"))
+    plt.close(fig)
+
+    names = list(next(iter(methods.values()))["sources"])
+    grid = [[methods[m]["summary"]["shared_over_own"][n] for m in methods] for n in names]
+    fig, ax = plt.subplots(figsize=(2 + 1.4 * len(methods), 0.5 * len(names) + 1.5))
+    image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=8)
+    ax.set_xticks(range(len(methods)), list(methods))
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("shared scope / own scope, bits per byte of each tail", fontsize=9)
+    fig.colorbar(image)
+    fig.tight_layout()
+    written.append(_save(fig, out / "retention_heatmap.png"))
+    plt.close(fig)
+    return written
+
+
+def _save(fig, path: Path) -> str:
+    partial = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(partial, dpi=110)
+    os.replace(partial, path)
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--method",
+        default="none,replay",
+        help="comma-separated methods, each with optional fields: replay@every_chunks=2+batch=4",
+    )
+    parser.add_argument(
+        "--retention", default="", help="JSON of RetentionConfig fields (e.g. '{\"batch\": 4}')"
+    )
+    parser.add_argument("--source-bytes", type=int, default=81920)
+    parser.add_argument("--tail-bytes", type=int, default=16384)
+    parser.add_argument("--batch-bytes", type=int, default=8192)
+    parser.add_argument("--curve-max-mb", type=float, default=3.0)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_method(args)))
+        return 0
+
+    methods = {}
+    for method in args.method.split(","):
+        child = [sys.executable, __file__, "--child", "--method", method]
+        for flag, value in (
+            ("--shared", args.shared),
+            ("--retention", args.retention),
+            ("--source-bytes", args.source_bytes),
+            ("--tail-bytes", args.tail_bytes),
+            ("--batch-bytes", args.batch_bytes),
+            ("--curve-max-mb", args.curve_max_mb),
+        ):
+            child += [flag, str(value)]
+        result = subprocess.run(child, stdout=subprocess.PIPE, check=True)
+        methods[method] = json.loads(result.stdout.decode().strip().splitlines()[-1])
+        methods[method]["summary"] = summarize(methods[method])
+    record = {
+        "benchmark": "retention",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "args": {k: str(v) for k, v in vars(args).items() if k != "child"},
+        "methods": methods,
+        "references": references(args),
+        "targets": TARGETS,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    record["plots"] = plot(record, args.out)
+    atomic_write_bytes(args.out / "retention.json", json.dumps(record, indent=1).encode())
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
