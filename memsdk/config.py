@@ -104,10 +104,11 @@ class MemoryConfig(BaseModel):
         16, ge=1, le=4096, description="chunks the background worker absorbs per batch"
     )
     weights_retention: Literal["replay", "none"] = Field(
-        "replay",
+        "none",
         description="how a scope's weight memory keeps older sources while it absorbs new "
-        "ones (memsdk.retention): 'replay' rehearses chunks sampled from the notepad after "
-        "each new chunk (about twice the absorb time); 'none' keeps mostly the newest source",
+        "ones (memsdk.retention): 'none' keeps mostly the newest source; 'replay' rehearses "
+        "chunks sampled from the notepad after each new chunk, which keeps older sources "
+        "far better at about twice the absorb time (opt-in until it meets its targets)",
     )
     weights_save_interval_s: float = Field(
         30.0,

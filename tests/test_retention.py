@@ -115,7 +115,8 @@ def test_retention_config_errors_name_the_field():
 
 def test_the_memory_rehearses_its_own_scope_only_and_stats_show_it(memory_dir, logs):
     ours, theirs = Scope(tenant="acme", user="a"), Scope(tenant="other", user="b")
-    with HybridMemory.open(memory_dir) as mem:
+    replay = MemoryConfig(weights_retention="replay")
+    with HybridMemory.open(memory_dir, config=replay) as mem:
         mem.ingest([logs["head"].decode()], scope=ours, name="bgl")
         mem.ingest([logs["openstack"].decode()], scope=theirs, name="openstack")
         mem.flush()
@@ -130,6 +131,6 @@ def test_the_memory_rehearses_its_own_scope_only_and_stats_show_it(memory_dir, l
         sampled = SQLHistory(sql, scope_ids["acme"], 10**9).sample(64, 64, random.Random(1))
         ours_text = logs["head"] + logs["hdfs"]
         assert sampled and all(segment in ours_text for segment in sampled)
-    with HybridMemory.open(memory_dir) as mem:  # the count is kept in the scope's deltas
+    with HybridMemory.open(memory_dir, config=replay) as mem:  # the count is kept in its deltas
         again = {s.scope.tenant: s.weights for s in mem.stats().scopes}
         assert again["acme"].rehearsal_steps == figures["acme"].rehearsal_steps
