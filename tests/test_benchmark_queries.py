@@ -14,8 +14,13 @@ from conftest import REPO, shared_path
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 
+# benchmarks/ is a folder of scripts, not a package: on sys.path only while the script (and
+# the sibling it imports) loads, since its kernels.py would shadow the PyPI package `kernels`.
 sys.path.insert(0, str(REPO / "benchmarks"))
-import memory_bench  # a script folder, not a package
+try:
+    import memory_bench
+finally:
+    sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_patterns_are_never_stored_lines_and_kinds_are_counted_apart(tmp_path):
