@@ -120,6 +120,23 @@ def _to_bytes(text: Any, what: str) -> bytes:
     raise InputError(f"{what} must be str or bytes, got {type(text).__name__}")
 
 
+def _text_to_store(text: Any, max_bytes: int, call: str = "add()") -> bytes:
+    """``text`` as the bytes ``add``, ``update`` and the LangChain upsert store.
+
+    Raises:
+        InputError: not str/bytes, empty or blank, or larger than ``max_bytes``.
+    """
+    data = _to_bytes(text, "text")
+    if not data.strip():
+        raise InputError("text is empty or only white space: there is nothing to remember")
+    if len(data) > max_bytes:
+        raise InputError(
+            f"text is {len(data)} bytes, {call} takes at most {max_bytes}: stream large content "
+            "with ingest()"
+        )
+    return data
+
+
 def _check_scope(scope: Any) -> Scope:
     if not isinstance(scope, Scope):
         raise InputError(
@@ -320,14 +337,7 @@ class HybridMemory:
             InputError: ``text`` is not str/bytes, is empty or blank, holds another lone
                 surrogate, or is larger than ``config.max_text_bytes``; bad metadata or scope.
         """
-        data = _to_bytes(text, "text")
-        if not data.strip():
-            raise InputError("text is empty or only white space: there is nothing to remember")
-        if len(data) > self.config.max_text_bytes:
-            raise InputError(
-                f"text is {len(data)} bytes, add() takes at most {self.config.max_text_bytes}: "
-                "stream large content with ingest()"
-            )
+        data = _text_to_store(text, self.config.max_text_bytes)
         meta = validate_metadata(metadata)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
@@ -541,13 +551,7 @@ class HybridMemory:
         if text is not None:
             # The same bytes, text, raw bytes and content hash as add() stores for this input,
             # so an update never changes what was given nor blocks adding it again.
-            data = _to_bytes(text, "text")
-            if not data.strip():
-                raise InputError("text is empty or only white space: there is nothing to remember")
-            if len(data) > self.config.max_text_bytes:
-                raise InputError(
-                    f"text is {len(data)} bytes, at most {self.config.max_text_bytes} allowed"
-                )
+            data = _text_to_store(text, self.config.max_text_bytes, "update()")
             text, raw = decode_chunk(data)
             content_hash = hashlib.sha256(data).hexdigest()
         scope_id = self._scope_id(scope, create=False)

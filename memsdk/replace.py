@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from memsdk.chunking import chunk_stream, decode_chunk
-from memsdk.errors import InputError
 from memsdk.filters import validate_metadata
-from memsdk.memory import HybridMemory, _to_bytes
+from memsdk.memory import HybridMemory, _text_to_store
 from memsdk.scope import Scope
 from memsdk.stores.sql import NewChunk
 
@@ -39,15 +38,7 @@ def replace_text(
             of its chunks repeats another); nothing was changed.
         StorageError: the database refused the write; nothing was changed.
     """
-    data = _to_bytes(text, "text")
-    if not data.strip():
-        raise InputError("text is empty or only white space: there is nothing to remember")
-    limit = memory.config.max_text_bytes
-    if len(data) > limit:
-        raise InputError(
-            f"text is {len(data)} bytes, add() takes at most {limit}: stream large content "
-            "with ingest()"
-        )
+    data = _text_to_store(text, memory.config.max_text_bytes)
     meta = validate_metadata(metadata)
     scope_id = memory._scope_id(scope, create=True)
     assert scope_id is not None
