@@ -156,7 +156,14 @@ class Absorber:
         started = time.perf_counter()
         for start in range(0, len(data), self.batch_bytes):
             batch = data[start : start + self.batch_bytes]
-            absorb(self.state, batch, history=self.history, config=self.config, rng=self.rng)
+            absorb(
+                self.state,
+                batch,
+                history=self.history,
+                config=self.config,
+                rng=self.rng,
+                source=name,
+            )
             self.history.add(name, batch)
         self.seconds += time.perf_counter() - started
         self.bytes += len(data)

@@ -40,6 +40,7 @@ from memsdk.engine.ttt import (
     _empty_caches,
     _forward,
     _safetensors_metadata,
+    split_slot_name,
 )
 from memsdk.errors import FormatError, InputError
 from memsdk.kernels.delta import PackedDelta, merge_delta_, pack_delta
@@ -58,7 +59,7 @@ DELTA_FORMAT = "memsdk.weight_delta/1"
 # Bounds of what a header may claim, checked before anything is allocated: a forged header
 # must be a FormatError, never a terabyte allocation or an integer SQL cannot bind.
 MAX_HEADER_INT = 2**63 - 1  # counters and chunk ids are SQL bigints
-MAX_TENSORS = 256
+MAX_TENSORS = 4096  # every slot's fast weights (engine.ttt.MAX_SLOTS)
 MAX_TENSOR_ENTRIES = 2**24  # entries of one fast weight
 MAX_GROUP_SIZE = 4096
 MAX_CHUNK_BYTES = 2**20
@@ -119,6 +120,13 @@ def make_delta(
     """
     if not 0.0 < keep <= 1.0:
         raise InputError(f"keep must be in (0, 1], got {keep}")
+    # A slot added since ``base`` was taken is relative to the initial weights it began as.
+    initial = state.initial_weights()
+    base = dict(base)
+    for key in set(state.fast_weights) - set(base):
+        slot, name = split_slot_name(key)
+        if slot:
+            base[key] = initial[name]
     if set(base) != set(state.fast_weights):
         raise InputError(
             f"base has tensors {sorted(base)}, the state's fast weights are "
@@ -394,6 +402,9 @@ def restore_state(
         raise InputError("give at least one delta to restore a state from")
     last = deltas[-1]
     state = TTTState(model, last.ttt_config)
+    slots = {split_slot_name(name)[0] for delta in deltas for name in delta.packed}
+    while max(slots, default=0) > max(state.slots()):
+        state.add_slot()  # slots with no change saved stay at the initial weights
     for delta in deltas:
         merge_delta(state.fast_weights, delta, model=state.model_fingerprint, source=source)
     state.position, state.steps, state.rejected_steps = (

@@ -26,8 +26,9 @@ from memsdk.engine.ttt import TTTState, _masked, inner_update, model_device
 __all__ = ["rehearse"]
 
 
-def rehearse(state: TTTState, segments: Sequence[bytes]) -> bool:
-    """One inner step of ``state`` on ``segments`` (earlier bytes of its stream), as a batch.
+def rehearse(state: TTTState, segments: Sequence[bytes], *, slot: int = 0) -> bool:
+    """One inner step of ``state``'s ``slot`` on ``segments`` (earlier bytes of its stream),
+    as a batch.
 
     Every segment is cut to the length of the shortest one. Nothing happens when there is no
     segment of at least two bytes or the fast weights are frozen (``inner_lr=0``); a
@@ -43,7 +44,7 @@ def rehearse(state: TTTState, segments: Sequence[bytes]) -> bool:
     tokens = tokens.view(len(rows), length + 1).to(device)  # (B, L + 1)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     first, dynamic = model.config.first_dynamic, model.config.n_dynamic
-    fast = {n: w.detach().requires_grad_(True) for n, w in state.fast_weights.items()}
+    fast = {n: w.detach().requires_grad_(True) for n, w in state.slot_weights(slot).items()}
     with torch.no_grad():
         hidden, _ = model.prefix(model.embed(inputs), [None] * first)  # (B, L, d)
     with torch.enable_grad():
@@ -53,9 +54,9 @@ def rehearse(state: TTTState, segments: Sequence[bytes]) -> bool:
             return False
         grads = list(torch.autograd.grad(loss, list(fast.values())))
     if config.fast_params == "fisher_masked":
-        grads = _masked(state, tuple(grads))
+        grads = _masked(state, list(fast), tuple(grads))
     new, norm = inner_update(fast, grads, state.initial_weights(), config)
     if not torch.isfinite(norm):
         return False
-    state.fast_weights = {n: w.detach() for n, w in new.items()}
+    state.set_slot_weights(slot, {n: w.detach() for n, w in new.items()})
     return True

@@ -36,15 +36,19 @@ from memsdk.kernels.fast_mlp import clipped_sgd_, squared_norm
 
 __all__ = [
     "FISHER_MASKED_INNER_LR",
+    "MAX_SLOTS",
     "StreamReport",
     "TTTConfig",
     "TTTState",
+    "best_slot",
     "bits_per_byte",
     "byte_losses",
     "generate",
     "initial_weights",
     "inner_update",
     "score_bytes",
+    "slot_name",
+    "split_slot_name",
     "stream",
 ]
 
@@ -55,6 +59,13 @@ FAST_PARAMS = ("dynamic_mlp", "fisher_masked")
 # far too large for the static weights, which were not trained to be moved.
 FISHER_MASKED_INNER_LR = 0.03
 LN2 = math.log(2.0)
+# Fast-weight slots (the "slots" retention of memsdk.retention): slot 0 holds the model's
+# names, slot k > 0 the same names after "slot{k}/", all in one dict, so states, deltas and
+# their checks carry every slot without a format of their own.
+MAX_SLOTS = 64
+# A slot whose posterior weight fell below e**-PRUNE_NATS after a chunk stops being scored:
+# its share of any later byte's probability is below 1e-13.
+PRUNE_NATS = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,19 @@ def initial_weights(model: ByteLM, config: TTTConfig) -> FastWeights:
     if config.fast_params == "fisher_masked":
         weights.update(model.suffix_parameters())
     return weights
+
+
+def slot_name(slot: int, name: str) -> str:
+    """The key of fast weight ``name`` of ``slot`` in a state's fast-weight dict."""
+    return name if slot == 0 else f"slot{slot}/{name}"
+
+
+def split_slot_name(name: str) -> tuple[int, str]:
+    """(slot, the model's name) of a key of a state's fast-weight dict."""
+    head, sep, rest = name.partition("/")
+    if sep and head.startswith("slot") and head[4:].isdecimal():
+        return int(head[4:]), rest
+    return 0, name
 
 
 def _empty_caches(model: ByteLM) -> list[KVCache | None]:
@@ -208,11 +232,62 @@ class TTTState:
     def initial_weights(self) -> FastWeights:
         return initial_weights(self.model, self.config)
 
-    def drift(self) -> float:
-        """Relative distance of the fast weights from the initial ones (0 after a reset)."""
+    def slots(self) -> list[int]:
+        """The fast-weight slots this state holds (``[0]`` unless slots were added)."""
+        return sorted({split_slot_name(name)[0] for name in self.fast_weights})
+
+    def slot_weights(self, slot: int) -> FastWeights:
+        """The fast weights of ``slot``, under the model's names (the tensors, not copies).
+
+        Raises:
+            InputError: the state holds no such slot.
+        """
+        weights = {}
+        for key, weight in self.fast_weights.items():
+            k, name = split_slot_name(key)
+            if k == slot:
+                weights[name] = weight
+        if not weights:
+            raise InputError(f"the state holds no fast-weight slot {slot}: it has {self.slots()}")
+        return weights
+
+    def set_slot_weights(self, slot: int, weights: FastWeights) -> None:
+        """Replace ``slot``'s fast weights. The dict is replaced, never edited, so a reader
+        holding the previous one keeps a consistent set."""
+        new = dict(self.fast_weights)
+        new.update({slot_name(slot, name): w for name, w in weights.items()})
+        self.fast_weights = new
+
+    def add_slot(self) -> int:
+        """A new slot holding the initial fast weights; returns its number.
+
+        Raises:
+            InputError: the state already holds ``MAX_SLOTS`` slots.
+        """
+        used = set(self.slots())
+        slot = next(k for k in range(MAX_SLOTS + 1) if k not in used)
+        if slot >= MAX_SLOTS:
+            raise InputError(f"a state holds at most {MAX_SLOTS} fast-weight slots")
         initial = self.initial_weights()
-        num = sum(float((w - initial[n]).pow(2).sum()) for n, w in self.fast_weights.items())
-        den = sum(float(w.pow(2).sum()) for w in initial.values())
+        self.set_slot_weights(slot, {n: w.detach().clone() for n, w in initial.items()})
+        return slot
+
+    def clear_window(self) -> None:
+        """Empty the sliding-window cache (the working memory), as at the start of a stream:
+        text of another slot's source is no context for the next chunk."""
+        self.caches = _empty_caches(self.model)
+        self.recent_inputs = b""
+        self.last_byte = START_BYTE
+
+    def drift(self) -> float:
+        """Relative distance of the fast weights from the initial ones (0 after a reset),
+        over every slot."""
+        initial = self.initial_weights()
+        num = sum(
+            float((w - initial[split_slot_name(n)[1]]).pow(2).sum())
+            for n, w in self.fast_weights.items()
+        )
+        den = len(self.slots()) * sum(float(w.pow(2).sum()) for w in initial.values())
         return math.sqrt(num / den) if den else math.sqrt(num)
 
     def to_bytes(self) -> bytes:
@@ -278,11 +353,17 @@ class TTTState:
             state.fast_weights = {}
             state.recent_inputs = b""
             state.fisher, state.mask = FisherDiagonal(), None
-            for name, initial in state.initial_weights().items():
-                weight = tensors[f"fast.{name}"]
-                if weight.shape != initial.shape or weight.dtype != initial.dtype:
-                    raise ValueError(f"fast weight {name} has shape {tuple(weight.shape)}")
-                state.fast_weights[name] = weight.to(initial.device)
+            initial_of = state.initial_weights()
+            keys = [k[5:] for k in tensors if k.startswith("fast.")]
+            slots = {split_slot_name(key)[0] for key in keys} | {0}
+            if max(slots) >= MAX_SLOTS:
+                raise ValueError(f"it holds slot {max(slots)}, at most {MAX_SLOTS - 1}")
+            for slot in sorted(slots):
+                for name, initial in initial_of.items():
+                    weight = tensors[f"fast.{slot_name(slot, name)}"]
+                    if weight.shape != initial.shape or weight.dtype != initial.dtype:
+                        raise ValueError(f"fast weight {name} has shape {tuple(weight.shape)}")
+                    state.fast_weights[slot_name(slot, name)] = weight.to(initial.device)
             device = model_device(model)
             state.caches = [
                 None if cache is None else (cache[0].to(device), cache[1].to(device))
@@ -369,11 +450,12 @@ def _forward(
     return logits[0], prefix_caches + suffix_caches
 
 
-def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
-    """Score one chunk, then one inner step on it. Returns the bits of each byte (C,)."""
+def _stream_chunk(state: TTTState, chunk: bytes, slot: int) -> Tensor:
+    """Score one chunk, then one inner step of ``slot`` on it. Returns the bits of each byte
+    (C,)."""
     model, config = state.model, state.config
     learn = config.inner_lr > 0
-    fast = {n: w.detach().requires_grad_(learn) for n, w in state.fast_weights.items()}
+    fast = {n: w.detach().requires_grad_(learn) for n, w in state.slot_weights(slot).items()}
     with torch.enable_grad() if learn else torch.no_grad():
         inputs = bytes([state.last_byte]) + chunk[:-1]
         logits, caches = _forward(model, inputs, state.caches, fast)
@@ -385,13 +467,13 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
             grads = torch.autograd.grad(loss, list(fast.values()))
             state.fisher.update(list(fast), grads)
             if config.fast_params == "fisher_masked":
-                grads = _masked(state, grads)
+                grads = _masked(state, list(fast), grads)
             if grads[0].is_cuda:
-                accepted = _fused_inner_update(state, fast, list(grads))
+                accepted = _fused_inner_update(state, slot, fast, list(grads))
             else:
                 new, norm = inner_update(fast, grads, state.initial_weights(), config)
                 if torch.isfinite(norm):
-                    state.fast_weights = {n: w.detach() for n, w in new.items()}
+                    state.set_slot_weights(slot, {n: w.detach() for n, w in new.items()})
                     accepted = True
     if learn:
         state.steps += accepted
@@ -403,7 +485,7 @@ def _stream_chunk(state: TTTState, chunk: bytes) -> Tensor:
     return losses.detach().cpu() / LN2
 
 
-def _fused_inner_update(state: TTTState, fast: FastWeights, grads: list[Tensor]) -> bool:
+def _fused_inner_update(state: TTTState, slot: int, fast: FastWeights, grads: list[Tensor]) -> bool:
     """:func:`inner_update` on CUDA in Triton (memsdk.kernels.fast_mlp): the same arithmetic in
     two kernels, norm then update, into copies of the fast weights, which replace the state's
     only when the norm is finite. Returns whether the step was accepted."""
@@ -421,33 +503,40 @@ def _fused_inner_update(state: TTTState, fast: FastWeights, grads: list[Tensor])
     )
     accepted = bool(step.accepted)
     if accepted:
-        state.fast_weights = new
+        state.set_slot_weights(slot, new)
     return accepted
 
 
-def _masked(state: TTTState, grads: tuple[Tensor, ...]) -> list[Tensor]:
+def _masked(state: TTTState, names: list[str], grads: tuple[Tensor, ...]) -> list[Tensor]:
     """Keep each gradient only where the state's Fisher mask is set, choosing the mask again
     from the running Fisher diagonal every ``mask_refresh`` steps."""
     if not state.fisher.count:
         return list(grads)  # non-finite gradients: the step is rejected anyway
     if state.mask is None or state.steps % state.config.mask_refresh == 0:
         state.mask = top_fraction(state.fisher.mean(), state.config.mask_fraction)
-    return [g * state.mask[name] for name, g in zip(state.fast_weights, grads, strict=True)]
+    return [g * state.mask[name] for name, g in zip(names, grads, strict=True)]
 
 
 def stream(
-    state: TTTState, data: bytes | str, *, final: bool = False, record_bytes: bool = False
+    state: TTTState,
+    data: bytes | str,
+    *,
+    final: bool = False,
+    record_bytes: bool = False,
+    slot: int = 0,
 ) -> StreamReport:
-    """Absorb ``data`` into ``state`` prequentially, whole chunks at a time.
+    """Absorb ``data`` into ``state`` prequentially, whole chunks at a time, each scored and
+    then learned by the fast weights of ``slot``.
 
     Bytes that do not fill a chunk wait in the partial-chunk buffer for the next call; with
     ``final=True`` they are streamed now as a short chunk. ``record_bytes`` keeps the bits of
     every scored byte in the report.
 
     Raises:
-        InputError: ``data`` is neither bytes nor str.
+        InputError: ``data`` is neither bytes nor str, or the state holds no such slot.
     """
     data = _as_bytes(data, "data")
+    state.slot_weights(slot)  # the slot exists (raises before anything changes)
     started = time.perf_counter()
     size = state.config.chunk_bytes
     buffer = state.pending + data
@@ -456,7 +545,7 @@ def stream(
     recorded = []
     for start in range(0, cut, size):
         chunk = buffer[start : min(start + size, cut)]
-        chunk_bits = _stream_chunk(state, chunk)
+        chunk_bits = _stream_chunk(state, chunk, slot)
         bits += float(chunk_bits.sum())
         per_chunk.append(float(chunk_bits.mean()))
         if record_bytes:
@@ -476,12 +565,24 @@ def stream(
 
 
 def score_bytes(
-    state: TTTState, data: bytes | str, *, context: bytes | str = b"", copy: bool = False
+    state: TTTState,
+    data: bytes | str,
+    *,
+    context: bytes | str = b"",
+    copy: bool = False,
+    slot: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Score ``data`` under the state's current fast weights, in a fresh window that holds only
     ``context`` (which is not scored). The state is not changed. With ``copy``, the match model
     of :mod:`memsdk.engine.copy` is mixed in: repeats of earlier bytes of ``context + data``
     are predicted to continue.
+
+    A state of several fast-weight slots scores with their Bayesian mixture (uniform prior):
+    each byte's distribution is the slots' distributions weighted by how well each predicted
+    the bytes before it (``context`` included), so the slot that knows this kind of text soon
+    carries the prediction, at a cost of at most log2(slots) bits over the whole text. The
+    weights use only earlier bytes: the mixture is as prequential as one slot. ``slot`` scores
+    with that slot alone.
 
     Returns:
         (bits, greedy): the bits of each byte of ``data`` (N,) and whether each byte is the
@@ -489,26 +590,54 @@ def score_bytes(
         ``data`` exactly when every entry of ``greedy`` is true.
 
     Raises:
-        InputError: ``data`` or ``context`` is neither bytes nor str.
+        InputError: ``data`` or ``context`` is neither bytes nor str, or no such slot.
     """
     data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
+    slots = state.slots() if slot is None else [slot]
+    weights = [state.slot_weights(k) for k in slots]
     if not data:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     model, size = state.model, state.config.chunk_bytes
     text = context + data
     inputs = bytes([START_BYTE]) + text[:-1]
-    caches = _empty_caches(model)
+    caches = [_empty_caches(model) for _ in weights]
+    live = list(range(len(weights)))
+    log_w = torch.zeros(len(weights))  # log posterior of each slot, in nats, normalised
     bits, greedy = [], []
     with torch.no_grad():
         for start in range(0, len(text), size):
-            logits, caches = _forward(
-                model, inputs[start : start + size], caches, state.fast_weights
-            )
-            targets = _tokens(text[start : start + size], logits.device)[0]
-            log_probs = mix_copy(logits, text, start) if copy else logits.log_softmax(-1)
-            bits.append(-log_probs.gather(1, targets[:, None])[:, 0] / LN2)
-            greedy.append(log_probs.argmax(-1) == targets)
+            targets = _tokens(text[start : start + size], model_device(model))[0]
+            log_probs = []
+            for i in live:
+                logits, caches[i] = _forward(
+                    model, inputs[start : start + size], caches[i], weights[i]
+                )
+                log_probs.append(mix_copy(logits, text, start) if copy else logits.log_softmax(-1))
+            if len(live) == 1:
+                mixed = log_probs[0]
+            else:
+                lp = torch.stack(log_probs).cpu()  # (S, C, 256)
+                seen = lp.gather(2, targets.cpu()[None, :, None].expand(len(live), -1, 1))[..., 0]
+                # Each byte's prior: the posterior after every byte before it.
+                prior = log_w[live][:, None] + seen.cumsum(1) - seen  # (S, C)
+                mixed = torch.logsumexp(prior[..., None] + lp, 0)
+                mixed = (mixed - torch.logsumexp(prior, 0)[:, None]).to(targets.device)
+                after = log_w[live] + seen.sum(1)
+                log_w[live] = after - torch.logsumexp(after, 0)
+                live = [i for i in live if float(log_w[i]) > -PRUNE_NATS]
+            bits.append(-mixed.gather(1, targets[:, None])[:, 0] / LN2)
+            greedy.append(mixed.argmax(-1) == targets)
     return torch.cat(bits)[len(context) :].cpu(), torch.cat(greedy)[len(context) :].cpu()
+
+
+def best_slot(state: TTTState, text: bytes | str) -> int:
+    """The slot that predicts ``text`` best (fewest bits; the first slot when the state has
+    one, or ``text`` is empty): the one that knows this kind of text."""
+    slots = state.slots()
+    if len(slots) == 1 or not text:
+        return slots[0]
+    totals = [float(score_bytes(state, text, slot=k)[0].sum()) for k in slots]
+    return slots[min(range(len(slots)), key=totals.__getitem__)]
 
 
 def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> Tensor:
@@ -542,12 +671,15 @@ def generate(
     stop: bytes | None = None,
     seed: int | None = None,
     copy: bool = False,
+    slot: int | None = None,
 ) -> bytes:
     """Continue ``prompt`` under the state's fast weights, in a fresh window; greedy by default.
 
     Stops after ``max_bytes`` bytes, or once the output ends with ``stop``. The state is not
     changed. Returns the continuation only (not the prompt). ``copy`` mixes in the match model
     (:mod:`memsdk.engine.copy`), so repeats of the prompt's text continue as they did there.
+    A state of several fast-weight slots continues with the one that predicts the prompt best
+    (:func:`best_slot`), or with ``slot``.
 
     Raises:
         InputError: ``max_bytes`` below 0, a negative temperature, or a prompt of the wrong type.
@@ -557,13 +689,14 @@ def generate(
         raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
     if temperature < 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
+    weights = state.slot_weights(best_slot(state, prompt) if slot is None else slot)
     model, size = state.model, state.config.chunk_bytes
     generator = torch.Generator(model_device(model)).manual_seed(seed) if seed is not None else None
     caches = _empty_caches(model)
 
     def feed(tokens: bytes) -> Tensor:
         nonlocal caches
-        logits, caches = _forward(model, tokens, caches, state.fast_weights)
+        logits, caches = _forward(model, tokens, caches, weights)
         return logits[-1]
 
     out = bytearray()

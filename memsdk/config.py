@@ -103,12 +103,21 @@ class MemoryConfig(BaseModel):
     weights_batch_chunks: int = Field(
         16, ge=1, le=4096, description="chunks the background worker absorbs per batch"
     )
-    weights_retention: Literal["replay", "none"] = Field(
-        "none",
+    weights_retention: Literal["slots", "replay", "none"] = Field(
+        "slots",
         description="how a scope's weight memory keeps older sources while it absorbs new "
-        "ones (memsdk.retention): 'none' keeps mostly the newest source; 'replay' rehearses "
-        "chunks sampled from the notepad after each new chunk, which keeps older sources "
-        "far better at about twice the absorb time (opt-in until it meets its targets)",
+        "ones (memsdk.retention): 'slots' trains fast weights of each source's own (up to "
+        "weights_slots per scope) and reads with their mixture; 'replay' rehearses chunks "
+        "sampled from the notepad after each new chunk, at about twice the absorb time; "
+        "'none' keeps mostly the newest source",
+    )
+    weights_slots: int = Field(
+        16,
+        ge=1,
+        le=64,  # memsdk.engine.ttt.MAX_SLOTS
+        description="fast-weight slots per scope under weights_retention='slots': each new "
+        "source takes one while any is free, then joins the slot that predicts it best. Each "
+        "slot adds a 4-bit delta on disk and one more forward pass to every read",
     )
     weights_save_interval_s: float = Field(
         30.0,

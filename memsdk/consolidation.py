@@ -68,10 +68,17 @@ from memsdk.engine import (
     stream,
 )
 from memsdk.engine.delta import header_int
-from memsdk.engine.ttt import initial_weights
+from memsdk.engine.ttt import MAX_SLOTS, initial_weights, slot_name
 from memsdk.errors import BusyError, DatabaseCorruptedError, FormatError, MemsdkError
 from memsdk.files import process_running
-from memsdk.retention import RetentionConfig, SQLHistory, absorb, rehearsal_steps
+from memsdk.retention import (
+    RetentionConfig,
+    SQLHistory,
+    absorb_rows,
+    current_slot,
+    rehearsal_steps,
+    slot_sources,
+)
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
@@ -115,6 +122,8 @@ class ScopeWeights:
     retention: str = "none"
     rehearsal_steps: int = 0
     sources_held: int = 0
+    slots: int = 1
+    slot_sources: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -330,6 +339,8 @@ class Consolidator:
             retention=self.retention.method,
             rehearsal_steps=rehearsal_steps(state),
             sources_held=SQLHistory(self.sql, scope_id, self._through(state)).sources(),
+            slots=len(state.slots()),
+            slot_sources=slot_sources(state),
         )
 
     # ---- the worker ------------------------------------------------------------------------
@@ -363,7 +374,11 @@ class Consolidator:
         if self._shapes is None:
             masked = TTTConfig(fast_params="fisher_masked")
             weights = initial_weights(self.model, masked)
-            self._shapes = {name: tuple(w.shape) for name, w in weights.items()}
+            self._shapes = {
+                slot_name(slot, name): tuple(w.shape)
+                for slot in range(MAX_SLOTS)
+                for name, w in weights.items()
+            }
         return self._shapes
 
     def _read(self, scope_id: int, version: int) -> WeightDelta:
@@ -709,8 +724,12 @@ class Consolidator:
                 return
             # Rehearsals sample only chunks absorbed before this batch (memsdk.retention).
             history = SQLHistory(self.sql, scope_id, through)
-            data = b"".join(data for _, data in rows)
-            absorb(state, data, history=history, config=self.retention, rng=self._rng)
+            sources = (
+                self.sql.chunk_sources(scope_id, rows[0][0], rows[-1][0])
+                if self.retention.method == "slots"
+                else {}
+            )
+            absorb_rows(state, rows, sources, history=history, config=self.retention, rng=self._rng)
             state.extra[THROUGH] = str(rows[-1][0])
             self._absorbed[scope_id] = rows[-1][0]
             self._dirty.add(scope_id)
@@ -733,7 +752,7 @@ class Consolidator:
                 self._own_or_wait(scope_id)
                 state = self._states[scope_id]
                 if state.pending:
-                    stream(state, b"", final=True)
+                    stream(state, b"", final=True, slot=current_slot(state))
                     self._dirty.add(scope_id)
             self._evict()
         self._save(force=True)

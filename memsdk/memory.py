@@ -235,7 +235,9 @@ class HybridMemory:
                     delta_keep=self.config.weights_delta_keep,
                     max_deltas=self.config.weights_max_deltas,
                     batch_chunks=self.config.weights_batch_chunks,
-                    retention=RetentionConfig(method=self.config.weights_retention),
+                    retention=RetentionConfig(
+                        method=self.config.weights_retention, max_slots=self.config.weights_slots
+                    ),
                     save_interval_s=self.config.weights_save_interval_s,
                     lease_s=self.config.weights_lease_s,
                     max_loaded_states=self.config.weights_max_loaded_scopes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from random import Random
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +27,7 @@ from memsdk.results import (
     RouterCalibration,
     SearchHit,
 )
+from memsdk.retention import MemoryHistory, absorb_rows, current_slot
 from memsdk.router import (
     BRANCHES,
     ROUTES,
@@ -321,7 +323,16 @@ class Recall:
         assert self.memory.weights is not None
         initial = self.memory.weights.initial_state()
         replayed = TTTState(self.memory.weights.model, self.memory.weights.ttt_config)
-        stream(replayed, b"".join(data for _, data in rows[:cut]), final=True)
+        retention = self.memory.weights.retention
+        if retention.method == "slots" and cut:  # the probes meet slots as queries do
+            sources = sql.chunk_sources(scope_id, rows[0][0], cut_id)
+            history = MemoryHistory()
+            absorb_rows(
+                replayed, rows[:cut], sources, history=history, config=retention, rng=Random(0)
+            )
+            stream(replayed, b"", final=True, slot=current_slot(replayed))
+        else:
+            stream(replayed, b"".join(data for _, data in rows[:cut]), final=True)
         absorbed_only = ChunkRow.id <= cut_id
         features, bits = [], []
         k = 5

@@ -139,6 +139,14 @@ class WeightFigures(BaseModel):
     sources_held: int = Field(
         0, description="document sources absorbed so far, which rehearsals sample from"
     )
+    slots: int = Field(
+        1,
+        description="fast-weight slots the weights hold (retention 'slots': one per kind of text)",
+    )
+    slot_sources: dict[str, int] = Field(
+        default_factory=dict,
+        description="the slot of each source the weights remember by name (the newest 256)",
+    )
 
 
 class ScopeStats(BaseModel):

@@ -16,6 +16,16 @@ empty scope. Two remedies are offered, compared on held-out mixed streams by
   piece of ``every_chunks`` chunks, every fast weight is pulled back toward an anchor (the
   weights as they were ``anchor_bytes`` ago) in proportion to its running Fisher diagonal, so
   the weights that earlier text relied on move least.
+- ``"slots"`` (per-source fast weights, after the 4-bit deltas of
+  :mod:`memsdk.engine.delta`, which make one set of fast weights per source cheap): each
+  source (the ``source`` of its document: a file, or ``<add>``) trains a slot of its own, so a
+  source absorbed later never moves the weights an earlier one taught. A new source joins the
+  slot that predicts its first chunk best when that slot predicts it better than fresh weights
+  (the same kind of text: the next file of a rotated log), else takes a free slot while fewer
+  than ``max_slots`` are in use, else joins that best slot anyway. Readers score
+  with the slots' Bayesian mixture (:func:`memsdk.engine.ttt.score_bytes`), which follows the
+  slot that knows the text being read; a slot switch streams the partial chunk of the slot
+  before and empties the sliding window, since another source's text is no context.
 - ``"none"``: every chunk once (the stream's own inner loop only).
 
 The history a rehearsal samples from is only what the state absorbed before the current call
@@ -25,16 +35,19 @@ weights that trained on it.
 
 from __future__ import annotations
 
+import json
 import random
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from sqlalchemy import func, select
 
-from memsdk.engine import TTTState, stream
+from memsdk.engine import TTTState, score_bytes, stream
 from memsdk.engine.replay import rehearse
+from memsdk.engine.ttt import MAX_SLOTS
 from memsdk.errors import ConfigError
 from memsdk.stores.sql import ChunkRow, DocumentRow, SQLStore
 
@@ -46,10 +59,17 @@ __all__ = [
     "RetentionConfig",
     "SQLHistory",
     "absorb",
+    "absorb_rows",
+    "current_slot",
+    "slot_sources",
 ]
 
-METHODS = ("none", "replay", "ewc")
+METHODS = ("none", "replay", "ewc", "slots")
 REHEARSALS = "rehearsal_steps"  # state.extra key: rehearsal steps taken (saved in the deltas)
+SLOT = "slot"  # state.extra key: the slot the newest chunks trained
+SLOT_SOURCES = "slot_sources"  # state.extra key: JSON [[source, slot], ...], newest last
+# Sources remembered by name (their slot); a source forgotten is placed again by its content.
+MAX_REMEMBERED_SOURCES = 256
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,7 @@ class RetentionConfig:
     ewc_strength: float = 0.05
     anchor_bytes: int = 65536
     seed: int = 0
+    max_slots: int = 16
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,6 +91,10 @@ class RetentionConfig:
         for name in ("every_chunks", "batch", "anchor_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"retention {name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.max_slots <= MAX_SLOTS:
+            raise ConfigError(
+                f"retention max_slots must be from 1 to {MAX_SLOTS}, got {self.max_slots}"
+            )
         if self.segment_bytes < 2:
             raise ConfigError(f"retention segment_bytes must be >= 2, got {self.segment_bytes}")
         if not 0.0 <= self.ewc_strength <= 1.0:
@@ -164,15 +189,23 @@ def absorb(
     config: RetentionConfig,
     rng: random.Random,
     final: bool = False,
+    source: str = "",
 ) -> AbsorbReport:
-    """Stream ``data`` into ``state`` (score, then update), keeping what the state absorbed
-    before by ``config.method``: pieces of ``every_chunks`` chunks, each followed by a
-    rehearsal step on ``history`` (replay) or a Fisher-weighted pull toward the anchor (ewc).
-    ``history`` must hold only bytes absorbed before this call."""
+    """Stream ``data`` (all of one ``source``) into ``state`` (score, then update), keeping
+    what the state absorbed before by ``config.method``: pieces of ``every_chunks`` chunks,
+    each followed by a rehearsal step on ``history`` (replay) or a Fisher-weighted pull toward
+    the anchor (ewc); or the slot of ``source`` (slots). ``history`` must hold only bytes
+    absorbed before this call."""
     piece = config.every_chunks * state.config.chunk_bytes
     bits, scored, rehearsals = 0.0, 0, 0
+    if config.method == "slots":
+        first = data[: state.config.chunk_bytes]
+        slot = _choose_slot(state, source, first, config) if data else current_slot(state)
+        flushed = _enter_slot(state, slot)
+        report = stream(state, data, final=final, slot=slot)
+        return AbsorbReport(report.bytes_scored + flushed[0], report.bits + flushed[1], 0)
     if config.method == "none":
-        report = stream(state, data, final=final)
+        report = stream(state, data, final=final, slot=current_slot(state))
         return AbsorbReport(report.bytes_scored, report.bits, 0)
     for start in range(0, max(len(data), 1), piece):
         last = start + piece >= len(data)
@@ -199,18 +232,100 @@ def _pull_to_anchor(state: TTTState, config: RetentionConfig) -> None:
     """Online EWC as a proximal step: w <- w - min(1, s * F / mean F) * (w - anchor)."""
     anchor_at, anchor = _ANCHORS.get(state, (-1, {}))
     if anchor_at < 0 or state.position - anchor_at >= config.anchor_bytes:
-        weights = {n: w.detach().clone() for n, w in state.fast_weights.items()}
+        weights = {n: w.detach().clone() for n, w in state.slot_weights(0).items()}
         _ANCHORS[state] = (state.position, weights)
         return
     if not state.fisher.count:
         return
     fisher = state.fisher.mean()
     new = {}
-    for name, weight in state.fast_weights.items():
+    for name, weight in state.slot_weights(0).items():
         f = fisher[name]
         pull = (config.ewc_strength * f / f.mean().clamp_min(1e-30)).clamp(max=1.0)
         new[name] = weight - pull * (weight - anchor[name])
-    state.fast_weights = new
+    state.set_slot_weights(0, new)
+
+
+def absorb_rows(
+    state: TTTState,
+    rows: Sequence[tuple[int, bytes]],
+    sources: Mapping[int, str],
+    *,
+    history: History,
+    config: RetentionConfig,
+    rng: random.Random,
+) -> AbsorbReport:
+    """:func:`absorb` notepad chunks ``(id, bytes)`` in order; ``sources`` gives each chunk id
+    its document's source (read only by the slots method, which absorbs each run of one
+    source's chunks into its slot)."""
+    if config.method != "slots":
+        data = b"".join(data for _, data in rows)
+        return absorb(state, data, history=history, config=config, rng=rng)
+    scored, bits, start = 0, 0.0, 0
+    while start < len(rows):
+        source = sources.get(rows[start][0], "")
+        end = start + 1
+        while end < len(rows) and sources.get(rows[end][0], "") == source:
+            end += 1
+        data = b"".join(data for _, data in rows[start:end])
+        report = absorb(state, data, history=history, config=config, rng=rng, source=source)
+        scored, bits, start = scored + report.bytes_scored, bits + report.bits, end
+    return AbsorbReport(scored, bits, 0)
+
+
+def current_slot(state: TTTState) -> int:
+    """The slot the state's newest chunks trained (its partial-chunk buffer is that slot's)."""
+    slot = int(state.extra.get(SLOT, "0"))
+    return slot if slot in state.slots() else 0
+
+
+def slot_sources(state: TTTState) -> dict[str, int]:
+    """The sources the state remembers by name, each with its slot."""
+    slots = set(state.slots())
+    try:
+        pairs = json.loads(state.extra.get(SLOT_SOURCES, "[]"))
+        return {str(source): int(slot) for source, slot in pairs if int(slot) in slots}
+    except (ValueError, TypeError):  # bookkeeping from a damaged file: placed again by content
+        return {}
+
+
+def _choose_slot(state: TTTState, source: str, first: bytes, config: RetentionConfig) -> int:
+    """The slot of ``source``: its own when known; else the slot that predicts ``first`` (the
+    source's first chunk) best, when it predicts it better than fresh weights do (more of a
+    kind the slot knows); else a free slot, or that best slot once every slot is in use."""
+    known = slot_sources(state)
+    slot = known.get(source)
+    if slot is None:
+        trained = sorted(set(known.values()))
+        bits = [float(score_bytes(state, first, slot=k)[0].sum()) for k in trained]
+        best = trained[min(range(len(bits)), key=bits.__getitem__)] if bits else None
+        fresh = float(score_bytes(TTTState(state.model, state.config), first)[0].sum())
+        free = [k for k in state.slots() if k not in known.values()]
+        if best is not None and min(bits) < fresh:
+            slot = best
+        elif free:
+            slot = free[0]
+        elif len(state.slots()) < config.max_slots:
+            slot = state.add_slot()
+        else:
+            slot = best if best is not None else current_slot(state)
+    known.pop(source, None)
+    known[source] = slot
+    pairs = [[name, k] for name, k in known.items()][-MAX_REMEMBERED_SOURCES:]
+    state.extra[SLOT_SOURCES] = json.dumps(pairs)
+    return slot
+
+
+def _enter_slot(state: TTTState, slot: int) -> tuple[int, float]:
+    """Make ``slot`` the one the next chunks train: the slot before streams its partial
+    chunk, and the window empties. Returns (bytes, bits) that flush scored."""
+    current = current_slot(state)
+    if slot == current:
+        return 0, 0.0
+    report = stream(state, b"", final=True, slot=current)
+    state.clear_window()
+    state.extra[SLOT] = str(slot)
+    return report.bytes_scored, report.bits
 
 
 def rehearsal_steps(state: TTTState) -> int:

@@ -869,6 +869,21 @@ class SQLStore:
             ).all()
         return [(r[0], r[2] if r[2] is not None else r[1].encode("utf-8")) for r in rows]
 
+    def chunk_sources(self, scope_id: int, first_id: int, last_id: int) -> dict[int, str]:
+        """Per chunk id of the scope from ``first_id`` to ``last_id``: its document's source
+        (``""`` for a chunk without a document)."""
+        with self.reading() as s:
+            rows = s.execute(
+                select(ChunkRow.id, DocumentRow.source)
+                .join(DocumentRow, DocumentRow.id == ChunkRow.document_id, isouter=True)
+                .where(
+                    ChunkRow.scope_id == scope_id,
+                    ChunkRow.id >= first_id,
+                    ChunkRow.id <= last_id,
+                )
+            ).all()
+        return {int(r[0]): r[1] or "" for r in rows}
+
     def newest_chunk_ids(self) -> dict[int, int]:
         """Per scope id: the largest chunk id (scopes without chunks are absent)."""
         with self.reading() as s:

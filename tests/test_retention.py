@@ -6,16 +6,17 @@ Real held-out logs (BGL, HDFS, OpenStack are never trained on), the shipped mode
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 import torch
 
 from memsdk import HybridMemory, MemoryConfig, Scope
-from memsdk.engine import TTTState, load_model, score_bytes
+from memsdk.engine import TTTState, load_model, score_bytes, stream
 from memsdk.engine.replay import rehearse
 from memsdk.errors import ConfigError
-from memsdk.retention import MemoryHistory, RetentionConfig, SQLHistory, absorb
+from memsdk.retention import MemoryHistory, RetentionConfig, SQLHistory, absorb, slot_sources
 
 
 def _lines(data: bytes, start: int, size: int) -> bytes:
@@ -134,3 +135,89 @@ def test_the_memory_rehearses_its_own_scope_only_and_stats_show_it(memory_dir, l
     with HybridMemory.open(memory_dir, config=replay) as mem:  # the count is kept in its deltas
         again = {s.scope.tenant: s.weights for s in mem.stats().scopes}
         assert again["acme"].rehearsal_steps == figures["acme"].rehearsal_steps
+
+
+def _slotted(model, logs, names, config: RetentionConfig) -> TTTState:
+    """One state absorbing each named log, as its own source, in 8 kB batches."""
+    state, history, rng = TTTState(model, model.default_ttt), MemoryHistory(), random.Random(0)
+    for name in names:
+        for start in range(0, len(logs[name]), 8192):
+            batch = logs[name][start : start + 8192]
+            absorb(state, batch, history=history, config=config, rng=rng, source=name)
+    return state
+
+
+def test_slots_keep_every_source_as_its_own_scope_does(model, logs):
+    slots = RetentionConfig(method="slots")
+    shared = _slotted(model, logs, ("head", "hdfs", "openstack"), slots)
+    assert shared.slots() == [0, 1, 2]
+    assert slot_sources(shared) == {"head": 0, "hdfs": 1, "openstack": 2}
+    alone = _slotted(model, logs, ("head",), slots)
+    stream(alone, b"", final=True)  # as the shared scope's slot did when HDFS began
+    own = _bpb(alone, logs["tail"])
+    forgot = _bpb(_shared_scope(model, logs, "none"), logs["tail"])
+    kept = _bpb(shared, logs["tail"])
+    assert forgot - own > 0.5
+    # BGL's head is kept as in its own scope: the mixture costs at most log2(3) bits in all.
+    assert own <= kept <= own + 1.6 / len(logs["tail"])
+
+
+def test_a_new_source_joins_the_slot_that_knows_its_kind_or_takes_a_free_one(model, logs):
+    bgl_later = {"bgl.1": logs["head"], "hdfs": logs["hdfs"], "bgl.2": logs["tail"]}
+    state = _slotted(model, bgl_later, ("bgl.1", "hdfs", "bgl.2"), RetentionConfig("slots"))
+    # The rotated log's next file continues the first file's slot; HDFS has its own.
+    assert slot_sources(state) == {"bgl.1": 0, "hdfs": 1, "bgl.2": 0}
+    # With every slot in use, a new kind joins the slot that predicts it best.
+    one = _slotted(
+        model, logs, ("hdfs", "head", "openstack"), RetentionConfig("slots", max_slots=2)
+    )
+    assert one.slots() == [0, 1] and slot_sources(one)["head"] == 1
+    assert slot_sources(one)["openstack"] in (0, 1)
+
+
+def test_the_slot_mixture_is_prequential(model, logs):
+    state = _slotted(model, logs, ("head", "hdfs"), RetentionConfig(method="slots"))
+    probe = logs["tail"][:1500]
+    bits = score_bytes(state, probe)[0]
+    # A byte's bits depend only on the bytes before it, through every slot's weight (within
+    # the first chunk, where no slot is pruned yet, and later).
+    for at in (300, 1000):
+        changed = probe[:at] + bytes([probe[at] ^ 1]) + probe[at + 1 :]
+        assert torch.equal(score_bytes(state, changed)[0][:at], bits[:at])
+    # Each byte's probability is the slots' probabilities weighted by how well each slot
+    # predicted the bytes before it (a uniform prior): recomputed here from each slot alone.
+    alone = torch.stack([score_bytes(state, probe, slot=k)[0] for k in state.slots()]).double()
+    log_p = -alone * math.log(2)
+    before = log_p.cumsum(1) - log_p
+    mixed = torch.logsumexp(before + log_p, 0) - torch.logsumexp(before, 0)
+    assert torch.allclose(bits.double(), -mixed / math.log(2), atol=1e-3)
+    best = float(alone.sum(1).min())
+    assert best - 1e-2 <= float(bits.sum()) <= best + 1.0 + 1e-2  # log2(2 slots) bits at most
+
+
+def test_a_memory_keeps_each_source_in_its_slot_across_sessions(tmp_path, logs):
+    ours, theirs = Scope(tenant="acme", user="a"), Scope(tenant="other", user="b")
+    tail = logs["tail"].decode()
+    kept = {}
+    for method in ("slots", "none"):
+        config = MemoryConfig(weights_retention=method)
+        with HybridMemory.open(tmp_path / method, config=config) as mem:
+            mem.ingest([logs["head"].decode()], scope=ours, name="bgl")
+            mem.ingest([logs["openstack"].decode()], scope=theirs, name="openstack")
+            mem.flush()
+            alone = mem.bits_per_byte(tail, scope=ours)
+            mem.ingest([logs["hdfs"].decode()], scope=ours, name="hdfs")
+            mem.ingest([logs["openstack"].decode()], scope=ours, name="openstack")
+            mem.flush()
+            kept[method] = mem.bits_per_byte(tail, scope=ours)
+            figures = {s.scope.tenant: s.weights for s in mem.stats().scopes}
+        assert figures["acme"].retention == method
+        if method == "slots":
+            assert kept["slots"] == pytest.approx(alone, abs=0.01)
+            assert figures["acme"].slots == 3 and figures["other"].slots == 1
+            assert set(figures["acme"].slot_sources) == {"bgl", "hdfs", "openstack"}
+            with HybridMemory.open(tmp_path / method, config=config) as mem:  # from its deltas
+                again = mem.bits_per_byte(tail, scope=ours)
+                assert mem.stats().scopes[0].weights.slots in (1, 3)
+            assert again == pytest.approx(kept["slots"], abs=0.05)  # 4-bit deltas
+    assert kept["none"] > kept["slots"] + 0.3  # plain TTT lost BGL to the two newer sources
