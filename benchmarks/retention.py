@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
 import os
@@ -45,6 +46,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -226,8 +228,54 @@ def run_method(args: argparse.Namespace) -> dict:
         done = max(done, upto)
         out["curve"][str(mb)] = curve.score(tail)
         print(f"{args.method} curve {mb} MB: {out['curve'][str(mb)]:.3f}", file=sys.stderr)
+    if args.anomaly_kb and args.method.partition("@")[0] != "ewc":  # not a MemoryConfig method
+        out["anomaly"] = anomaly_after_other_logs(args)
+        print(f"{args.method} anomaly: {out['anomaly']}", file=sys.stderr)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["threads"] = torch.get_num_threads()
+    return out
+
+
+def anomaly_after_other_logs(args: argparse.Namespace) -> dict:
+    """The AUROC of ``surprise`` for BGL's alert lines in its second half, read in a memory
+    (``MemoryConfig(weights_retention=...)``, SQLite, FAISS) whose scope absorbed BGL's first
+    half and then ``--anomaly-kb`` of the other held-out logs (HDFS, then OpenStack), each a
+    source of its own; also with nothing after BGL, as ``memory_bench.py`` measures it."""
+    from memory_bench import auroc  # the sibling benchmark script
+
+    from memsdk import HybridMemory, MemoryConfig, Scope
+
+    loghub = args.shared / "data" / "loghub"
+    log = (loghub / "BGL" / "BGL_2k.log").read_text().splitlines(keepends=True)
+    with open(loghub / "BGL" / "BGL_2k.log_structured.csv", newline="") as f:
+        labels = [row["Label"] != "-" for row in csv.DictReader(f)]
+    half, budget = len(log) // 2, args.anomaly_kb * 1024
+    others = []
+    for system in ("HDFS", "OpenStack"):
+        text = (loghub / system / f"{system}_2k.log").read_text()
+        lines = text.splitlines(keepends=True)
+        taken = []
+        while lines and budget > 0:
+            taken.append(lines.pop(0))
+            budget -= len(taken[-1].encode())
+        others.append((system, taken))
+    method = args.method.partition("@")[0]
+    out: dict = {"lines": len(log) - half, "alerts": sum(labels[half:])}
+    with tempfile.TemporaryDirectory() as folder:
+        config = MemoryConfig(weights_retention=method)
+        with HybridMemory.open(folder, config=config) as mem:
+            scope = Scope(tenant="anomaly", user="bgl")
+            mem.ingest(log[:half], scope=scope, name="BGL first half")
+            mem.flush()
+            for when in ("alone", "after_other_logs"):
+                if when == "after_other_logs":
+                    for system, lines in others:
+                        mem.ingest(lines, scope=scope, name=system)
+                    mem.flush()
+                    out["other_log_bytes"] = sum(len("".join(x).encode()) for _, x in others)
+                surprise = mem.surprise("".join(log[half:]), scope=scope)
+                scores = [line.bits_per_byte for line in surprise.lines]
+                out[f"auroc_{when}"] = auroc(scores, labels[half:])
     return out
 
 
@@ -349,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tail-bytes", type=int, default=16384)
     parser.add_argument("--batch-bytes", type=int, default=8192)
     parser.add_argument("--curve-max-mb", type=float, default=3.0)
+    parser.add_argument(
+        "--anomaly-kb",
+        type=int,
+        default=512,
+        help="other logs after BGL's first half before its alerts are scored (0: skip)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -365,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--tail-bytes", args.tail_bytes),
             ("--batch-bytes", args.batch_bytes),
             ("--curve-max-mb", args.curve_max_mb),
+            ("--anomaly-kb", args.anomaly_kb),
         ):
             child += [flag, str(value)]
         result = subprocess.run(child, stdout=subprocess.PIPE, check=True)

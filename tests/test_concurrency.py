@@ -17,6 +17,7 @@ import pytest
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, bits_per_byte, load_model, stream
+from memsdk.engine.model import START_BYTE
 
 SHARED_SCOPE = Scope(tenant="acme", user="shared")
 SECONDS = 6.0
@@ -140,14 +141,33 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, data
         )
         on_disk = mem.bits_per_byte(PROBE, scope=SHARED_SCOPE)
         shared_id = mem.notepad.sql.find_scope(SHARED_SCOPE.key())
-        records = mem.notepad.sql.chunk_bytes_after(shared_id, 0, 1_000_000)
+        chunks = [data for _, data in mem.notepad.sql.chunk_bytes_after(shared_id, 0, 10**6)]
+        newest = b"".join(chunks[-4:]).decode()  # what the weights learned last
+        lineage = mem.bits_per_byte(newest, scope=SHARED_SCOPE)
+        # The window saved with the weights holds the input bytes of the newest chunks
+        # absorbed: exactly the stream's last bytes, in id order, each once.
+        window = mem.weights.state(shared_id).recent_inputs
+        stream_inputs = (bytes([START_BYTE]) + b"".join(chunks))[:-1]
+        assert len(window) == min(len(stream_inputs), load_model()[0].config.window)
+        assert window == stream_inputs[-len(window) :]
     # The saved chain merges into what the last holder had in memory (one 4-bit delta apart),
-    # and into what one process streaming every chunk in id order would have learned.
+    # and into what one process streaming every chunk in id order would have learned: closer
+    # to it than to a stream that absorbed the chunks twice or out of order, by a margin.
     assert on_disk == pytest.approx(result["bits"], abs=0.02)
-    reference = TTTState(load_model()[0])
-    stream(reference, records[0][1], final=True)  # the first flush streamed a short chunk
-    stream(reference, b"".join(data for _, data in records[1:]), final=True)
-    assert on_disk == pytest.approx(bits_per_byte(reference, PROBE), abs=0.05), shared.weights
+    model = load_model()[0]
+
+    def streamed(order: list[bytes]) -> TTTState:
+        state = TTTState(model)
+        stream(state, order[0], final=True)  # the first flush streamed a short chunk
+        stream(state, b"".join(order[1:]), final=True)
+        return state
+
+    right = bits_per_byte(streamed(chunks), newest)
+    gap = abs(lineage - right)
+    assert gap < 0.05, shared.weights
+    for mistake in (chunks + chunks[1:], chunks[:1] + chunks[:0:-1]):  # twice; reversed
+        assert abs(bits_per_byte(streamed(mistake), newest) - right) > 2 * gap
+    assert on_disk == pytest.approx(bits_per_byte(streamed(chunks), PROBE), abs=0.05)
     figures.record(
         f"concurrency_{database}",
         threads=WRITERS + READERS,
