@@ -72,6 +72,12 @@ class MemoryConfig(BaseModel):
     embed_batch_chunks: int = Field(
         64, ge=1, le=4096, description="chunks embedded and written per transaction"
     )
+    share_template_vectors: bool = Field(
+        True,
+        description="chunks of one ingest that are equal once numbers, ids, addresses, paths "
+        "and times are masked share the first one's vector (memsdk/templates.py): on real "
+        "logs about half the chunks, embedded once; full-text search keeps every exact token",
+    )
     search_candidates: int = Field(
         50, ge=1, le=10_000, description="hits each retriever contributes to the fusion"
     )

@@ -23,7 +23,23 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Text, and_, case, cast, false, func, not_, or_, true
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Float,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.encoding import check_text
@@ -42,6 +58,11 @@ _MAX_DEPTH = 16
 # recursion limit. These bounds keep every filter far inside both.
 MAX_FILTER_DEPTH = 16
 MAX_FILTER_TERMS = 512
+# An in / nin list is one condition whatever its length: its values travel as one bound
+# parameter (a JSON array read by SQLite's json_each, a PostgreSQL array), so neither the
+# expression depth nor the bound-parameter limit grows with it. This bound, over all the lists
+# of one filter, only keeps a filter's memory and parse time small.
+MAX_IN_VALUES = 100_000
 # Integers the databases store and compare as numbers: SQLite's and PostgreSQL's bigint.
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
@@ -141,6 +162,25 @@ class _Field:
             }[kind]
         return func.json_extract(ChunkRow.meta, self.path)
 
+    def member(self, kind: str, values: list[Any]) -> ColumnElement[bool]:
+        """The value is one of ``values`` (all of JSON type ``kind``), as one bound parameter."""
+        if self.dialect == "postgresql":
+            element = {"number": Float, "string": Text, "boolean": Boolean}[kind]
+            if kind == "number":
+                values = [float(v) for v in values]  # psycopg binds no array of mixed types
+            return self.value(kind) == any_(bindparam(None, values, type_=ARRAY(element)))
+        if kind == "boolean":
+            values = [int(v) for v in values]  # json_extract gives 1 / 0 for true / false
+        listed = func.json_each(bindparam(None, json.dumps(values), type_=Text)).table_valued(
+            "value"
+        )
+        return self.value(kind).in_(select(listed.c.value))
+
+    def is_null(self) -> ColumnElement[bool]:
+        """The key holds JSON null: false, never SQL NULL, when the key is absent, so that
+        ``ne`` / ``nin`` with None hold for a missing key as they do with other values."""
+        return case((self.type.in_(("null",)), true()), else_=false())
+
     def test(self, kind: str, predicate: ColumnElement[bool]) -> ColumnElement[bool]:
         # CASE keeps PostgreSQL from casting values of another type (which would raise).
         return case((self.type.in_(self.kinds(kind)), predicate), else_=false())
@@ -182,7 +222,7 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
             raise FilterError(
                 f"filter {key!r} {op}: expected a non-empty list, got {reprlib.repr(value)}"
             )
-        hit = or_(*(_compare(field, "eq", v) for v in value))
+        hit = _membership(field, op, value)
         return hit if op == "in" else not_(hit)
     if op == "ne":
         return not_(_compare(field, "eq", value))
@@ -198,7 +238,7 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     if value is None:
         if op != "eq":
             raise FilterError(f"filter {key!r} {op}: None can only be tested with eq / ne")
-        return field.type.in_(("null",))
+        return field.is_null()
     kind = _kind(value, key, op)
     if kind == "boolean" and op != "eq":
         raise FilterError(f"filter {key!r} {op}: booleans can only be tested with eq / ne")
@@ -215,18 +255,42 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     return field.test(kind, compare(column, value))
 
 
+def _membership(field: _Field, op: str, values: list[Any] | tuple[Any, ...]) -> ColumnElement[bool]:
+    """One test per JSON type among ``values`` (a value matches only values of its own type)."""
+    by_kind: dict[str, list[Any]] = {}
+    has_null = False
+    for v in values:
+        if v is None:
+            has_null = True
+            continue
+        by_kind.setdefault(_kind(v, field.key, op), []).append(v)
+    tests = [field.test(kind, field.member(kind, listed)) for kind, listed in by_kind.items()]
+    if has_null:
+        tests.append(field.is_null())
+    return or_(*tests)
+
+
 class _Budget:
     """The conditions a filter has spent while it compiles (at most MAX_FILTER_TERMS)."""
 
     def __init__(self) -> None:
         self.terms = 0
+        self.values = 0
+
+    def spend_values(self, count: int, where: str) -> None:
+        self.values += count
+        if self.values > MAX_IN_VALUES:
+            raise FilterError(
+                f"filters list more than {MAX_IN_VALUES} values in their in / nin lists (at "
+                f"{where}): split the call into several, or filter on a coarser metadata key"
+            )
 
     def spend(self, count: int, where: str) -> None:
         self.terms += count
         if self.terms > MAX_FILTER_TERMS:
             raise FilterError(
                 f"filters hold more than {MAX_FILTER_TERMS} conditions (at {where}; each "
-                "comparison, each value of an in/nin list and each AND/OR/NOT branch counts): "
+                "comparison, each in/nin list and each AND/OR/NOT branch counts): "
                 "split the call into several, or filter on a coarser metadata key"
             )
 
@@ -294,8 +358,9 @@ def _field_condition(
                 f"unknown filter operator {op!r} on key {key!r}: expected one of "
                 + ", ".join(OPERATORS)
             )
-        values = len(value) if op in ("in", "nin") and isinstance(value, list | tuple) else 1
-        budget.spend(values, f"{where}.{key}.{op}")
+        budget.spend(1, f"{where}.{key}.{op}")
+        if op in ("in", "nin") and isinstance(value, list | tuple):
+            budget.spend_values(len(value), f"{where}.{key}.{op}")
         parts.append(_compare(field, op, value))
     return and_(*parts)
 
@@ -311,8 +376,9 @@ def compile_filters(
     Raises:
         FilterError: unknown operator, a value of the wrong type, a malformed AND/OR/NOT,
             nesting deeper than ``MAX_FILTER_DEPTH`` (16) levels, or more than
-            ``MAX_FILTER_TERMS`` (512) conditions, counting each comparison, each value of an
-            in/nin list and each AND/OR/NOT branch.
+            ``MAX_FILTER_TERMS`` (512) conditions, counting each comparison, each in/nin list
+            and each AND/OR/NOT branch, or more than ``MAX_IN_VALUES`` (100,000) values in
+            all its in/nin lists together.
     """
     if filters is None:
         return None

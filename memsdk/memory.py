@@ -65,6 +65,7 @@ from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import ChunkRecord, NewChunk
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
+from memsdk.templates import TemplateVectors
 
 __all__ = ["HybridMemory"]
 
@@ -477,6 +478,9 @@ class HybridMemory:
 
         dups = 0
         batch: list[RawChunk] = []
+        embed = self.embedder.embed
+        if self.config.share_template_vectors:
+            embed = TemplateVectors(self.embedder.embed).vectors
 
         def store() -> None:
             nonlocal dups
@@ -494,7 +498,7 @@ class HybridMemory:
             if not fresh:
                 return
             decoded = [decode_chunk(c.data) for _, c in fresh]
-            vectors = self.embedder.embed([t for t, _ in decoded])
+            vectors = embed([t for t, _ in decoded])
             rows = [
                 NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec)
                 for (h, c), (text, raw), vec in zip(fresh, decoded, vectors, strict=True)
