@@ -262,7 +262,7 @@ def anomaly_after_other_logs(args: argparse.Namespace) -> dict:
     method = args.method.partition("@")[0]
     out: dict = {"lines": len(log) - half, "alerts": sum(labels[half:])}
     with tempfile.TemporaryDirectory() as folder:
-        config = MemoryConfig(weights_retention=method)
+        config = MemoryConfig(weights_retention=method, max_score_bytes=256 << 10)
         with HybridMemory.open(folder, config=config) as mem:
             scope = Scope(tenant="anomaly", user="bgl")
             mem.ingest(log[:half], scope=scope, name="BGL first half")
