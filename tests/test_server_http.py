@@ -177,7 +177,7 @@ def test_revoked_unknown_and_read_only_keys(server):
     ("body", "headers", "status", "message"),
     [
         (b"{not json", {"content-type": "application/json"}, 422, "JSON"),
-        (b'{"text": "\xff\xfe"}', {"content-type": "application/json"}, 400, ""),
+        (b'{"text": "\xff\xfe"}', {"content-type": "application/json"}, 400, "UTF-8"),
         (b'{"text": "ok", "extra": 1}', {"content-type": "application/json"}, 422, "extra"),
         (b"[" * 60000 + b"]" * 60000, {"content-type": "application/json"}, 413, "larger than"),
         (b"[" * 20000 + b"]" * 20000, {"content-type": "application/json"}, 4, ""),

@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memsdk.aio import AsyncHybridMemory
 from memsdk.errors import BusyError, InputError, MemsdkError, NotFoundError
@@ -290,6 +291,15 @@ def create_app(
             where = ".".join(str(p) for p in e.get("loc", ()))
             problems.append(f"{where}: {e.get('msg', 'invalid')}")
         return _error(422, "invalid request: " + "; ".join(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        detail = error.detail
+        if error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = "the body is not JSON in UTF-8: send a UTF-8 JSON object"
+        return JSONResponse(
+            {"detail": detail}, status_code=error.status_code, headers=error.headers
+        )
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_request: Request, _error_: RecursionError) -> JSONResponse:
