@@ -266,7 +266,13 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from memsdk.server.http import serve
 
-    serve(args.memory, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
+    serve(
+        args.memory,
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        allow_paths=args.allow_path or [],
+    )
     return 0
 
 
@@ -388,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1 << 20,
         help="largest request body accepted (default 1 MiB)",
+    )
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="a directory /v1/ingest and ingest_path may read (repeatable; default: none)",
     )
     p.set_defaults(handler=_cmd_serve)
     return parser

@@ -42,6 +42,9 @@ class Server:
             self.keys["revoked"] = revoked
         finally:
             store.close()
+        self.docs = directory.parent / "docs"
+        self.docs.mkdir(exist_ok=True)
+        (self.docs / "runbook.txt").write_text("restart the ingest worker with systemctl\n")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(directory / "server.log", "w+b")  # noqa: SIM115
@@ -58,6 +61,8 @@ class Server:
                 str(self.port),
                 "--max-body-bytes",
                 "65536",
+                "--allow-path",
+                str(self.docs),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -126,6 +131,16 @@ def test_rest_round_trip(server):
         assert c.delete(f"/v1/memories/{memory_id}").json() == {"deleted": memory_id}
         assert c.get(f"/v1/memories/{memory_id}").status_code == 404
     assert "paths" in httpx.get(f"{server.url}/openapi.json").json()
+
+
+def test_ingest_only_under_allowed_paths(server):
+    with server.client("acme") as c, server.client("reader") as reader:
+        report = c.post("/v1/ingest", json={"path": str(server.docs)})
+        assert report.status_code == 200 and report.json()["documents"] == 1, report.text
+        for outside in ("/etc", str(server.docs / ".." / "memory"), str(server.directory)):
+            refused = c.post("/v1/ingest", json={"path": outside})
+            assert refused.status_code == 403 and "outside" in refused.json()["detail"]
+        assert reader.post("/v1/ingest", json={"path": str(server.docs)}).status_code == 403
 
 
 def test_two_tenants_never_see_each_other(server):

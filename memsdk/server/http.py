@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -66,6 +66,11 @@ class QueryRequest(BaseModel):
     route: Literal["auto", "notepad", "weights", "both"] = "auto"
     k: int = Field(5, ge=1, le=100)
     max_bytes: int = Field(200, ge=1, le=4096)
+
+
+class IngestRequest(BaseModel):
+    model_config = _Strict
+    path: str = Field(min_length=1, description="a file or directory under --allow-path")
 
 
 class SurpriseRequest(BaseModel):
@@ -213,11 +218,13 @@ def create_app(
     keys: KeyStore,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allow_paths: Sequence[str | os.PathLike[str]] = (),
     close_memory: bool = False,
 ) -> ASGIApp:
     """The ASGI application of ``memsdk serve`` over an open memory and its key table.
 
     Args:
+        allow_paths: directories that ingest (REST and MCP) may read; none: ingest refuses.
         close_memory: flush and close ``memory`` when the server shuts down.
     """
 
@@ -237,7 +244,8 @@ def create_app(
             raise ToolError(_REFUSED)
         return grant
 
-    mcp_server = build_mcp_server(memory, mcp_grant, paths=PathPolicy([]))
+    paths = PathPolicy(allow_paths)
+    mcp_server = build_mcp_server(memory, mcp_grant, paths=paths)
     mcp_app = mcp_server.streamable_http_app(
         streamable_http_path="/mcp", stateless_http=True, json_response=True
     )
@@ -372,6 +380,20 @@ def create_app(
             "passages": [_item(h) for h in answer.passages],
         }
 
+    @app.post(
+        "/v1/ingest",
+        response_model=dict[str, Any],
+        responses={403: {"model": ErrorOut}},
+        tags=["memories"],
+    )
+    async def ingest(body: IngestRequest, grant: Writer) -> Any:
+        """Read a file or directory tree on the server, only under its --allow-path dirs."""
+        try:
+            path = paths.check(body.path)
+        except ToolError as e:
+            raise HTTPException(403, str(e)) from e
+        return (await memory.ingest(path, scope=grant.scope)).model_dump(mode="json")
+
     @app.post("/v1/surprise", response_model=SurpriseOut, tags=["memories"])
     async def surprise(body: SurpriseRequest, grant: Reader) -> Any:
         """Bits per byte of each line under the scope's weight memory."""
@@ -415,6 +437,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allow_paths: Sequence[str | os.PathLike[str]] = (),
 ) -> None:
     """Run the HTTP server until SIGINT/SIGTERM, then drain, flush and close the memory."""
     import uvicorn
@@ -423,7 +446,11 @@ def serve(
     keys = KeyStore(memory.notepad.sql.url)
     try:
         app = create_app(
-            AsyncHybridMemory(memory), keys, max_body_bytes=max_body_bytes, close_memory=True
+            AsyncHybridMemory(memory),
+            keys,
+            max_body_bytes=max_body_bytes,
+            allow_paths=allow_paths,
+            close_memory=True,
         )
         # Access logs name the method and path only; the Authorization header is never logged.
         uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")
