@@ -1,5 +1,5 @@
 """The ``memsdk`` command line: ingest, search, query, calibrate, stats, sessions,
-rebuild-index and repair."""
+rebuild-index, repair, keys, and the servers (mcp, serve)."""
 
 from __future__ import annotations
 
@@ -200,6 +200,82 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from memsdk.server.keys import open_key_store
+
+    store = open_key_store(args.memory, args.database_url)
+    try:
+        if args.keys_command == "create":
+            scope = _scope(args)  # checks each part as any scope is checked
+            key, record = store.create(scope.key(), read_only=args.read_only, label=args.label)
+            mode = "read-only" if record.read_only else "read-write"
+            print(key)
+            print(
+                f"key {record.key_id} ({mode}) for {scope}: shown once, only its hash is kept",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            records = store.list()
+            if args.json:
+                rows = [
+                    {
+                        "key_id": r.key_id,
+                        "scope": dict(
+                            zip(("tenant", "user", "agent", "run"), r.scope, strict=True)
+                        ),
+                        "read_only": r.read_only,
+                        "label": r.label,
+                        "created_at": r.created_at.isoformat(),
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                    }
+                    for r in records
+                ]
+                print(json.dumps(rows, indent=2))
+                return 0
+            if not records:
+                print("no keys")
+            for r in records:
+                state = "revoked" if r.revoked else ("read-only" if r.read_only else "read-write")
+                parts = [
+                    f"{n}={v!r}"
+                    for n, v in zip(("tenant", "user", "agent", "run"), r.scope, strict=True)
+                    if v
+                ]
+                label = f"  {r.label}" if r.label else ""
+                print(f"{r.key_id}  {state:<10}  {', '.join(parts)}{label}")
+        else:
+            record = store.revoke(args.key_id)
+            print(f"revoked key {record.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from memsdk.server.mcp_tools import run_stdio
+
+    run_stdio(
+        args.memory,
+        scope=_scope(args),
+        allow_paths=args.allow_path or [],
+        read_only=args.read_only,
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from memsdk.server.http import serve
+
+    serve(
+        args.memory,
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        allow_paths=args.allow_path or [],
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memsdk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -276,6 +352,56 @@ def build_parser() -> argparse.ArgumentParser:
     _memory_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_repair)
+
+    p = sub.add_parser("keys", help="API keys of the HTTP server: create, list, revoke")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="make a key bound to one scope (printed once)")
+    _memory_arg(k)
+    _add_scope_args(k)
+    k.add_argument("--read-only", action="store_true", help="the key may read, never write")
+    k.add_argument("--label", default="", help="a note shown by `keys list`")
+    k = keys.add_parser("list", help="every key: id, scope, read-only or revoked")
+    _memory_arg(k)
+    k.add_argument("--json", action="store_true")
+    k = keys.add_parser("revoke", help="refuse a key from now on")
+    k.add_argument("key_id", help="the key id that `keys list` shows")
+    _memory_arg(k)
+    for k in keys.choices.values():
+        k.add_argument(
+            "--database-url",
+            help="the memory's database when it is not the SQLite file in DIR",
+        )
+    p.set_defaults(handler=_cmd_keys)
+
+    p = sub.add_parser("mcp", help="an MCP server over stdio, bound to one scope")
+    p.add_argument("--memory", required=True, metavar="DIR", help="the memory directory")
+    _add_scope_args(p)
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="a directory ingest_path may read (repeatable; without it ingest_path refuses all)",
+    )
+    p.add_argument("--read-only", action="store_true", help="offer only the reading tools")
+    p.set_defaults(handler=_cmd_mcp)
+
+    p = sub.add_parser("serve", help="the HTTP API (/v1, /mcp) with per-scope API keys")
+    p.add_argument("--memory", required=True, metavar="DIR", help="the memory directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest request body accepted (default 1 MiB)",
+    )
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="a directory /v1/ingest and ingest_path may read (repeatable; default: none)",
+    )
+    p.set_defaults(handler=_cmd_serve)
     return parser
 
 

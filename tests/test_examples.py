@@ -16,6 +16,7 @@ EXPECTED = {
     "multi_tenant.py": "initech (no data): [] hits, 0 memories",
     "tail_log.py": "weight memory absorbed",
     "langchain_chain.py": "[memsdk route: ",
+    "mcp_agent.py": "A: Root cause of ACME-118",
 }
 
 
