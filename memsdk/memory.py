@@ -19,8 +19,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, TextIO
 
-from sqlalchemy.sql.elements import ColumnElement
-
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
@@ -33,7 +31,7 @@ from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.forking import after_fork_in_child
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar
-from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
+from memsdk.recall import MAX_COMPLETION_BYTES, Recall
 from memsdk.results import (
     AddResult,
     Answer,
@@ -50,8 +48,8 @@ from memsdk.results import (
     WeightFigures,
 )
 from memsdk.retention import RetentionConfig
-from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
+from memsdk.search import check_query, hybrid_search, item_fields
 from memsdk.sources import (
     LIMIT_HINT,
     CountedBlocks,
@@ -63,14 +61,13 @@ from memsdk.sources import (
 )
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.sql import ChunkRecord, NewChunk
+from memsdk.stores.sql import NewChunk
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 
 __all__ = ["HybridMemory"]
 
 logger = logging.getLogger(__name__)
 
-MAX_K = 1000
 # Ids, limits and offsets are SQL bigints: the databases refuse larger integers.
 MAX_INT = 2**63 - 1
 
@@ -897,68 +894,12 @@ class HybridMemory:
             InputError: empty or oversized query, bad ``k`` or scope.
             FilterError: a malformed filter (see :mod:`memsdk.filters`).
         """
-        self._check_query(query, k)
+        check_query(query, k, max_query_bytes=self.config.max_query_bytes)
         where = compile_filters(filters, dialect=self.notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
-        return self._search(query, scope, scope_id, k, where)
-
-    def _search(
-        self, query: str, scope: Scope, scope_id: int, k: int, where: ColumnElement[bool] | None
-    ) -> list[SearchHit]:
-        """:meth:`search` over the scope's chunks that pass ``where`` (SQL, on chunk columns)."""
-        notepad = self.notepad
-        n = max(k, self.config.search_candidates)
-        keyword = notepad.sql.keyword_search(scope_id, query, limit=n, where=where)
-        vector = notepad.vector_search(scope_id, self.embedder.embed_query(query), k=n, where=where)
-        rrf = self.config.rrf_k
-        scores: dict[int, float] = {}
-        keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
-        vector_rank = {cid: r for r, (cid, _) in enumerate(vector, 1)}
-        similarity = dict(vector)
-        for ranks in (keyword_rank, vector_rank):
-            for cid, r in ranks.items():
-                scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf + r)
-        # Each identifier of the query is also looked up on its own, so a chunk that holds it
-        # is a candidate even when the rest of the query's words flood the keyword ranking.
-        spans = identifier_spans(query)[:MAX_IDENTIFIERS]
-        for span in spans:
-            if span == query.strip():
-                continue  # the whole query is this id: its keyword ranking is already in
-            for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
-                scores.setdefault(cid, 0.0)
-        records = notepad.sql.get_chunks(scope_id, list(scores))
-        patterns = [whole_word(span) for span in spans]
-        exact = {}
-        for cid, rec in records.items():
-            matched = sum(p.search(rec.text) is not None for p in patterns)
-            exact[cid] = matched > 0
-            scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
-        order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
-        return [
-            SearchHit(
-                **self._item_fields(records[cid], scope),
-                score=scores[cid],
-                similarity=similarity.get(cid),
-                vector_rank=vector_rank.get(cid),
-                keyword_rank=keyword_rank.get(cid),
-                exact_match=exact[cid],
-            )
-            for cid in order
-        ]
-
-    def _check_query(self, query: Any, k: Any) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("query must be a non-empty string")
-        size = len(encode_text(query, "query"))
-        if size > self.config.max_query_bytes:
-            raise InputError(
-                f"query is {size} bytes, at most {self.config.max_query_bytes}: search with a "
-                "shorter query (raise MemoryConfig.max_query_bytes if you need longer ones)"
-            )
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
+        return hybrid_search(self, query, scope, scope_id, k, where)
 
     @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
@@ -973,7 +914,7 @@ class HybridMemory:
         found = self.notepad.sql.get_chunks(scope_id, [memory_id]) if scope_id is not None else {}
         if memory_id not in found:
             raise NotFoundError(f"memory {memory_id} not found in {scope}")
-        return MemoryItem(**self._item_fields(found[memory_id], scope))
+        return MemoryItem(**item_fields(found[memory_id], scope))
 
     @gated
     def get_all(
@@ -998,7 +939,7 @@ class HybridMemory:
         if scope_id is None:
             return []
         records = self.notepad.sql.list_chunks(scope_id, where=where, limit=limit, offset=offset)
-        return [MemoryItem(**self._item_fields(r, scope)) for r in records]
+        return [MemoryItem(**item_fields(r, scope)) for r in records]
 
     @gated
     def history(self, memory_id: int, *, scope: Scope) -> list[HistoryEvent]:
@@ -1062,20 +1003,3 @@ class HybridMemory:
         total = len(self.notepad.sql.all_chunk_ids())
         with progress_bar(progress, total=total, desc="rebuild-index", unit="chunk") as bar:
             return self.notepad.rebuild_index(on_batch=bar.update)
-
-    @staticmethod
-    def _item_fields(record: ChunkRecord, scope: Scope) -> dict[str, Any]:
-        return {
-            "id": record.id,
-            "text": record.text,
-            "raw": record.raw,
-            "scope": scope,
-            "document_id": record.document_id,
-            "source": record.source,
-            "seq": record.seq,
-            "start_byte": record.start_byte,
-            "end_byte": record.end_byte,
-            "metadata": record.metadata,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        }
