@@ -17,11 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
+from memsdk.context import blend
 from memsdk.encoding import encode_text
 from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
@@ -63,6 +65,7 @@ from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import NewChunk
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
+from memsdk.timeline import TIME_KEY, with_time
 
 __all__ = ["HybridMemory"]
 
@@ -322,9 +325,23 @@ class HybridMemory:
 
     @gated
     def add(
-        self, text: str | bytes, *, scope: Scope, metadata: Mapping[str, Any] | None = None
+        self,
+        text: str | bytes,
+        *,
+        scope: Scope,
+        metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
+        context: str | None = None,
     ) -> AddResult:
         """Store one text (a fact, a ticket, a note). A long text is cut into several chunks.
+
+        ``time`` is when it happened (a datetime or an ISO-8601 string; a naive one is UTC),
+        kept as metadata ``"time"`` (see :mod:`memsdk.timeline`): ``search`` filters on it and
+        ranks memories of a period the query names ("in May 2023") higher.
+
+        ``context`` is text the memory should be found by without being part of it, such as
+        the previous turn of a chat: it is embedded with the text (:mod:`memsdk.context`) and
+        not stored. :meth:`update` with new text embeds the new text alone.
 
         A str is stored as its UTF-8 bytes; U+DC80..U+DCFF stand for the raw bytes 0x80..0xFF
         (``surrogateescape``), so text decoded that way round-trips exactly (see
@@ -332,14 +349,26 @@ class HybridMemory:
 
         Raises:
             InputError: ``text`` is not str/bytes, is empty or blank, holds another lone
-                surrogate, or is larger than ``config.max_text_bytes``; bad metadata or scope.
+                surrogate, or is larger than ``config.max_text_bytes``; bad metadata, time or
+                scope.
         """
         data = _text_to_store(text, self.config.max_text_bytes)
-        meta = validate_metadata(metadata)
+        meta = validate_metadata(with_time(metadata, time))
+        if context is not None:
+            if not isinstance(context, str):
+                raise InputError(f"context must be a str, got {type(context).__name__}")
+            size = len(encode_text(context, "context"))
+            if size > self.config.max_text_bytes:
+                raise InputError(
+                    f"context is {size} bytes, add() takes at most {self.config.max_text_bytes}: "
+                    "pass the few sentences around the text, not a whole document"
+                )
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
         ids: list[int] = []
-        doc_id, dups = self._ingest_stream(scope_id, "<add>", iter([data]), meta, ids)
+        doc_id, dups = self._ingest_stream(
+            scope_id, "<add>", iter([data]), meta, ids, context=context
+        )
         return AddResult(ids=ids, document_id=doc_id, duplicates_skipped=dups)
 
     @gated
@@ -443,6 +472,7 @@ class HybridMemory:
         new_ids: list[int],
         *,
         cancel: threading.Event | None = None,
+        context: str | None = None,
     ) -> tuple[int | None, int]:
         """Chunk, deduplicate, embed and store one document, appending the new chunk ids to
         ``new_ids``. Returns (document id or None when nothing new was stored, duplicates
@@ -451,8 +481,10 @@ class HybridMemory:
         When ``blocks`` raises, the batches committed before stay (their ids are in
         ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
         removed if it holds no chunk), and the exception propagates. So it is when ``cancel``
-        is set or the memory is closing: the stream stops before its next block."""
+        is set or the memory is closing: the stream stops before its next block. ``context``
+        is embedded with every chunk (:mod:`memsdk.context`)."""
         sql = self.notepad.sql
+        context_vector = self.embedder.embed([context])[0] if context is not None else None
         doc_id = sql.start_document(scope_id, source, metadata)
         hasher = hashlib.sha256()
         size = 0
@@ -490,6 +522,8 @@ class HybridMemory:
                 return
             decoded = [decode_chunk(c.data) for _, c in fresh]
             vectors = self.embedder.embed([t for t, _ in decoded])
+            if context_vector is not None:
+                vectors = blend(vectors, context_vector)
             rows = [
                 NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec)
                 for (h, c), (text, raw), vec in zip(fresh, decoded, vectors, strict=True)
@@ -530,10 +564,12 @@ class HybridMemory:
         scope: Scope,
         text: str | bytes | None = None,
         metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
     ) -> MemoryItem:
         """Replace a memory's text (re-embedded) and/or its metadata; the change is recorded in
         its history. The text is stored exactly as :meth:`add` stores it (str or bytes, the
-        exact bytes kept), as one chunk.
+        exact bytes kept), as one chunk. ``time`` alone sets when the memory happened and keeps
+        its other metadata; with ``metadata`` it is added to the new metadata.
 
         Raises:
             NotFoundError: the scope holds no memory ``memory_id``.
@@ -541,9 +577,12 @@ class HybridMemory:
             DuplicateError: another memory of the scope already holds exactly this text.
         """
         memory_id = _check_id(memory_id)
-        if text is None and metadata is None:
-            raise InputError("update needs text=, metadata= or both")
-        meta = validate_metadata(metadata) if metadata is not None else None
+        if text is None and metadata is None and time is None:
+            raise InputError("update needs text=, metadata=, time= or several")
+        if time is not None and metadata is None:
+            metadata = {k: v for k, v in self.get(memory_id, scope=scope).metadata.items()}
+            metadata.pop(TIME_KEY, None)
+        meta = validate_metadata(with_time(metadata, time)) if metadata is not None else None
         content_hash = vector = raw = None
         if text is not None:
             # The same bytes, text, raw bytes and content hash as add() stores for this input,
@@ -880,9 +919,12 @@ class HybridMemory:
     ) -> list[SearchHit]:
         """Find the scope's memories most relevant to ``query``.
 
-        Exact-token search (BM25 over SQLite FTS5) and vector search (FAISS, cosine) each rank
-        the scope's chunks that pass ``filters``; the two rankings are fused by reciprocal rank
-        (``1 / (rrf_k + rank)`` summed, always below 1). Identifier-like pieces of the query
+        Exact-token search (BM25 over SQLite FTS5, on the query without its question words)
+        and vector search (FAISS, cosine) each rank the scope's chunks that pass ``filters``;
+        the two rankings are fused by weighted reciprocal rank (``weight / (rrf_k + rank)``
+        summed, with ``config.keyword_weight`` and ``config.vector_weight`` scaled to sum to 2;
+        below 1). A query naming a period ("in May 2023") raises memories whose ``time`` falls
+        in it (:mod:`memsdk.search`, :mod:`memsdk.timeline`). Identifier-like pieces of the query
         (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are also looked
         up alone, and a hit's score adds 1 for each of them its text holds verbatim and whole,
         so a chunk with the exact id always outranks chunks that are merely similar.
