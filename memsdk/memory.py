@@ -578,7 +578,7 @@ class HybridMemory:
         """
         memory_id = _check_id(memory_id)
         if text is None and metadata is None and time is None:
-            raise InputError("update needs text=, metadata=, time= or several")
+            raise InputError("update needs text=, metadata= or both (or time=, alone or with them)")
         if time is not None and metadata is None:
             metadata = {k: v for k, v in self.get(memory_id, scope=scope).metadata.items()}
             metadata.pop(TIME_KEY, None)
