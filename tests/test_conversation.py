@@ -148,3 +148,17 @@ def test_context_is_embedded_with_the_turn_and_not_stored(tmp_path):
         ):
             hits = memory.search(query, scope=SCOPE, k=2)
             assert hits[0].id == expected.ids[0], query
+
+
+def test_langchain_metadata_carries_and_filters_the_time(chat):
+    pytest.importorskip("langchain_core", reason="the langchain extra")
+    from memsdk.integrations.langchain import MemsdkVectorStore
+
+    store = MemsdkVectorStore(chat, scope=SCOPE)
+    store.add_texts(
+        ["Caroline: the support group helped", "Melanie: the race was fun"],
+        metadatas=[{"time": "2023-05-07T10:00:00+02:00"}, {"time": datetime(2023, 6, 2)}],
+    )
+    docs = store.similarity_search("what happened", k=5, filter={"time": {"lt": "2023-06-01"}})
+    assert [d.page_content for d in docs] == ["Caroline: the support group helped"]
+    assert docs[0].metadata["time"] == "2023-05-07T08:00:00Z"
