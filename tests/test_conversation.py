@@ -6,6 +6,7 @@ reads it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -162,3 +163,15 @@ def test_langchain_metadata_carries_and_filters_the_time(chat):
     docs = store.similarity_search("what happened", k=5, filter={"time": {"lt": "2023-06-01"}})
     assert [d.page_content for d in docs] == ["Caroline: the support group helped"]
     assert docs[0].metadata["time"] == "2023-05-07T08:00:00Z"
+
+
+def test_the_async_twin_takes_time_and_context(chat):
+    from memsdk import AsyncHybridMemory
+
+    async def scenario() -> None:
+        twin = AsyncHybridMemory(chat)
+        added = await twin.add("Caroline: yes!", scope=SCOPE, time="2023-05-07", context="Hike?")
+        item = await twin.update(added.ids[0], scope=SCOPE, time="2023-05-08")
+        assert item.time == datetime(2023, 5, 8, tzinfo=UTC)
+
+    asyncio.run(scenario())
