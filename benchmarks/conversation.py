@@ -6,12 +6,18 @@ the development split in ``../shared/data/locomo-dev`` (three conversations, 497
 the other seven conversations are a held-out test kept outside the project, never tuned on.
 
 Each turn is stored as an agent would store it: ``add("Speaker: text", metadata={"dia_id": ...,
-"session": N, "date": "1:56 pm on 8 May, 2023"})``, one scope per conversation. Each question
-then goes through ``search(question, k=10)``. Evidence recall@k is the share of a question's
-evidence turns among its top k hits; MRR is the reciprocal rank of the first evidence turn.
-Figures per LoCoMo category (1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop,
-5 adversarial), with the search latency (p50, p95), for memsdk's hybrid search and, as
-baselines, its keyword ranking alone (BM25) and its vector ranking alone (MiniLM + FAISS).
+"session": N}, time=<the session's date>, context=<the previous turn of the session>)``, one
+scope per conversation. Each question then goes through ``search(question, k=10)``. Evidence
+recall@k is the share of a question's evidence turns among its top k hits; MRR is the
+reciprocal rank of the first evidence turn. Figures per LoCoMo category (1 multi-hop,
+2 temporal, 3 open-domain, 4 single-hop, 5 adversarial), with the search latency (p50, p95).
+
+Systems: ``memsdk search`` (the API, every technique on); the ablation rows, built from the
+same stores' keyword and vector rankings, add one technique at a time to the search memsdk had
+before (equal-weight RRF with k=60 over BM25 on the whole question and MiniLM on the turn
+alone); and, as baselines, BM25 alone and MiniLM + FAISS alone. The turn-alone vectors of the
+ablation are the embedder's vectors of the stored texts, searched exactly (as the flat index
+does).
 
 One JSON line goes to stdout; ``--out`` receives ``conversation.json``.
 
@@ -29,8 +35,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.files import atomic_write_bytes
+from memsdk.search import PERIOD_BOOST, keyword_query
+from memsdk.timeline import named_period
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
@@ -39,18 +49,54 @@ CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 
 K = 10
 
 
-def turns(sample: dict) -> list[tuple[str, dict]]:
-    """A conversation's turns in order, as ``(text, metadata)`` an agent would store."""
+def session_time(date: str) -> datetime | None:
+    """LoCoMo's session date, ``1:56 pm on 8 May, 2023``, as a datetime (None if absent)."""
+    try:
+        return datetime.strptime(date.strip(), "%I:%M %p on %d %B, %Y")
+    except ValueError:
+        return None
+
+
+def turns(sample: dict) -> list[tuple[str, dict, datetime | None, str | None]]:
+    """A conversation's turns in order, as ``(text, metadata, time, context)`` an agent would
+    store: the context is the previous turn of the same session."""
     conv = sample["conversation"]
     out = []
     session = 1
     while f"session_{session}" in conv:
         date = conv.get(f"session_{session}_date_time", "")
+        previous = None
         for turn in conv[f"session_{session}"]:
             text = f"{turn['speaker']}: {turn['text']}"
-            out.append((text, {"dia_id": turn["dia_id"], "session": session, "date": date}))
+            meta = {"dia_id": turn["dia_id"], "session": session}
+            out.append((text, meta, session_time(date), previous))
+            previous = text
         session += 1
     return out
+
+
+def fuse(
+    rankings: list[tuple[list[int], float]], rrf: int, times: dict[int, datetime | None], query: str
+) -> list[int]:
+    """Weighted reciprocal-rank fusion of ``(ids best first, weight)``, as memsdk.search does
+    (weights scaled to sum to 2), and its period boost when ``times`` is not empty."""
+    total = sum(w for _, w in rankings)
+    scores: dict[int, float] = {}
+    for ids, weight in rankings:
+        for rank, cid in enumerate(ids, 1):
+            scores[cid] = scores.get(cid, 0.0) + 2 * weight / total / (rrf + rank)
+    period = named_period(query) if times else None
+    if period is not None:
+        for cid in scores:
+            moment = times.get(cid)
+            if moment is not None and period[0] <= moment.replace(tzinfo=UTC) < period[1]:
+                scores[cid] *= 1 + PERIOD_BOOST
+    return sorted(scores, key=lambda cid: (-scores[cid], cid))[:K]
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: latency figures mean little on a busy machine."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,17 +120,34 @@ def evaluate(rows: list[dict]) -> dict:
     return out
 
 
+ABLATION = (
+    "before: RRF k=60, equal weights, whole question, turn alone",
+    "+ question words out of the keyword query",
+    "+ keyword weight 3, RRF k=20",
+    "+ contextual embeddings (previous turn, weight 0.3)",
+    "+ period boost (= memsdk search)",
+)
+
+
 def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
     """Store every conversation, ask every question under each system, and score them."""
-    rows: dict[str, list[dict]] = {"memsdk search": [], "keyword only": [], "vector only": []}
+    systems = ["memsdk search", *ABLATION, "keyword only (BM25)", "vector only (MiniLM + FAISS)"]
+    rows: dict[str, list[dict]] = {system: [] for system in systems}
     latency: list[float] = []
+    n = mem.config.search_candidates
     for sample in samples:
         scope = Scope(tenant="locomo", user=sample["sample_id"])
         dia_of: dict[int, str] = {}
-        for text, meta in turns(sample):
-            for memory_id in mem.add(text, scope=scope, metadata=meta).ids:
-                dia_of[memory_id] = meta["dia_id"]
+        times: dict[int, datetime | None] = {}
+        texts: dict[int, str] = {}
+        for text, meta, moment, context in turns(sample):
+            for memory_id in mem.add(
+                text, scope=scope, metadata=meta, time=moment, context=context
+            ).ids:
+                dia_of[memory_id], times[memory_id], texts[memory_id] = meta["dia_id"], moment, text
         scope_id = mem.notepad.sql.find_scope(scope.key())
+        ids = np.array(list(texts))
+        alone = mem.embedder.embed(list(texts.values()))  # (N, 384): the turns without context
         for qa in sample["qa"]:
             evidence = set(qa.get("evidence") or [])
             if not evidence:
@@ -93,15 +156,28 @@ def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
             started = time.perf_counter()
             hits = [h.id for h in mem.search(question, scope=scope, k=K)]
             latency.append(1000 * (time.perf_counter() - started))
-            keyword = mem.notepad.sql.keyword_search(scope_id, question, limit=K)
-            vector = mem.notepad.vector_search(scope_id, mem.embedder.embed_query(question), k=K)
+            q = mem.embedder.embed_query(question)
+            whole = [cid for cid, _ in mem.notepad.sql.keyword_search(scope_id, question, limit=n)]
+            stripped = [
+                cid
+                for cid, _ in mem.notepad.sql.keyword_search(
+                    scope_id, keyword_query(question), limit=n
+                )
+            ]
+            plain = ids[np.argsort(-(alone @ q), kind="stable")[:n]].tolist()
+            contextual = [cid for cid, _ in mem.notepad.vector_search(scope_id, q, k=n)]
             ranked = {
                 "memsdk search": hits,
-                "keyword only": [cid for cid, _ in keyword],
-                "vector only": [cid for cid, _ in vector],
+                ABLATION[0]: fuse([(whole, 1), (plain, 1)], 60, {}, question),
+                ABLATION[1]: fuse([(stripped, 1), (plain, 1)], 60, {}, question),
+                ABLATION[2]: fuse([(stripped, 3), (plain, 1)], 20, {}, question),
+                ABLATION[3]: fuse([(stripped, 3), (contextual, 1)], 20, {}, question),
+                ABLATION[4]: fuse([(stripped, 3), (contextual, 1)], 20, times, question),
+                "keyword only (BM25)": whole[:K],
+                "vector only (MiniLM + FAISS)": plain[:K],
             }
-            for system, ids in ranked.items():
-                found = [dia_of.get(cid) for cid in ids]
+            for system, found_ids in ranked.items():
+                found = [dia_of.get(cid) for cid in found_ids]
                 first = next((r for r, d in enumerate(found, 1) if d in evidence), None)
                 rows[system].append(
                     {
@@ -129,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{path} is missing: this benchmark reads ../shared")
     samples = json.loads(path.read_text())
     started = time.perf_counter()
+    load_before = load_average()
     config = MemoryConfig(weight_memory=False)  # search only: the weights play no part here
     with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
         systems = run(mem, samples)
@@ -139,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": K,
         "systems": systems,
         "seconds": time.perf_counter() - started,
+        "load_average_1min": {"start": load_before, "end": load_average()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "conversation.json", json.dumps(result, indent=1).encode())

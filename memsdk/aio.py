@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
 from memsdk.config import MemoryConfig
@@ -84,9 +85,17 @@ class AsyncHybridMemory:
         await asyncio.to_thread(self.sync.flush)
 
     async def add(
-        self, text: str | bytes, *, scope: Scope, metadata: Mapping[str, Any] | None = None
+        self,
+        text: str | bytes,
+        *,
+        scope: Scope,
+        metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
+        context: str | None = None,
     ) -> AddResult:
-        return await asyncio.to_thread(self.sync.add, text, scope=scope, metadata=metadata)
+        return await asyncio.to_thread(
+            self.sync.add, text, scope=scope, metadata=metadata, time=time, context=context
+        )
 
     async def ingest(
         self,
@@ -149,9 +158,10 @@ class AsyncHybridMemory:
         scope: Scope,
         text: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
     ) -> MemoryItem:
         return await asyncio.to_thread(
-            self.sync.update, memory_id, scope=scope, text=text, metadata=metadata
+            self.sync.update, memory_id, scope=scope, text=text, metadata=metadata, time=time
         )
 
     async def delete(self, memory_id: int, *, scope: Scope) -> None:

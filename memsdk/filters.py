@@ -7,6 +7,9 @@ Filters use mem0's operator set::
     {"OR": [{"team": "vpn"}, {"team": {"in": ["net", "infra"]}}]}
     {"NOT": {"status": "closed"}}
 
+On the key ``"time"`` (:mod:`memsdk.timeline`) values may be datetimes or ISO-8601 strings:
+``{"time": {"gte": "2023-05-01", "lt": datetime(2023, 6, 1)}}`` keeps May 2023.
+
 Operators: ``eq ne gt gte lt lte in nin contains icontains``; logic: ``AND OR NOT`` (also
 lowercase, so those words are not usable as metadata keys in filters). A comparison holds only
 for values of the same JSON type (``4812`` never equals ``"4812"``); ``ne`` and ``nin`` also hold
@@ -45,6 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from memsdk.encoding import check_text
 from memsdk.errors import FilterError, InputError
 from memsdk.stores.sql import ChunkRow
+from memsdk.timeline import TIME_KEY, to_time_text
 
 __all__ = ["compile_filters", "validate_metadata"]
 
@@ -82,9 +86,12 @@ def _check_key(key: Any, *, what: str) -> str:
 def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check that ``metadata`` is a JSON object memsdk can store and filter; returns a copy.
 
+    The key ``"time"`` holds when the memory happened (:mod:`memsdk.timeline`): a datetime or
+    an ISO-8601 string, stored as UTC text such as ``2023-05-08T13:56:00Z``.
+
     Raises:
         InputError: not a mapping, a bad key, a value that is not JSON (sets, bytes, NaN, ...),
-            or more than 64 KiB once serialised.
+            a ``"time"`` that is not a time, or more than 64 KiB once serialised.
     """
     if metadata is None:
         return {}
@@ -124,7 +131,12 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
             "None, lists or dicts of those"
         )
 
-    clean = {_check_key(k, what="metadata"): check(v, k, 1) for k, v in metadata.items()}
+    clean = {
+        _check_key(k, what="metadata"): (
+            to_time_text(v, 'metadata "time"') if k == TIME_KEY else check(v, k, 1)
+        )
+        for k, v in metadata.items()
+    }
     size = len(json.dumps(clean, ensure_ascii=False).encode())
     if size > MAX_METADATA_BYTES:
         raise InputError(
@@ -330,6 +342,28 @@ def _node(node: Any, dialect: str, where: str, depth: int, budget: _Budget) -> C
     return and_(true(), *clauses)
 
 
+def _time_condition(cond: Any) -> Any:
+    """A filter on ``"time"`` with its datetimes and ISO strings in the stored form."""
+
+    def one(value: Any, op: str) -> str:
+        try:
+            return to_time_text(value, f"filter 'time' {op}: the value")
+        except InputError as e:
+            raise FilterError(str(e)) from None
+
+    if not isinstance(cond, Mapping):
+        return one(cond, "eq") if cond is not None else cond
+    out: dict[Any, Any] = {}
+    for op, value in cond.items():
+        if op in ("in", "nin") and isinstance(value, list | tuple):
+            out[op] = [one(v, op) for v in value]
+        elif op in ("eq", "ne", "gt", "gte", "lt", "lte") and value is not None:
+            out[op] = one(value, op)
+        else:
+            out[op] = value  # contains, None, unknown operators: checked as for any key
+    return out
+
+
 def _field_condition(
     key: Any, cond: Any, dialect: str, where: str, budget: _Budget
 ) -> ColumnElement[bool]:
@@ -337,6 +371,8 @@ def _field_condition(
         key = _check_key(key, what="filter")
     except InputError as e:
         raise FilterError(str(e)) from None
+    if key == TIME_KEY:
+        cond = _time_condition(cond)
     field = _Field(key, dialect)
     if not isinstance(cond, Mapping):
         if isinstance(cond, list | tuple | set | dict):

@@ -17,13 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, BinaryIO, TextIO
-
-from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
+from memsdk.context import blend
 from memsdk.encoding import encode_text
 from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
@@ -33,7 +33,7 @@ from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.forking import after_fork_in_child
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar
-from memsdk.recall import MAX_COMPLETION_BYTES, MAX_IDENTIFIERS, Recall
+from memsdk.recall import MAX_COMPLETION_BYTES, Recall
 from memsdk.results import (
     AddResult,
     Answer,
@@ -50,8 +50,8 @@ from memsdk.results import (
     WeightFigures,
 )
 from memsdk.retention import RetentionConfig
-from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
+from memsdk.search import check_query, hybrid_search, item_fields
 from memsdk.sources import (
     LIMIT_HINT,
     CountedBlocks,
@@ -63,15 +63,15 @@ from memsdk.sources import (
 )
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.sql import ChunkRecord, NewChunk
+from memsdk.stores.sql import NewChunk
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 from memsdk.templates import TemplateVectors
+from memsdk.timeline import TIME_KEY, with_time
 
 __all__ = ["HybridMemory"]
 
 logger = logging.getLogger(__name__)
 
-MAX_K = 1000
 # Ids, limits and offsets are SQL bigints: the databases refuse larger integers.
 MAX_INT = 2**63 - 1
 
@@ -328,9 +328,23 @@ class HybridMemory:
 
     @gated
     def add(
-        self, text: str | bytes, *, scope: Scope, metadata: Mapping[str, Any] | None = None
+        self,
+        text: str | bytes,
+        *,
+        scope: Scope,
+        metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
+        context: str | None = None,
     ) -> AddResult:
         """Store one text (a fact, a ticket, a note). A long text is cut into several chunks.
+
+        ``time`` is when it happened (a datetime or an ISO-8601 string; a naive one is UTC),
+        kept as metadata ``"time"`` (see :mod:`memsdk.timeline`): ``search`` filters on it and
+        ranks memories of a period the query names ("in May 2023") higher.
+
+        ``context`` is text the memory should be found by without being part of it, such as
+        the previous turn of a chat: it is embedded with the text (:mod:`memsdk.context`) and
+        not stored. :meth:`update` with new text embeds the new text alone.
 
         A str is stored as its UTF-8 bytes; U+DC80..U+DCFF stand for the raw bytes 0x80..0xFF
         (``surrogateescape``), so text decoded that way round-trips exactly (see
@@ -338,14 +352,26 @@ class HybridMemory:
 
         Raises:
             InputError: ``text`` is not str/bytes, is empty or blank, holds another lone
-                surrogate, or is larger than ``config.max_text_bytes``; bad metadata or scope.
+                surrogate, or is larger than ``config.max_text_bytes``; bad metadata, time or
+                scope.
         """
         data = _text_to_store(text, self.config.max_text_bytes)
-        meta = validate_metadata(metadata)
+        meta = validate_metadata(with_time(metadata, time))
+        if context is not None:
+            if not isinstance(context, str):
+                raise InputError(f"context must be a str, got {type(context).__name__}")
+            size = len(encode_text(context, "context"))
+            if size > self.config.max_text_bytes:
+                raise InputError(
+                    f"context is {size} bytes, add() takes at most {self.config.max_text_bytes}: "
+                    "pass the few sentences around the text, not a whole document"
+                )
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
         ids: list[int] = []
-        doc_id, dups = self._ingest_stream(scope_id, "<add>", iter([data]), meta, ids)
+        doc_id, dups = self._ingest_stream(
+            scope_id, "<add>", iter([data]), meta, ids, context=context
+        )
         return AddResult(ids=ids, document_id=doc_id, duplicates_skipped=dups)
 
     @gated
@@ -449,6 +475,7 @@ class HybridMemory:
         new_ids: list[int],
         *,
         cancel: threading.Event | None = None,
+        context: str | None = None,
     ) -> tuple[int | None, int]:
         """Chunk, deduplicate, embed and store one document, appending the new chunk ids to
         ``new_ids``. Returns (document id or None when nothing new was stored, duplicates
@@ -457,8 +484,10 @@ class HybridMemory:
         When ``blocks`` raises, the batches committed before stay (their ids are in
         ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
         removed if it holds no chunk), and the exception propagates. So it is when ``cancel``
-        is set or the memory is closing: the stream stops before its next block."""
+        is set or the memory is closing: the stream stops before its next block. ``context``
+        is embedded with every chunk (:mod:`memsdk.context`)."""
         sql = self.notepad.sql
+        context_vector = self.embedder.embed([context])[0] if context is not None else None
         doc_id = sql.start_document(scope_id, source, metadata)
         hasher = hashlib.sha256()
         size = 0
@@ -499,6 +528,8 @@ class HybridMemory:
                 return
             decoded = [decode_chunk(c.data) for _, c in fresh]
             vectors = embed([t for t, _ in decoded])
+            if context_vector is not None:
+                vectors = blend(vectors, context_vector)
             rows = [
                 NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec)
                 for (h, c), (text, raw), vec in zip(fresh, decoded, vectors, strict=True)
@@ -539,10 +570,12 @@ class HybridMemory:
         scope: Scope,
         text: str | bytes | None = None,
         metadata: Mapping[str, Any] | None = None,
+        time: datetime | str | None = None,
     ) -> MemoryItem:
         """Replace a memory's text (re-embedded) and/or its metadata; the change is recorded in
         its history. The text is stored exactly as :meth:`add` stores it (str or bytes, the
-        exact bytes kept), as one chunk.
+        exact bytes kept), as one chunk. ``time`` alone sets when the memory happened and keeps
+        its other metadata; with ``metadata`` it is added to the new metadata.
 
         Raises:
             NotFoundError: the scope holds no memory ``memory_id``.
@@ -550,9 +583,12 @@ class HybridMemory:
             DuplicateError: another memory of the scope already holds exactly this text.
         """
         memory_id = _check_id(memory_id)
-        if text is None and metadata is None:
-            raise InputError("update needs text=, metadata= or both")
-        meta = validate_metadata(metadata) if metadata is not None else None
+        if text is None and metadata is None and time is None:
+            raise InputError("update needs text=, metadata= or both (or time=, alone or with them)")
+        if time is not None and metadata is None:
+            metadata = {k: v for k, v in self.get(memory_id, scope=scope).metadata.items()}
+            metadata.pop(TIME_KEY, None)
+        meta = validate_metadata(with_time(metadata, time)) if metadata is not None else None
         content_hash = vector = raw = None
         if text is not None:
             # The same bytes, text, raw bytes and content hash as add() stores for this input,
@@ -889,9 +925,12 @@ class HybridMemory:
     ) -> list[SearchHit]:
         """Find the scope's memories most relevant to ``query``.
 
-        Exact-token search (BM25 over SQLite FTS5) and vector search (FAISS, cosine) each rank
-        the scope's chunks that pass ``filters``; the two rankings are fused by reciprocal rank
-        (``1 / (rrf_k + rank)`` summed, always below 1). Identifier-like pieces of the query
+        Exact-token search (BM25 over SQLite FTS5, on the query without its question words)
+        and vector search (FAISS, cosine) each rank the scope's chunks that pass ``filters``;
+        the two rankings are fused by weighted reciprocal rank (``weight / (rrf_k + rank)``
+        summed, with ``config.keyword_weight`` and ``config.vector_weight`` scaled to sum to 2;
+        below 1). A query naming a period ("in May 2023") raises memories whose ``time`` falls
+        in it (:mod:`memsdk.search`, :mod:`memsdk.timeline`). Identifier-like pieces of the query
         (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are also looked
         up alone, and a hit's score adds 1 for each of them its text holds verbatim and whole,
         so a chunk with the exact id always outranks chunks that are merely similar.
@@ -903,68 +942,12 @@ class HybridMemory:
             InputError: empty or oversized query, bad ``k`` or scope.
             FilterError: a malformed filter (see :mod:`memsdk.filters`).
         """
-        self._check_query(query, k)
+        check_query(query, k, max_query_bytes=self.config.max_query_bytes)
         where = compile_filters(filters, dialect=self.notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
-        return self._search(query, scope, scope_id, k, where)
-
-    def _search(
-        self, query: str, scope: Scope, scope_id: int, k: int, where: ColumnElement[bool] | None
-    ) -> list[SearchHit]:
-        """:meth:`search` over the scope's chunks that pass ``where`` (SQL, on chunk columns)."""
-        notepad = self.notepad
-        n = max(k, self.config.search_candidates)
-        keyword = notepad.sql.keyword_search(scope_id, query, limit=n, where=where)
-        vector = notepad.vector_search(scope_id, self.embedder.embed_query(query), k=n, where=where)
-        rrf = self.config.rrf_k
-        scores: dict[int, float] = {}
-        keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
-        vector_rank = {cid: r for r, (cid, _) in enumerate(vector, 1)}
-        similarity = dict(vector)
-        for ranks in (keyword_rank, vector_rank):
-            for cid, r in ranks.items():
-                scores[cid] = scores.get(cid, 0.0) + 1.0 / (rrf + r)
-        # Each identifier of the query is also looked up on its own, so a chunk that holds it
-        # is a candidate even when the rest of the query's words flood the keyword ranking.
-        spans = identifier_spans(query)[:MAX_IDENTIFIERS]
-        for span in spans:
-            if span == query.strip():
-                continue  # the whole query is this id: its keyword ranking is already in
-            for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
-                scores.setdefault(cid, 0.0)
-        records = notepad.sql.get_chunks(scope_id, list(scores))
-        patterns = [whole_word(span) for span in spans]
-        exact = {}
-        for cid, rec in records.items():
-            matched = sum(p.search(rec.text) is not None for p in patterns)
-            exact[cid] = matched > 0
-            scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
-        order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
-        return [
-            SearchHit(
-                **self._item_fields(records[cid], scope),
-                score=scores[cid],
-                similarity=similarity.get(cid),
-                vector_rank=vector_rank.get(cid),
-                keyword_rank=keyword_rank.get(cid),
-                exact_match=exact[cid],
-            )
-            for cid in order
-        ]
-
-    def _check_query(self, query: Any, k: Any) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("query must be a non-empty string")
-        size = len(encode_text(query, "query"))
-        if size > self.config.max_query_bytes:
-            raise InputError(
-                f"query is {size} bytes, at most {self.config.max_query_bytes}: search with a "
-                "shorter query (raise MemoryConfig.max_query_bytes if you need longer ones)"
-            )
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
+        return hybrid_search(self, query, scope, scope_id, k, where)
 
     @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
@@ -979,7 +962,7 @@ class HybridMemory:
         found = self.notepad.sql.get_chunks(scope_id, [memory_id]) if scope_id is not None else {}
         if memory_id not in found:
             raise NotFoundError(f"memory {memory_id} not found in {scope}")
-        return MemoryItem(**self._item_fields(found[memory_id], scope))
+        return MemoryItem(**item_fields(found[memory_id], scope))
 
     @gated
     def get_all(
@@ -1004,7 +987,7 @@ class HybridMemory:
         if scope_id is None:
             return []
         records = self.notepad.sql.list_chunks(scope_id, where=where, limit=limit, offset=offset)
-        return [MemoryItem(**self._item_fields(r, scope)) for r in records]
+        return [MemoryItem(**item_fields(r, scope)) for r in records]
 
     @gated
     def history(self, memory_id: int, *, scope: Scope) -> list[HistoryEvent]:
@@ -1068,20 +1051,3 @@ class HybridMemory:
         total = len(self.notepad.sql.all_chunk_ids())
         with progress_bar(progress, total=total, desc="rebuild-index", unit="chunk") as bar:
             return self.notepad.rebuild_index(on_batch=bar.update)
-
-    @staticmethod
-    def _item_fields(record: ChunkRecord, scope: Scope) -> dict[str, Any]:
-        return {
-            "id": record.id,
-            "text": record.text,
-            "raw": record.raw,
-            "scope": scope,
-            "document_id": record.document_id,
-            "source": record.source,
-            "seq": record.seq,
-            "start_byte": record.start_byte,
-            "end_byte": record.end_byte,
-            "metadata": record.metadata,
-            "created_at": record.created_at,
-            "updated_at": record.updated_at,
-        }

@@ -43,6 +43,7 @@ from memsdk.router import (
     whole_word,
 )
 from memsdk.scope import Scope
+from memsdk.search import MAX_IDENTIFIERS, check_query, hybrid_search
 from memsdk.stores.sql import ChunkRecord, ChunkRow
 from memsdk.stores.weights import RouterPolicies
 
@@ -54,7 +55,6 @@ __all__ = ["CALIBRATION_REPLAY_BYTES", "MAX_COMPLETION_BYTES", "MAX_IDENTIFIERS"
 logger = logging.getLogger(__name__)
 
 MAX_COMPLETION_BYTES = 4096
-MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
 # calibrate_router replays at most the scope's newest this many bytes into a fresh state
 CALIBRATION_REPLAY_BYTES = 256 * 1024
 
@@ -85,7 +85,7 @@ class Recall:
     ) -> Answer:
         """HybridMemory.query: search, features, the branch and its completion."""
         started = time.perf_counter()
-        self.memory._check_query(query, k)
+        check_query(query, k, max_query_bytes=self.memory.config.max_query_bytes)
         if route not in ROUTES:
             raise InputError(f"route must be one of {', '.join(ROUTES)}; got {route!r}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
@@ -339,7 +339,7 @@ class Recall:
         bar = progress_bar(progress, total=len(made), desc="calibrate", unit="probe")
         for probe in made:
             bar.update(1)
-            hits = self.memory._search(probe.query, scope, scope_id, k, absorbed_only)
+            hits = hybrid_search(self.memory, probe.query, scope, scope_id, k, absorbed_only)
             f, _ = self.route_features(probe.query, scope_id, hits, adapted=replayed)
             context = passage_context(
                 probe.query, hits, budget=self.memory.config.query_context_bytes

@@ -45,6 +45,11 @@ class MemoryItem(BaseModel):
     start_byte: int = Field(description="offset of the chunk's first byte in its document")
     end_byte: int = Field(description="offset just past the chunk's last byte")
     metadata: dict[str, Any]
+    time: datetime | None = Field(
+        None,
+        description='when the memory happened (metadata "time", UTC), if it was given; '
+        "created_at is when it was stored",
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -1,0 +1,260 @@
+"""Search: the checks of a query and the ranking of a scope's memories for it.
+
+:meth:`HybridMemory.search <memsdk.memory.HybridMemory.search>` and the router's calibration
+(:mod:`memsdk.recall`) both rank through :func:`hybrid_search`, so a routed query and a plain
+search see the same hits.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.encoding import encode_text
+from memsdk.errors import InputError
+from memsdk.results import SearchHit
+from memsdk.router import identifier_spans, whole_word
+from memsdk.scope import Scope
+from memsdk.stores.sql import ChunkRecord
+from memsdk.timeline import named_period, stored_time
+
+if TYPE_CHECKING:
+    from memsdk.memory import HybridMemory
+
+__all__ = [
+    "MAX_IDENTIFIERS",
+    "MAX_K",
+    "QUESTION_WORDS",
+    "check_query",
+    "hybrid_search",
+    "item_fields",
+    "keyword_query",
+]
+
+MAX_K = 1000
+MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
+
+# Words a question is made of rather than about. The keyword ranking ORs the query's words, so
+# "When did Caroline go to the support group?" also ranked every turn holding "did", "the" or
+# "to": on the LoCoMo development split, dropping these words from the keyword query raised
+# BM25's evidence recall@5 from 0.480 to 0.537 (benchmarks/README.md). The vector ranking
+# still reads the whole question.
+QUESTION_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "by",
+        "from",
+        "about",
+        "as",
+        "into",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "why",
+        "how",
+        "that",
+        "this",
+        "these",
+        "those",
+        "it",
+        "its",
+        "i",
+        "you",
+        "he",
+        "she",
+        "they",
+        "we",
+        "me",
+        "him",
+        "her",
+        "them",
+        "my",
+        "your",
+        "his",
+        "their",
+        "our",
+        "would",
+        "could",
+        "should",
+        "will",
+        "can",
+        "may",
+        "might",
+        "must",
+        "shall",
+        "any",
+        "some",
+        "there",
+        "here",
+        "than",
+        "then",
+        "so",
+        "if",
+        "not",
+        "no",
+        "yes",
+        "kind",
+        "type",
+        "types",
+        "like",
+        "likely",
+    ]
+)
+# A candidate whose time (metadata "time") falls in the period the query names ("in May 2023")
+# has its fused score raised by half: it moves above candidates of other times ranked close to
+# it, not above far better ones. Few development questions name a period (45 of 495), too few
+# to fit this on; 0.5 is a round value, not a tuned one.
+PERIOD_BOOST = 0.5
+_EDGE_PUNCTUATION = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def check_query(query: Any, k: Any, *, max_query_bytes: int) -> None:
+    """Refuse a query search cannot take.
+
+    Raises:
+        InputError: ``query`` is not a non-empty string or is longer than ``max_query_bytes``;
+            ``k`` is not an int from 1 to ``MAX_K``.
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("query must be a non-empty string")
+    size = len(encode_text(query, "query"))
+    if size > max_query_bytes:
+        raise InputError(
+            f"query is {size} bytes, at most {max_query_bytes}: search with a "
+            "shorter query (raise MemoryConfig.max_query_bytes if you need longer ones)"
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InputError(f"k must be an int from 1 to {MAX_K}, got {k!r}")
+
+
+def keyword_query(query: str) -> str:
+    """``query`` without its question words (:data:`QUESTION_WORDS`), for the keyword ranking.
+
+    A piece of the query is dropped only when, stripped of the punctuation around it, it is a
+    question word, so identifiers, numbers and names always stay; a query made only of
+    question words is kept whole.
+    """
+    kept = [
+        piece
+        for piece in query.split()
+        if _EDGE_PUNCTUATION.sub("", piece).lower() not in QUESTION_WORDS
+    ]
+    return " ".join(kept) if kept else query
+
+
+def item_fields(record: ChunkRecord, scope: Scope) -> dict[str, Any]:
+    """The fields of a :class:`~memsdk.results.MemoryItem` for a stored chunk."""
+    return {
+        "id": record.id,
+        "text": record.text,
+        "raw": record.raw,
+        "scope": scope,
+        "document_id": record.document_id,
+        "source": record.source,
+        "seq": record.seq,
+        "start_byte": record.start_byte,
+        "end_byte": record.end_byte,
+        "metadata": record.metadata,
+        "time": stored_time(record.metadata),
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def hybrid_search(
+    memory: HybridMemory,
+    query: str,
+    scope: Scope,
+    scope_id: int,
+    k: int,
+    where: ColumnElement[bool] | None,
+) -> list[SearchHit]:
+    """Rank the scope's chunks that pass ``where`` (SQL, on chunk columns) for ``query``.
+
+    See :meth:`HybridMemory.search <memsdk.memory.HybridMemory.search>` for the ranking.
+    """
+    notepad = memory.notepad
+    n = max(k, memory.config.search_candidates)
+    config = memory.config
+    keyword = notepad.sql.keyword_search(scope_id, keyword_query(query), limit=n, where=where)
+    vector = notepad.vector_search(scope_id, memory.embedder.embed_query(query), k=n, where=where)
+    rrf = config.rrf_k
+    scores: dict[int, float] = {}
+    keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
+    vector_rank = {cid: r for r, (cid, _) in enumerate(vector, 1)}
+    similarity = dict(vector)
+    # Weights are scaled to sum to 2, so equal weights give plain RRF and a fused score stays
+    # below 2 / (rrf_k + 1) <= 1: an exact identifier's +1 still ranks first.
+    total = config.keyword_weight + config.vector_weight
+    weighted = (
+        (keyword_rank, 2 * config.keyword_weight / total),
+        (vector_rank, 2 * config.vector_weight / total),
+    )
+    for ranks, weight in weighted:
+        for cid, r in ranks.items():
+            scores[cid] = scores.get(cid, 0.0) + weight / (rrf + r)
+    # Each identifier of the query is also looked up on its own, so a chunk that holds it
+    # is a candidate even when the rest of the query's words flood the keyword ranking.
+    spans = identifier_spans(query)[:MAX_IDENTIFIERS]
+    for span in spans:
+        if span == query.strip():
+            continue  # the whole query is this id: its keyword ranking is already in
+        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
+            scores.setdefault(cid, 0.0)
+    records = notepad.sql.get_chunks(scope_id, list(scores))
+    period = named_period(query)
+    if period is not None:
+        start, end = period
+        for cid, rec in records.items():
+            moment = stored_time(rec.metadata)
+            if moment is not None and start <= moment < end:
+                scores[cid] *= 1 + PERIOD_BOOST
+    patterns = [whole_word(span) for span in spans]
+    exact = {}
+    for cid, rec in records.items():
+        matched = sum(p.search(rec.text) is not None for p in patterns)
+        exact[cid] = matched > 0
+        scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
+    order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
+    return [
+        SearchHit(
+            **item_fields(records[cid], scope),
+            score=scores[cid],
+            similarity=similarity.get(cid),
+            vector_rank=vector_rank.get(cid),
+            keyword_rank=keyword_rank.get(cid),
+            exact_match=exact[cid],
+        )
+        for cid in order
+    ]
