@@ -47,6 +47,7 @@ __all__ = [
     "initial_weights",
     "inner_update",
     "score_bytes",
+    "slot_bits",
     "slot_name",
     "split_slot_name",
     "stream",
@@ -630,13 +631,18 @@ def score_bytes(
     return torch.cat(bits)[len(context) :].cpu(), torch.cat(greedy)[len(context) :].cpu()
 
 
+def slot_bits(state: TTTState, text: bytes | str, slots: list[int]) -> list[float]:
+    """The total bits of ``text`` under each of ``slots`` alone, in a fresh window."""
+    return [float(score_bytes(state, text, slot=k)[0].sum()) for k in slots]
+
+
 def best_slot(state: TTTState, text: bytes | str) -> int:
     """The slot that predicts ``text`` best (fewest bits; the first slot when the state has
     one, or ``text`` is empty): the one that knows this kind of text."""
     slots = state.slots()
     if len(slots) == 1 or not text:
         return slots[0]
-    totals = [float(score_bytes(state, text, slot=k)[0].sum()) for k in slots]
+    totals = slot_bits(state, text, slots)
     return slots[min(range(len(slots)), key=totals.__getitem__)]
 
 

@@ -65,7 +65,6 @@ from memsdk.engine import (
     make_delta,
     read_delta,
     restore_state,
-    stream,
 )
 from memsdk.engine.delta import header_int
 from memsdk.engine.ttt import MAX_SLOTS, initial_weights, slot_name
@@ -75,7 +74,7 @@ from memsdk.retention import (
     RetentionConfig,
     SQLHistory,
     absorb_rows,
-    current_slot,
+    flush_slot,
     rehearsal_steps,
     slot_sources,
 )
@@ -752,7 +751,7 @@ class Consolidator:
                 self._own_or_wait(scope_id)
                 state = self._states[scope_id]
                 if state.pending:
-                    stream(state, b"", final=True, slot=current_slot(state))
+                    flush_slot(state)
                     self._dirty.add(scope_id)
             self._evict()
         self._save(force=True)

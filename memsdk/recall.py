@@ -27,7 +27,7 @@ from memsdk.results import (
     RouterCalibration,
     SearchHit,
 )
-from memsdk.retention import MemoryHistory, absorb_rows, current_slot
+from memsdk.retention import MemoryHistory, absorb_rows, flush_slot
 from memsdk.router import (
     BRANCHES,
     ROUTES,
@@ -330,7 +330,7 @@ class Recall:
             absorb_rows(
                 replayed, rows[:cut], sources, history=history, config=retention, rng=Random(0)
             )
-            stream(replayed, b"", final=True, slot=current_slot(replayed))
+            flush_slot(replayed)
         else:
             stream(replayed, b"".join(data for _, data in rows[:cut]), final=True)
         absorbed_only = ChunkRow.id <= cut_id

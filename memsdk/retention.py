@@ -45,9 +45,9 @@ from typing import Protocol
 import torch
 from sqlalchemy import func, select
 
-from memsdk.engine import TTTState, score_bytes, stream
+from memsdk.engine import StreamReport, TTTState, score_bytes, stream
 from memsdk.engine.replay import rehearse
-from memsdk.engine.ttt import MAX_SLOTS
+from memsdk.engine.ttt import MAX_SLOTS, slot_bits
 from memsdk.errors import ConfigError
 from memsdk.stores.sql import ChunkRow, DocumentRow, SQLStore
 
@@ -61,6 +61,7 @@ __all__ = [
     "absorb",
     "absorb_rows",
     "current_slot",
+    "flush_slot",
     "slot_sources",
 ]
 
@@ -273,6 +274,11 @@ def absorb_rows(
     return AbsorbReport(scored, bits, 0)
 
 
+def flush_slot(state: TTTState) -> StreamReport:
+    """Stream the partial-chunk buffer, as a short chunk, into the slot it belongs to."""
+    return stream(state, b"", final=True, slot=current_slot(state))
+
+
 def current_slot(state: TTTState) -> int:
     """The slot the state's newest chunks trained (its partial-chunk buffer is that slot's)."""
     slot = int(state.extra.get(SLOT, "0"))
@@ -297,7 +303,7 @@ def _choose_slot(state: TTTState, source: str, first: bytes, config: RetentionCo
     slot = known.get(source)
     if slot is None:
         trained = sorted(set(known.values()))
-        bits = [float(score_bytes(state, first, slot=k)[0].sum()) for k in trained]
+        bits = slot_bits(state, first, trained)
         best = trained[min(range(len(bits)), key=bits.__getitem__)] if bits else None
         fresh = float(score_bytes(TTTState(state.model, state.config), first)[0].sum())
         free = [k for k in state.slots() if k not in known.values()]
@@ -319,10 +325,9 @@ def _choose_slot(state: TTTState, source: str, first: bytes, config: RetentionCo
 def _enter_slot(state: TTTState, slot: int) -> tuple[int, float]:
     """Make ``slot`` the one the next chunks train: the slot before streams its partial
     chunk, and the window empties. Returns (bytes, bits) that flush scored."""
-    current = current_slot(state)
-    if slot == current:
+    if slot == current_slot(state):
         return 0, 0.0
-    report = stream(state, b"", final=True, slot=current)
+    report = flush_slot(state)
     state.clear_window()
     state.extra[SLOT] = str(slot)
     return report.bytes_scored, report.bits
