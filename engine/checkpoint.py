@@ -32,6 +32,7 @@ __all__ = [
     "model_path",
     "save_checkpoint",
     "save_model",
+    "update_card",
 ]
 
 CHECKPOINT_FORMAT = "memsdk.checkpoint/1"
@@ -129,6 +130,16 @@ def save_model(
         "card": card,
     }
     save_checkpoint(directory, tensors, metadata)
+
+
+def update_card(directory: str | os.PathLike[str], card: dict[str, Any]) -> None:
+    """Replace the model card of the checkpoint in ``directory``, leaving its shards as they
+    are (their hashes are checked first, so a damaged checkpoint is not given a new card)."""
+    load_checkpoint(directory)
+    index_path = Path(directory) / "index.json"
+    index = json.loads(index_path.read_text())
+    index["metadata"]["card"] = card
+    atomic_write_bytes(index_path, json.dumps(index, indent=2).encode())
 
 
 def model_path(name: str = DEFAULT_MODEL) -> Path:

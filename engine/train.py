@@ -8,6 +8,7 @@
     python -m memsdk.engine.train tune --corpus data/corpus --model runs/meta
     python -m memsdk.engine.train export --corpus data/corpus --model runs/meta \
         --out engine/weights/default --name small-meta
+    python -m memsdk.engine.train card --model engine/weights/default --shared ../shared
 
 ``plain`` is next-byte pre-training with the initial fast weights. ``meta`` is TTT-E2E: each
 sequence is cut into chunks; the loss of each chunk is taken with the fast weights produced by
@@ -16,7 +17,9 @@ inner steps on the chunks before it, and the outer gradient flows through those 
 the inner learning rate by prequential bits per byte on the development slice of the training
 side (the last 1% of ``train.bin``, never used for a training step) and stores it in the model.
 ``export`` writes the weights without optimizer state plus a model card with held-out bits per
-byte, for shipping in ``engine/weights/``.
+byte, for shipping in ``engine/weights/``; ``card`` measures those held-out figures again for a
+shipped model, on the split as :func:`memsdk.engine.corpus.split_files` makes it today (held-out
+files that are copies of training files dropped), and rewrites only the card.
 
 Checkpoints hold the model, the optimizer moments and a card; ``fit`` resumes from ``--out``
 when it already holds a checkpoint. Logs are JSON lines on stdout.
@@ -36,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memsdk.engine.checkpoint import load_model, save_model
-from memsdk.engine.corpus import build_corpus
+from memsdk.engine.checkpoint import load_model, save_model, update_card
+from memsdk.engine.corpus import CorpusFile, build_corpus, read_text, split_files
 from memsdk.engine.model import ByteLM, ModelConfig
 from memsdk.engine.ttt import LN2, TTTConfig, TTTState, inner_update, stream
 
@@ -283,19 +286,37 @@ def tune(args: argparse.Namespace) -> None:
     _log({"chosen_inner_lr": best})
 
 
-def heldout_streams(corpus_summary: dict, per_source: int) -> dict[str, bytes]:
+def heldout_streams(files: list[CorpusFile], per_source: int) -> dict[str, bytes]:
     """Up to ``per_source`` bytes of each source's held-out files, in the listed order (for
     loghub: per held-out system)."""
-    from memsdk.engine.corpus import CorpusFile, read_text
-
     streams: dict[str, bytes] = {}
-    for entry in corpus_summary["heldout"]:
-        file = CorpusFile(entry["source"], entry["path"], entry["name"])
+    for file in files:
         key = f"loghub/{file.name.split('/')[0]}" if file.source == "loghub" else file.source
         have = streams.get(key, b"")
         if len(have) < per_source and Path(file.path).exists():
             streams[key] = (have + read_text(file))[:per_source]
     return streams
+
+
+HELDOUT_NOTE = (
+    "prequential bits per byte on the first bytes of each held-out source (files never used for "
+    "training, none a copy or near-copy of a training file), with inner_lr=0 (frozen) and with "
+    "the shipped inner loop"
+)
+
+
+def heldout_figures(model: ByteLM, files: list[CorpusFile], per_source: int) -> dict:
+    """The model card's held-out figures: frozen and test-time-trained bits per byte."""
+    ttt = model.default_ttt
+    heldout = {}
+    for source, data in heldout_streams(files, per_source).items():
+        heldout[source] = {
+            "bytes": len(data),
+            "bpb_frozen": prequential_bpb(model, data, replace(ttt, inner_lr=0.0)),
+            "bpb_ttt": prequential_bpb(model, data, ttt),
+        }
+        _log({"heldout": source, **heldout[source]})
+    return heldout
 
 
 def export(args: argparse.Namespace) -> None:
@@ -305,26 +326,31 @@ def export(args: argparse.Namespace) -> None:
     model, metadata, _ = load_model(args.model)
     corpus = Corpus(Path(args.corpus))
     card = dict(metadata.get("card") or {})
-    ttt = model.default_ttt
-    heldout = {}
-    for source, data in heldout_streams(corpus.summary, args.heldout_bytes).items():
-        heldout[source] = {
-            "bytes": len(data),
-            "bpb_frozen": prequential_bpb(model, data, replace(ttt, inner_lr=0.0)),
-            "bpb_ttt": prequential_bpb(model, data, ttt),
-        }
-        _log({"heldout": source, **heldout[source]})
+    files = [CorpusFile(e["source"], e["path"], e["name"]) for e in corpus.summary["heldout"]]
     card.update(
         name=args.name,
         parameters=model.num_parameters(),
-        heldout_bits_per_byte=heldout,
-        heldout_note=(
-            "prequential bits per byte on the first bytes of each held-out source (files never "
-            "used for training), with inner_lr=0 (frozen) and with the shipped inner loop"
-        ),
+        heldout_bits_per_byte=heldout_figures(model, files, args.heldout_bytes),
+        heldout_note=HELDOUT_NOTE,
     )
-    save_model(model, args.out, card=card, ttt=ttt)
+    save_model(model, args.out, card=card, ttt=model.default_ttt)
     _log({"exported": args.out, "parameters": model.num_parameters()})
+
+
+def card(args: argparse.Namespace) -> None:
+    """Measure a checkpoint's held-out figures again on today's split; rewrite only its card."""
+    torch.set_num_threads(args.threads)
+    model, metadata, _ = load_model(args.model)
+    split = split_files(Path(args.shared))
+    card_ = dict(metadata.get("card") or {})
+    card_.update(
+        heldout_bits_per_byte=heldout_figures(model, split.heldout, args.heldout_bytes),
+        heldout_note=HELDOUT_NOTE,
+        heldout_dropped_copies=len(split.dropped),
+        heldout_missing_sources=split.missing,  # not installed here (engine/weights/README.md)
+    )
+    update_card(args.model, card_)
+    _log({"card": str(args.model), "dropped_copies": len(split.dropped), "missing": split.missing})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     exporting.add_argument("--heldout-bytes", type=int, default=64 * 1024)
     exporting.add_argument("--threads", type=int, default=torch.get_num_threads())
 
+    carding = sub.add_parser("card", help="measure a model's held-out figures again")
+    carding.add_argument("--model", required=True, help="checkpoint folder")
+    carding.add_argument("--shared", default="../shared", help="folder holding data/loghub ...")
+    carding.add_argument("--heldout-bytes", type=int, default=64 * 1024)
+    carding.add_argument("--threads", type=int, default=torch.get_num_threads())
+
     args = parser.parse_args(argv)
     if args.command == "corpus":
         summary = build_corpus(
@@ -393,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         fit(args)
     elif args.command == "export":
         export(args)
+    elif args.command == "card":
+        card(args)
     else:
         tune(args)
     return 0

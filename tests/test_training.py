@@ -72,7 +72,7 @@ def test_a_near_copy_counts_its_telling_lines_not_shared_boilerplate():
     assert copied_share(b"short\n\n}", line_files) == 0.0
 
 
-def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
+def test_fit_resumes_meta_learns_tunes_and_exports(corpus, shared, tmp_path, capsys):
     summary = json.loads((corpus / "corpus.json").read_text())
     assert summary["train_bytes"] == (corpus / "train.bin").stat().st_size > 0
     common = ["--corpus", str(corpus), "--batch", "2", "--log-every", "1", "--threads", "1"]
@@ -145,6 +145,22 @@ def test_fit_resumes_meta_learns_tunes_and_exports(corpus, tmp_path, capsys):
     assert all(v["bytes"] == 1024 for v in heldout.values())
     out = capsys.readouterr().out
     assert '"train_bpb"' in out and '"chosen_inner_lr"' in out
+
+    # The card measured again on today's split: only the card changes, every held-out source of
+    # the content-disjoint split is in it, and the copies it dropped are counted.
+    shard = (shipped / "shard-00001.safetensors").read_bytes()
+    split = split_files(shared())
+    args = ["--model", str(shipped), "--shared", str(shared()), "--heldout-bytes", "512"]
+    assert train(["card", *args, "--threads", "1"]) == 0
+    model, _, _ = load_model(shipped)
+    assert (shipped / "shard-00001.safetensors").read_bytes() == shard
+    assert model.card["name"] == "tiny-test" and model.card["mode"] == "meta"
+    heldout = model.card["heldout_bits_per_byte"]
+    systems = {f"loghub/{f.name.split('/')[0]}" for f in split.heldout if f.source == "loghub"}
+    assert set(heldout) == systems | {f.source for f in split.heldout if f.source != "loghub"}
+    assert all(v["bytes"] == 512 and v["bpb_ttt"] > 0 for v in heldout.values())
+    assert model.card["heldout_dropped_copies"] == len(split.dropped)
+    assert model.card["heldout_missing_sources"] == split.missing
 
 
 def test_copy_rows_repeat_a_recent_line_within_reach():
