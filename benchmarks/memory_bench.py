@@ -26,6 +26,11 @@ the other half). Also:
 - anomaly: the AUROC of ``surprise`` for BGL's alert lines (``Label`` not ``-``) in the second
   half of the log after ingesting the first half, adapted weights versus initial weights.
 
+``--one-scope`` ingests every held-out stream, in turn, into one scope, as a user's scope
+holds many sources, and asks each stream's queries there (``memory_one_scope.json``): with
+the weight memory's per-source slots, do the older streams' queries still find their answers,
+and does routing pay now?
+
 ``--fit-default`` instead builds the same queries on development streams (every Loghub system
 the model trained on, and tickets from byte 2,000,000 on, far past the held-out ones), each
 scope calibrated on its own probes, and fits the shipped default policy,
@@ -37,6 +42,7 @@ Usage::
 
     python benchmarks/memory_bench.py                  # ~15 min on 2 cores
     python benchmarks/memory_bench.py --fit-default    # refit the shipped default policy, ~12 min
+    python benchmarks/memory_bench.py --one-scope      # every stream in one scope
 """
 
 from __future__ import annotations
@@ -152,6 +158,8 @@ def build_queries(
     facts: list,
     per_kind: int,
     seed: int,
+    source: str | None = None,
+    stored: list[str] | None = None,
 ) -> list[tuple[str, str, str]]:
     """(kind, query, answer): needles from the ingested part (its stream lines, not the facts),
     the facts, and up to ``per_kind`` patterns and ``per_kind`` repeats from ``rest``.
@@ -159,10 +167,16 @@ def build_queries(
     A line of ``rest`` that also occurs in the ingested part (up to case and white space) is a
     *repeat*, not a pattern: ticket-template boilerplate (``### How often does this bug
     happen?``) is in every ticket, and a pattern is meant to be a line nobody stored.
+
+    In a scope of many streams, ``source`` keeps the needles to that stream's chunks, and
+    ``stored`` (every line the scope holds) decides what is a repeat.
     """
     sql = mem.notepad.sql
     scope_id = sql.find_scope(scope.key())
     ids = sql.chunk_ids(scope_id).tolist()
+    if source is not None:
+        sources = sql.chunk_sources(scope_id, ids[0], ids[-1])
+        ids = [cid for cid in ids if sources[cid] == source]
     records = sql.get_chunks(scope_id, ids)
     fact_lines = {normal_line(query + answer) for _, query, answer in facts}
 
@@ -178,7 +192,7 @@ def build_queries(
     candidates = make_probes(
         [(-1, "".join(rest))], is_rare=lambda _: False, needles=0, patterns=4 * per_kind, seed=seed
     )
-    seen = {normal_line(line) for line in ingested}
+    seen = {normal_line(line) for line in (ingested if stored is None else stored)}
     kept: dict[str, list] = {"pattern": [], "repeat": []}
     for p in candidates:
         kind = "repeat" if normal_line(p.query + p.answer) in seen else "pattern"
@@ -377,24 +391,69 @@ def plot(summary: dict, path: Path) -> None:
     os.replace(partial, path)
 
 
-def run_stream(
-    mem: HybridMemory, shared: Path, name: str, source: tuple[str, int], args, calibrate: bool
-) -> list[dict]:
-    rng = random.Random(args.seed)
+def ingest_part(
+    mem: HybridMemory, shared: Path, name: str, source: tuple[str, int], args, scope: Scope
+) -> tuple[list[str], list[str], list]:
+    """Ingest the first three quarters of a stream (with its facts) into ``scope``; return the
+    ingested lines, the rest and the fact queries. The facts' seed is the stream's name, so a
+    scope of many streams holds different facts for each."""
+    rng = random.Random(f"{args.seed}:{name}")
     lines = read_stream(shared, source, args.stream_bytes)
     cut = len(lines) * 3 // 4
     ingested, facts = insert_facts(lines[:cut], args.facts, rng)
-    scope = Scope(tenant="bench", user=name.replace("/", "-"))
     mem.ingest(ingested, scope=scope, name=name)
-    mem.flush()
-    queries = build_queries(mem, scope, ingested, lines[cut:], facts, args.queries, args.seed)
-    if calibrate:
-        mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
-    rows = score_queries(mem, scope, queries)
+    return ingested, lines[cut:], facts
+
+
+def tag_rows(rows: list[dict], name: str, calibrate: bool) -> list[dict]:
     for row in rows:
         row["stream"] = name
         if not calibrate:
             del row["route_calibrated"]  # mem.query routed with the default policy too
+    return rows
+
+
+def run_stream(
+    mem: HybridMemory, shared: Path, name: str, source: tuple[str, int], args, calibrate: bool
+) -> list[dict]:
+    """A scope of its own for one stream: ingest, build the queries, calibrate, score."""
+    scope = Scope(tenant="bench", user=name.replace("/", "-"))
+    ingested, rest, facts = ingest_part(mem, shared, name, source, args, scope)
+    mem.flush()
+    queries = build_queries(mem, scope, ingested, rest, facts, args.queries, args.seed)
+    if calibrate:
+        mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
+    return tag_rows(score_queries(mem, scope, queries), name, calibrate)
+
+
+def run_one_scope(mem: HybridMemory, shared: Path, streams: dict, args) -> list[dict]:
+    """Every stream, in turn, into one scope (a scope of many sources, as users have), then
+    each stream's queries on it; the scope is calibrated once, on its own probes."""
+    scope = Scope(tenant="bench", user="one-scope")
+    parts = {
+        name: ingest_part(mem, shared, name, src, args, scope) for name, src in streams.items()
+    }
+    mem.flush()
+    stored = [line for ingested, _, _ in parts.values() for line in ingested]
+    queries = {
+        name: build_queries(
+            mem, scope, ingested, rest, facts, args.queries, args.seed, source=name, stored=stored
+        )
+        for name, (ingested, rest, facts) in parts.items()
+    }
+    mem.calibrate_router(scope=scope, probes=args.probes, seed=args.seed)
+    rows = []
+    for name, own in queries.items():
+        rows += tag_rows(score_queries(mem, scope, own), name, calibrate=True)
+    return rows
+
+
+def run_all(mem: HybridMemory, streams: dict, args) -> list[dict]:
+    if args.one_scope:
+        return run_one_scope(mem, args.shared, streams, args)
+    rows = []
+    for name, source in streams.items():
+        rows += run_stream(mem, args.shared, name, source, args, calibrate=True)
     return rows
 
 
@@ -409,16 +468,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fit-default", action="store_true")
     parser.add_argument("--skip-prequential", action="store_true")
+    parser.add_argument(
+        "--one-scope",
+        action="store_true",
+        help="ingest every stream into one scope (many sources) instead of a scope per stream",
+    )
     args = parser.parse_args(argv)
+    if args.one_scope and args.fit_default:
+        parser.error("--fit-default fits on a scope per development stream; drop --one-scope")
     args.out.mkdir(parents=True, exist_ok=True)
+    stem = "memory_one_scope" if args.one_scope else "memory"
     started = time.perf_counter()
     # The anomaly figure scores the second half of BGL_2k (175 KiB) in one surprise() call.
     config = MemoryConfig(max_score_bytes=256 << 10)
     with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
         if args.fit_default:
-            rows = []
-            for name, source in DEVELOPMENT.items():
-                rows += run_stream(mem, args.shared, name, source, args, calibrate=True)
+            rows = run_all(mem, DEVELOPMENT, args)
             features, bits = policy_inputs(rows)
             # One fold per stream: the default serves streams it has never seen.
             groups = [r["stream"] for r in rows]
@@ -438,11 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_bytes(args.out / "memory_dev.json", json.dumps(result, indent=1).encode())
             print(json.dumps({k: v for k, v in result.items() if k != "by_stream"}))
             return 0
-        rows = []
-        for name, source in HELDOUT.items():
-            rows += run_stream(mem, args.shared, name, source, args, calibrate=True)
+        rows = run_all(mem, HELDOUT, args)
         result = {
-            "benchmark": "memory",
+            "benchmark": "memory (one scope of every stream)" if args.one_scope else "memory",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch threads "
             f"{torch.get_num_threads()}",
@@ -461,16 +524,17 @@ def main(argv: list[str] | None = None) -> int:
             "within_stream_fit": within_stream_fit(rows),
             "route_ms_p50": sorted(r["route_ms"] for r in rows)[len(rows) // 2],
         }
-        if not args.skip_prequential:
+        if not args.skip_prequential and not args.one_scope:  # the same with one scope
             result["prequential"] = {
                 name: prequential(mem, read_stream(args.shared, source, args.stream_bytes), name)
                 for name, source in HELDOUT.items()
             }
-        result["anomaly_bgl"] = anomaly(mem, args.shared)
+        if not args.one_scope:
+            result["anomaly_bgl"] = anomaly(mem, args.shared)
         result["seconds"] = time.perf_counter() - started
-        atomic_write_bytes(args.out / "memory.json", json.dumps(result, indent=1).encode())
-        atomic_write_bytes(args.out / "memory_queries.json", json.dumps(rows, indent=1).encode())
-        plot(result, args.out / "memory.png")
+        atomic_write_bytes(args.out / f"{stem}.json", json.dumps(result, indent=1).encode())
+        atomic_write_bytes(args.out / f"{stem}_queries.json", json.dumps(rows, indent=1).encode())
+        plot(result, args.out / f"{stem}.png")
         print(json.dumps({k: v for k, v in result.items() if k not in ("by_stream",)}))
     return 0
 
