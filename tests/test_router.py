@@ -215,8 +215,13 @@ def test_greedy_flags_match_what_generation_reproduces():
 
 
 def test_a_constant_policy_says_so_instead_of_citing_features():
-    constant = default_policy()
-    assert constant.constant == "both"  # the shipped default: routing did not pay
+    # Features that say nothing about which branch is cheaper: the fit keeps one branch.
+    constant = fit_policy(
+        [_features(exact_hits=i % 2, top_similarity=i / 40) for i in range(40)],
+        torch.tensor([[2.0, 3.0, 1.0 + (i % 3) / 10] for i in range(40)]),
+        kind="default",
+    )
+    assert constant.constant == "both"
     features = _features(identifiers=1, exact_hits=1, top_similarity=0.9)
     reason = explain("both", features, policy=constant)
     assert "default policy: always both" in reason and "similarity" not in reason
