@@ -72,6 +72,12 @@ class MemoryConfig(BaseModel):
     embed_batch_chunks: int = Field(
         64, ge=1, le=4096, description="chunks embedded and written per transaction"
     )
+    background_embedding: bool = Field(
+        True,
+        description="ingest() acknowledges a batch once SQL holds it with its full-text entry "
+        "and computes its vectors in a background stage (memsdk/embedding_stage.py); "
+        "False embeds each batch before committing it. add() and update() always embed inline",
+    )
     share_template_vectors: bool = Field(
         True,
         description="chunks of one ingest that are equal once numbers, ids, addresses, paths "

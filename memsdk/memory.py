@@ -16,14 +16,14 @@ import numbers
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
-from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
+from memsdk.chunking import decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
-from memsdk.context import blend
+from memsdk.embedding_stage import EmbeddingStage
 from memsdk.encoding import encode_text
 from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
@@ -31,8 +31,9 @@ from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.forking import after_fork_in_child
+from memsdk.ingest_stream import ingest_stream
 from memsdk.lifecycle import CallGate, gated
-from memsdk.progress import progress_bar
+from memsdk.progress import progress_bar, wait_showing
 from memsdk.recall import MAX_COMPLETION_BYTES, Recall
 from memsdk.results import (
     AddResult,
@@ -45,6 +46,7 @@ from memsdk.results import (
     ScopeStats,
     SearchHit,
     SkippedSource,
+    StageLag,
     Surprise,
     SurpriseLine,
     WeightFigures,
@@ -63,9 +65,8 @@ from memsdk.sources import (
 )
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.sql import NewChunk
+from memsdk.stores.vector_backlog import Backlog, backlog, chunks_after
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
-from memsdk.templates import TemplateVectors
 from memsdk.timeline import TIME_KEY, with_time
 
 __all__ = ["HybridMemory"]
@@ -218,6 +219,17 @@ class HybridMemory:
         self._closed = False
         self._gate = CallGate(f"memory {self.path}")
         self._recall = Recall(self)
+        try:
+            # Embeds what the last session left pending, then what bulk ingests store.
+            self.embedding = EmbeddingStage(
+                self.notepad,
+                self.embedder.embed,
+                batch_chunks=self.config.embed_batch_chunks,
+                share_templates=self.config.share_template_vectors,
+            )
+        except BaseException:
+            self.notepad.close()
+            raise
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
@@ -245,6 +257,7 @@ class HybridMemory:
                     memory_id=self.notepad.memory_id,
                 )
             except BaseException:
+                self.embedding.close()
                 self.notepad.close()
                 raise
         if rebuild_index:
@@ -295,22 +308,37 @@ class HybridMemory:
             return
         self._closed = True
         try:
+            self.embedding.interrupt()
             if self.weights is not None:
                 self.weights.interrupt()  # absorption and a waiting flush stop at their batch
             self._gate.wait_idle()
-            if self.weights is not None:
-                self.weights.close()
+            try:
+                self.embedding.close()
+            finally:
+                if self.weights is not None:
+                    self.weights.close()
         finally:
             self.notepad.close()
 
     @gated
-    def flush(self) -> None:
-        """Wait until the weight memory has absorbed every stored chunk, then write everything
-        pending to disk (the vector index file, the weight deltas)."""
+    def flush(self, *, progress: bool = False) -> None:
+        """Wait until every stored chunk has its vector (:mod:`memsdk.embedding_stage`) and
+        the weight memory has absorbed it, then write everything pending to disk (the vector
+        index file, the weight deltas). ``progress`` shows a bar per stage, in bytes.
+
+        Raises:
+            MemsdkError: the memory was closed meanwhile.
+            BusyError: another process kept a scope's weight lease (see ``Consolidator``).
+        """
         self._live()
         settle_owed_resets(self)
+        stages: list[tuple[str, Callable[[], None], Callable[[], Backlog]]] = [
+            ("vectors", self.embedding.flush, self._vector_lag)
+        ]
         if self.weights is not None:
-            self.weights.flush()
+            stages.append(("weights", self.weights.flush, self._weight_lag))
+        for name, wait, lag in stages:
+            wait_showing(wait, lambda lag=lag: lag().bytes, progress=progress, desc=name)
         self.notepad.save_index()
 
     def _live(self) -> None:
@@ -369,8 +397,8 @@ class HybridMemory:
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
         ids: list[int] = []
-        doc_id, dups = self._ingest_stream(
-            scope_id, "<add>", iter([data]), meta, ids, context=context
+        doc_id, dups = ingest_stream(
+            self, scope_id, "<add>", iter([data]), meta, ids, context=context
         )
         return AddResult(ids=ids, document_id=doc_id, duplicates_skipped=dups)
 
@@ -390,9 +418,13 @@ class HybridMemory:
         or an iterable of str/bytes pieces forming one stream.
 
         Nothing is read whole: the stream is chunked as it arrives (whole lines, byte offsets
-        kept), exact duplicate chunks of the scope are skipped, and each batch is embedded and
-        committed in one transaction, so an interrupted ingest keeps what it committed and
-        running it again completes it. A directory walk stays inside the directory (see
+        kept), exact duplicate chunks of the scope are skipped, and each batch is committed in
+        one transaction, so an interrupted ingest keeps what it committed and running it again
+        completes it. A batch is acknowledged once SQL holds it with its full-text entry: exact
+        search finds it at once, and its vectors are computed by the background embedding stage
+        (:mod:`memsdk.embedding_stage`; ``MemoryConfig.background_embedding``). Until then vector
+        search does not see it (a search hit says ``vectors_pending``); :meth:`flush` waits for
+        the stage, :meth:`stats` shows its lag. A directory walk stays inside the directory (see
         :mod:`memsdk.sources`); every entry it does not read is listed in ``report.skipped``
         with its reason: hidden entries, symlinks leading outside, loops, FIFOs, sockets,
         devices, unreadable, binary (a NUL byte in the first 8 KiB), empty and oversized files.
@@ -445,8 +477,15 @@ class HybridMemory:
                     continue
                 stream = CountedBlocks(*opened, bar.update, limit=limit)
                 ids: list[int] = []
-                doc_id, d = self._ingest_stream(
-                    scope_id, src.name, stream, meta, ids, cancel=cancel
+                doc_id, d = ingest_stream(
+                    self,
+                    scope_id,
+                    src.name,
+                    stream,
+                    meta,
+                    ids,
+                    cancel=cancel,
+                    defer_vectors=self.config.background_embedding,
                 )
                 if stream.cut:
                     skip(src, f"cut after its first {limit} bytes ({LIMIT_HINT})")
@@ -465,102 +504,6 @@ class HybridMemory:
             document_ids=documents,
             skipped=skipped,
         )
-
-    def _ingest_stream(
-        self,
-        scope_id: int,
-        source: str,
-        blocks: Iterable[bytes],
-        metadata: dict[str, Any],
-        new_ids: list[int],
-        *,
-        cancel: threading.Event | None = None,
-        context: str | None = None,
-    ) -> tuple[int | None, int]:
-        """Chunk, deduplicate, embed and store one document, appending the new chunk ids to
-        ``new_ids``. Returns (document id or None when nothing new was stored, duplicates
-        skipped).
-
-        When ``blocks`` raises, the batches committed before stay (their ids are in
-        ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
-        removed if it holds no chunk), and the exception propagates. So it is when ``cancel``
-        is set or the memory is closing: the stream stops before its next block. ``context``
-        is embedded with every chunk (:mod:`memsdk.context`)."""
-        sql = self.notepad.sql
-        context_vector = self.embedder.embed([context])[0] if context is not None else None
-        doc_id = sql.start_document(scope_id, source, metadata)
-        hasher = hashlib.sha256()
-        size = 0
-
-        def hashed() -> Iterator[bytes]:
-            nonlocal size
-            for block in blocks:
-                if cancel is not None and cancel.is_set():
-                    raise MemsdkError(
-                        f"ingest of {source} was cancelled: the batches committed before stay; "
-                        "ingest it again to complete it"
-                    )
-                self._gate.check(f"the ingest of {source}")
-                hasher.update(block)
-                size += len(block)
-                yield block
-
-        dups = 0
-        batch: list[RawChunk] = []
-        embed = self.embedder.embed
-        if self.config.share_template_vectors:
-            embed = TemplateVectors(self.embedder.embed).vectors
-
-        def store() -> None:
-            nonlocal dups
-            seen: set[str] = set()
-            unique = []
-            for c in batch:
-                h = c.content_hash
-                if h not in seen:
-                    seen.add(h)
-                    unique.append((h, c))
-            existing = sql.existing_hashes(scope_id, [h for h, _ in unique])
-            fresh = [(h, c) for h, c in unique if h not in existing]
-            dups += len(batch) - len(fresh)
-            batch.clear()
-            if not fresh:
-                return
-            decoded = [decode_chunk(c.data) for _, c in fresh]
-            vectors = embed([t for t, _ in decoded])
-            if context_vector is not None:
-                vectors = blend(vectors, context_vector)
-            rows = [
-                NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec)
-                for (h, c), (text, raw), vec in zip(fresh, decoded, vectors, strict=True)
-            ]
-            ids = sql.insert_chunks(scope_id, doc_id, rows)
-            dups += sum(i is None for i in ids)
-            new_ids.extend(i for i in ids if i is not None)
-            self.notepad.sync()
-            if self.weights is not None:
-                self.weights.notify(scope_id)
-
-        try:
-            for chunk in chunk_stream(
-                hashed(),
-                chunk_bytes=self.config.chunk_bytes,
-                max_line_bytes=self.config.max_line_bytes,
-            ):
-                batch.append(chunk)
-                if len(batch) >= self.config.embed_batch_chunks:
-                    store()
-            store()
-        except BaseException:
-            try:
-                sql.finish_document(doc_id, size_bytes=size, duplicates=dups, failed=True)
-            except Exception:
-                logger.exception("could not record that %s failed", source)
-            raise
-        kept = sql.finish_document(
-            doc_id, size_bytes=size, content_hash=hasher.hexdigest(), duplicates=dups
-        )
-        return (doc_id if kept else None), dups
 
     @gated
     def update(
@@ -1021,16 +964,26 @@ class HybridMemory:
         self._live()
         sql = self.notepad.sql
         counts = sql.scope_counts()
+        pending = backlog(sql)
         scopes = []
         for scope_id, (tenant, user, agent, run) in sql.scopes():
             docs, chunks, size = counts.get(scope_id, (0, 0, 0))
             scope = Scope(tenant=tenant, user=user or None, agent=agent or None, run=run or None)
-            weights = None
+            weights = weights_lag = None
             if self.weights is not None:
                 figures = self.weights.figures(scope_id)
                 weights = WeightFigures(**dataclasses.asdict(figures))
+                weights_lag = _lag(chunks_after(sql, scope_id, figures.through_chunk_id))
             scopes.append(
-                ScopeStats(scope=scope, documents=docs, chunks=chunks, bytes=size, weights=weights)
+                ScopeStats(
+                    scope=scope,
+                    documents=docs,
+                    chunks=chunks,
+                    bytes=size,
+                    weights=weights,
+                    vectors_lag=_lag(pending.get(scope_id, Backlog())),
+                    weights_lag=weights_lag,
+                )
             )
         index_file = self.notepad.index_path
         return MemoryStats(
@@ -1044,6 +997,20 @@ class HybridMemory:
             scopes=scopes,
         )
 
+    def _vector_lag(self) -> Backlog:
+        """Chunks of the whole memory still without a vector."""
+        scopes = backlog(self.notepad.sql).values()
+        return Backlog(sum(b.chunks for b in scopes), sum(b.bytes for b in scopes))
+
+    def _weight_lag(self) -> Backlog:
+        """Chunks of the whole memory the weight memory has not absorbed."""
+        assert self.weights is not None
+        sql, chunks, size = self.notepad.sql, 0, 0
+        for scope_id in sql.newest_chunk_ids():
+            lag = chunks_after(sql, scope_id, self.weights.figures(scope_id).through_chunk_id)
+            chunks, size = chunks + lag.chunks, size + lag.bytes
+        return Backlog(chunks, size)
+
     @gated
     def rebuild_index(self, *, progress: bool = False) -> int:
         """Rebuild the vector index from the embeddings in SQL; returns the number of vectors."""
@@ -1051,3 +1018,7 @@ class HybridMemory:
         total = len(self.notepad.sql.all_chunk_ids())
         with progress_bar(progress, total=total, desc="rebuild-index", unit="chunk") as bar:
             return self.notepad.rebuild_index(on_batch=bar.update)
+
+
+def _lag(backlog: Backlog) -> StageLag:
+    return StageLag(pending_chunks=backlog.chunks, pending_bytes=backlog.bytes)

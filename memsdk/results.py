@@ -22,6 +22,7 @@ __all__ = [
     "ScopeStats",
     "SearchHit",
     "SkippedSource",
+    "StageLag",
     "Surprise",
     "SurpriseLine",
     "WeightFigures",
@@ -70,6 +71,16 @@ class SearchHit(MemoryItem):
     vector_rank: int | None = Field(description="1-based rank in vector search, if retrieved")
     keyword_rank: int | None = Field(description="1-based rank in exact-token search, if matched")
     exact_match: bool = Field(description="the text holds an identifier of the query verbatim")
+    vector_pending: bool = Field(
+        False,
+        description="this memory had no vector yet when the search ran (ingested moments "
+        "before; memsdk.embedding_stage): only exact-token search could find it",
+    )
+    vectors_pending: int = Field(
+        0,
+        description="memories of the scope still without a vector when the search ran: vector "
+        "search did not see them (0: it saw the whole scope). flush() waits for them",
+    )
 
 
 class AddResult(BaseModel):
@@ -154,6 +165,15 @@ class WeightFigures(BaseModel):
     )
 
 
+class StageLag(BaseModel):
+    """How far a background stage (vectors, weights) is behind the stored chunks."""
+
+    model_config = _FROZEN
+
+    pending_chunks: int = Field(0, description="stored chunks the stage has not processed yet")
+    pending_bytes: int = Field(0, description="their text bytes")
+
+
 class ScopeStats(BaseModel):
     model_config = _FROZEN
 
@@ -162,6 +182,12 @@ class ScopeStats(BaseModel):
     chunks: int
     bytes: int
     weights: WeightFigures | None = Field(None, description="None without the weight memory")
+    vectors_lag: StageLag = Field(
+        default_factory=StageLag, description="chunks still waiting for their vector"
+    )
+    weights_lag: StageLag | None = Field(
+        None, description="chunks the weight memory has not absorbed; None without it"
+    )
 
 
 class MemoryStats(BaseModel):

@@ -18,6 +18,7 @@ from memsdk.results import SearchHit
 from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
 from memsdk.stores.sql import ChunkRecord
+from memsdk.stores.vector_backlog import backlog, pending_among
 from memsdk.timeline import named_period, stored_time
 
 if TYPE_CHECKING:
@@ -247,6 +248,10 @@ def hybrid_search(
         exact[cid] = matched > 0
         scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
     order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
+    # Chunks a bulk ingest stored moments ago may still wait for their vector
+    # (memsdk.embedding_stage): exact-token search found them, vector search could not.
+    waiting = backlog(notepad.sql, scope_id).get(scope_id)
+    unembedded = pending_among(notepad.sql, scope_id, order) if waiting else set()
     return [
         SearchHit(
             **item_fields(records[cid], scope),
@@ -255,6 +260,8 @@ def hybrid_search(
             vector_rank=vector_rank.get(cid),
             keyword_rank=keyword_rank.get(cid),
             exact_match=exact[cid],
+            vector_pending=cid in unembedded,
+            vectors_pending=waiting.chunks if waiting else 0,
         )
         for cid in order
     ]

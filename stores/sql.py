@@ -255,6 +255,12 @@ _SQLITE_FTS = [
 _POSTGRES_FTS = [
     "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
 ]
+# Chunks whose vector is still pending (stores/vector_backlog.py): a partial index holding only
+# them, made on every open, so databases written before the embedding stage get it too.
+_PENDING_VECTOR_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_chunks_vector_pending ON chunks (scope_id, id) "
+    "WHERE length(embedding) = 0"
+)
 
 # Words of a query for exact-token search: runs of letters and digits, the same split the
 # FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
@@ -335,7 +341,7 @@ class SQLStore:
         """
         with self._corruption_named():
             Base.metadata.create_all(self._write_engine)
-            ddl = _SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS
+            ddl = [*(_SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS), _PENDING_VECTOR_INDEX]
             if self._write_engine.dialect.name in ("sqlite", "postgresql"):
                 with self._write_engine.begin() as conn:
                     for statement in ddl:
@@ -780,7 +786,11 @@ class SQLStore:
             rows = list(
                 s.scalars(
                     select(HistoryRow)
-                    .where(HistoryRow.chunk_id == chunk_id, HistoryRow.scope_id == scope_id)
+                    .where(
+                        HistoryRow.chunk_id == chunk_id,
+                        HistoryRow.scope_id == scope_id,
+                        HistoryRow.event != "EMBED",  # bookkeeping of the embedding stage
+                    )
                     .order_by(HistoryRow.id)
                 )
             )
@@ -814,12 +824,16 @@ class SQLStore:
         self, ids: np.ndarray | None = None, *, batch: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stored embeddings as ``(ids (n,), vectors (n, dim))`` batches in id order: of every
-        chunk, or of the chunks among ``ids`` that exist."""
+        chunk, or of the chunks among ``ids`` that exist; chunks whose vector is still pending
+        (an empty embedding, stores/vector_backlog.py) are left out."""
+        embedded = func.length(ChunkRow.embedding) > 0
         if ids is not None:
             wanted = np.unique(np.asarray(ids, dtype=np.int64))
             for start in range(0, len(wanted), batch):
                 part = wanted[start : start + batch].tolist()
-                stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id.in_(part))
+                stmt = select(ChunkRow.id, ChunkRow.embedding).where(
+                    ChunkRow.id.in_(part), embedded
+                )
                 with self.reading() as s:
                     rows = s.execute(stmt.order_by(ChunkRow.id)).all()
                 if rows:
@@ -827,7 +841,7 @@ class SQLStore:
             return
         last = 0
         while True:
-            stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id > last)
+            stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id > last, embedded)
             with self.reading() as s:
                 rows = s.execute(stmt.order_by(ChunkRow.id).limit(batch)).all()
             if not rows:

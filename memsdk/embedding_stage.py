@@ -1,0 +1,200 @@
+"""Background embedding: vectors for the chunks a bulk ingest stored without them.
+
+Why a stage: an ingest is bound by the embedder's forward pass (about 20 chunks/s on two
+cores), while SQL commits a chunk with its full-text entry hundreds of times faster. So
+:meth:`HybridMemory.ingest` acknowledges a batch once SQL holds it (exact search finds it at
+once) and leaves its vectors to this stage, beside the weight memory's worker
+(:mod:`memsdk.consolidation`), with the same shape: writers only notify the worker, SQL is the
+source of truth, ``flush()`` waits for it, and after a crash it resumes from SQL.
+
+Which writes go through it: ``ingest`` (files, directories, streams: the bulk path whose speed
+matters). ``add``, ``update`` and document replacement stay inline: they write a few chunks an
+agent usually searches for right away by meaning, and a vector computed with the write keeps
+``add()`` then ``search()`` unsurprising; ``add(context=...)`` also blends a vector that only
+exists during the call.
+
+Crash safety: a pending chunk holds an empty embedding in SQL (:mod:`memsdk.stores.vector_backlog`),
+committed with the chunk itself. The worker reads pending chunks in id order, embeds a batch and
+stores its vectors in one transaction, each with an ``EMBED`` history event that the FAISS index
+replays like any other change. A process killed mid-batch loses only that batch's unsaved work:
+the chunks are still pending and the next open (of any process) embeds them. A vector is stored
+only while its chunk exists with the same content and no vector, so a chunk deleted or updated
+meanwhile never comes back through a late vector, and two processes embedding the same chunks
+(each open memory runs a stage) store each vector once; the loser's work is wasted, not wrong.
+
+Template-shared vectors (:mod:`memsdk.templates`) apply here as they did inline: one cache per
+scope, so a vector computed from one scope's text never lands in another scope.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from memsdk.consolidation import _closed, _Command
+from memsdk.errors import MemsdkError
+from memsdk.stores.notepad import Notepad
+from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
+from memsdk.templates import TemplateVectors
+
+__all__ = ["EmbeddingStage"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingStage:
+    """The worker thread that embeds a memory's pending chunks.
+
+    Args:
+        notepad: the memory's notepad (pending chunks are read from its SQL, and its index is
+            synced after each stored batch).
+        embed: the embedder's batch call, texts -> (n, dim) unit vectors.
+        batch_chunks: chunks embedded and stored per transaction (bounds memory, the work a
+            kill loses, and how long :meth:`close` waits).
+        share_templates: chunks equal once their variable fields are masked share a vector.
+        poll_interval_s: how often an idle worker looks in SQL for pending chunks (written by
+            another process, or left by one that was killed).
+    """
+
+    def __init__(
+        self,
+        notepad: Notepad,
+        embed: Callable[[list[str]], np.ndarray],
+        *,
+        batch_chunks: int = 64,
+        share_templates: bool = True,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.notepad = notepad
+        self.embed = embed
+        self.batch_chunks = batch_chunks
+        self.share_templates = share_templates
+        self.poll_interval_s = poll_interval_s
+        self._templates: tuple[int, TemplateVectors] | None = None  # (scope id, its cache)
+        self._stopping = threading.Event()
+        self._accept_lock = threading.Lock()
+        self._accepting = True
+        self._woken = False
+        self._queue: queue.Queue[_Command] = queue.Queue(maxsize=1024)
+        self._worker = threading.Thread(target=self._run, name="memsdk-embedding", daemon=True)
+        self._worker.start()  # it first embeds what the last session left pending
+        # A memory never closed: stop the worker at exit, before the interpreter tears down
+        # torch under a forward pass in flight (which aborts the process).
+        self._at_exit = _stopper(weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def notify(self, scope_id: int) -> None:
+        """Chunks without vectors were committed for the scope: embed them soon."""
+        with self._accept_lock:
+            # One wake-up queued at a time: the worker drains SQL, not the queue. Closed: the
+            # chunks are embedded after the next open.
+            if self._accepting and not self._woken:
+                self._woken = True
+                self._queue.put(_Command("scope", scope_id))
+
+    def flush(self) -> None:
+        """Wait until every pending chunk of the memory (this process's and others') has its
+        vector in SQL and in the index.
+
+        Raises:
+            MemsdkError: the memory was closed meanwhile (what was embedded is kept).
+        """
+        command = _Command("finish")
+        with self._accept_lock:
+            if not self._accepting:
+                raise _closed()
+            self._queue.put(command)
+        command.done.wait()
+        if command.error is not None:
+            raise command.error
+
+    def interrupt(self) -> None:
+        """Stop after the current batch; a flush waiting for it raises MemsdkError."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Stop after the current batch; what is still pending is embedded after the next
+        open. Safe to call twice and from several threads."""
+        self._stopping.set()
+        with self._accept_lock:
+            accepting, self._accepting = self._accepting, False
+            if accepting and self._worker.is_alive():
+                self._queue.put(_Command("stop"))
+        if self._worker is not threading.current_thread():
+            self._worker.join()
+        atexit.unregister(self._at_exit)
+
+    # ---- the worker ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                command = self._queue.get(timeout=self.poll_interval_s)
+            except queue.Empty:
+                command = _Command("poll")
+            if command.kind == "scope":
+                with self._accept_lock:
+                    self._woken = False
+            if command.kind == "stop":
+                command.done.set()
+                self._fail_queued()
+                return
+            try:
+                self._drain()
+                if command.kind == "finish" and self._stopping.is_set():
+                    raise MemsdkError(
+                        "the memory was closed while flush() waited for the embedding stage: "
+                        "the vectors computed are kept, the rest are computed after the next open"
+                    )
+            except Exception as exc:
+                logger.exception("background embedding failed")
+                command.error = exc
+            finally:
+                command.done.set()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            command.error = _closed()
+            command.done.set()
+
+    def _drain(self) -> None:
+        """Embed every pending chunk of every scope, oldest scope first, batch by batch."""
+        sql = self.notepad.sql
+        while not self._stopping.is_set():
+            scopes = sorted(backlog(sql))
+            if not scopes:
+                return
+            for scope_id in scopes:
+                while not self._stopping.is_set():
+                    chunks = pending_chunks(sql, scope_id, limit=self.batch_chunks)
+                    if not chunks:
+                        break
+                    vectors = self._vectors(scope_id, [c.text for c in chunks])
+                    store_vectors(sql, scope_id, chunks, vectors)
+                    self.notepad.sync()
+
+    def _vectors(self, scope_id: int, texts: list[str]) -> np.ndarray:
+        if not self.share_templates:
+            return self.embed(texts)
+        if self._templates is None or self._templates[0] != scope_id:
+            self._templates = (scope_id, TemplateVectors(self.embed))
+        return self._templates[1].vectors(texts)
+
+
+def _stopper(stage: weakref.ref[EmbeddingStage]) -> Callable[[], None]:
+    def stop() -> None:
+        alive = stage()
+        if alive is not None:
+            alive.close()
+
+    return stop
