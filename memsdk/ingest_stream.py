@@ -120,8 +120,6 @@ def ingest_stream(
         if memory.weights is not None:
             memory.weights.notify(scope_id)
 
-    # Deferred batches are larger: a commit costs one fsync, and nothing waits on the embedder.
-    batch_chunks = config.embed_batch_chunks * (8 if defer_vectors else 1)
     try:
         for chunk in chunk_stream(
             hashed(),
@@ -129,7 +127,7 @@ def ingest_stream(
             max_line_bytes=config.max_line_bytes,
         ):
             batch.append(chunk)
-            if len(batch) >= batch_chunks:
+            if len(batch) >= config.embed_batch_chunks:
                 store()
         store()
     except BaseException:

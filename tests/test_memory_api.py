@@ -29,7 +29,8 @@ from memsdk import (
 
 
 def _consistent(mem: HybridMemory) -> None:
-    """SQL and FAISS hold the same ids."""
+    """SQL and FAISS hold the same ids once the embedding stage has caught up."""
+    mem.embedding.flush()
     sql_ids = np.sort(mem.notepad.sql.all_chunk_ids())
     index_ids = np.sort(mem.notepad.index.ids())
     assert sql_ids.tolist() == index_ids.tolist()

@@ -60,6 +60,7 @@ def log_memory(tmp_path_factory):
 
 
 def _vectors(memory: HybridMemory, scope: Scope) -> dict[str, np.ndarray]:
+    memory.embedding.flush()  # ingest leaves the vectors to the background stage
     items = memory.get_all(scope=scope, limit=1000)
     ids = np.array([i.id for i in items], dtype=np.int64)
     by_id = {
