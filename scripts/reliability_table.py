@@ -94,6 +94,15 @@ ROWS = [
         "tests/test_stored_data.py::test_a_forged_delta_header_is_rebuilt_from_sql",
     ),
     (
+        "embedding_kill",
+        "a process killed with SIGKILL while its background stage embedded an ingested real "
+        "log (HDFS, Loghub), then reopened",
+        "{chunks} chunks acknowledged, {pending_at_kill} still without a vector at the kill, "
+        "{lost} lost; after the reopen's flush every chunk has its vector and SQL and index "
+        "ids are equal",
+        "tests/test_embedding_stage.py::test_a_kill_during_background_embedding_loses_nothing",
+    ),
+    (
         "delete_all_kill",
         "a process killed with SIGKILL right after delete_all's SQL commit, then reopened",
         "the deleted scope scores its old text at {after_bits:.2f} bits per byte, an empty "

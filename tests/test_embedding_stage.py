@@ -10,13 +10,20 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
 
 CONFIG = MemoryConfig(weight_memory=False)
 HDFS_NEEDLE = "blk_1441315972355360459"  # on one line near the end of HDFS_2k.log
+
+
+def _log_tail(shared, tmp_path, lines: int = 500):
+    """The last ``lines`` lines of the real HDFS log (about 170 chunks), as a file."""
+    path = tmp_path / "HDFS_tail.log"
+    text = shared("data", "loghub", "HDFS", "HDFS_2k.log").read_bytes()
+    path.write_bytes(b"".join(text.splitlines(keepends=True)[-lines:]))
+    return path
 
 
 def _agree(mem: HybridMemory) -> None:
@@ -31,7 +38,7 @@ def _agree(mem: HybridMemory) -> None:
 def test_exact_search_finds_a_needle_at_once_and_flush_waits_for_the_vectors(
     tmp_path, shared
 ) -> None:
-    path = shared("data", "loghub", "HDFS", "HDFS_2k.log")
+    path = _log_tail(shared, tmp_path)
     assert HDFS_NEEDLE in path.read_text().splitlines()[-10]
     scope = Scope(tenant="ops")
     with HybridMemory.open(tmp_path / "m", config=CONFIG) as mem:
@@ -109,19 +116,22 @@ KILLED_WRITER = textwrap.dedent(
     mem = HybridMemory.open(sys.argv[1], config=config)
     report = mem.ingest(sys.argv[2], scope=Scope(tenant="ops"))
     print("ingested", report.chunks, flush=True)
-    while backlog(mem.notepad.sql).get(1) is None or backlog(mem.notepad.sql)[1].chunks > (
-        report.chunks - 40
-    ):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        left = backlog(mem.notepad.sql).get(1)
+        if left is not None and left.chunks <= report.chunks - 16:
+            print("embedding", flush=True)  # some batches stored, most still pending
+            break
         time.sleep(0.05)
-    print("embedding", flush=True)  # some batches stored, most still pending
+    else:
+        print("no stage at work", flush=True)
     time.sleep(600)
     """
 )
 
 
-@pytest.mark.parametrize("system", ["HDFS", "BGL"])
-def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figures, system):
-    path = shared("data", "loghub", system, f"{system}_2k.log")
+def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figures):
+    path = _log_tail(shared, tmp_path)
     memory = tmp_path / "m"
     child = subprocess.Popen(
         [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path)],
@@ -131,7 +141,7 @@ def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figu
     try:
         assert child.stdout is not None
         chunks = int(child.stdout.readline().split()[1])
-        assert child.stdout.readline().strip() == "embedding"
+        assert child.stdout.readline().strip() == "embedding", "the stage never stored a batch"
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
@@ -147,4 +157,4 @@ def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figu
         assert b"".join(i.text.encode() for i in sorted(items, key=lambda i: i.id)) == (
             path.read_bytes()
         )
-    figures.record(f"embedding_kill_{system}", chunks=chunks, pending_at_kill=left, lost=0)
+    figures.record("embedding_kill", chunks=chunks, pending_at_kill=left, lost=0)
