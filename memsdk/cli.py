@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TextIO
 
 from memsdk.errors import MemsdkError
 from memsdk.memory import HybridMemory
@@ -54,17 +53,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             )
             for skipped in report.skipped:
                 print(f"  skipped {skipped.source}: {skipped.reason}")
-        if mem.weights is not None:
-            # stderr under --json, so that stdout is the JSON document alone
-            print("absorbing into the weight memory ...", file=_out(args), flush=True)
-            mem.flush()
+        # Ingest acknowledged the chunks once SQL held them; the background stages (vectors,
+        # then the weight memory) finish here, each with its own progress bar on stderr.
+        mem.flush(progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(reports, indent=2))
     return 0
-
-
-def _out(args: argparse.Namespace) -> TextIO:
-    return sys.stderr if args.json else sys.stdout
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -144,6 +138,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"weights    {stats.weights_model or 'off (weight_memory=False)'}")
     for s in stats.scopes:
         print(f"scope      {s.scope}: {s.documents} documents, {s.chunks} chunks, {s.bytes} bytes")
+        lags = [("vectors", s.vectors_lag), ("weights", s.weights_lag)]
+        print(
+            "  pending  "
+            + ", ".join(
+                f"{name} {lag.pending_chunks} chunks ({lag.pending_bytes} bytes)"
+                for name, lag in lags
+                if lag is not None
+            )
+        )
         if s.weights is not None:
             w = s.weights
             print(

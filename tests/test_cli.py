@@ -34,6 +34,12 @@ def test_ingest_search_stats_rebuild(tmp_path, capsys):
     assert main(["stats", "--memory", memory]) == 0
     out = capsys.readouterr().out
     assert "tenant='acme'" in out and "1 documents" in out
+    # ingest waited for both background stages, and showed a bar for each
+    assert "pending  vectors 0 chunks (0 bytes), weights 0 chunks (0 bytes)" in out
+    (logs / "more.log").write_text("".join(f"2026-11-23 job-{i} done\n" for i in range(99)))
+    assert main(["ingest", str(logs / "more.log"), *scope]) == 0
+    bars = capsys.readouterr().err
+    assert "ingest" in bars and "vectors" in bars and "weights" in bars
 
     (tmp_path / "memory" / "notepad.faiss").unlink()
     assert main(["search", "req-00042", *scope]) == 2
