@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -192,9 +193,13 @@ class EmbeddingStage:
 
 
 def _stopper(stage: weakref.ref[EmbeddingStage]) -> Callable[[], None]:
+    owner = os.getpid()
+
     def stop() -> None:
+        # A forked child inherits the handler but not the worker (and maybe a lock a parent
+        # thread held at the fork): the stage is the parent's to stop.
         alive = stage()
-        if alive is not None:
+        if alive is not None and os.getpid() == owner:
             alive.close()
 
     return stop
