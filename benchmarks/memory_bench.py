@@ -43,6 +43,7 @@ Usage::
     python benchmarks/memory_bench.py                  # ~15 min on 2 cores
     python benchmarks/memory_bench.py --fit-default    # refit the shipped default policy, ~12 min
     python benchmarks/memory_bench.py --one-scope      # every stream in one scope
+    python benchmarks/memory_bench.py --one-scope --retention none   # ... with plain TTT
 """
 
 from __future__ import annotations
