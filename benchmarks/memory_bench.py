@@ -43,6 +43,7 @@ Usage::
     python benchmarks/memory_bench.py                  # ~15 min on 2 cores
     python benchmarks/memory_bench.py --fit-default    # refit the shipped default policy, ~12 min
     python benchmarks/memory_bench.py --one-scope      # every stream in one scope
+    python benchmarks/memory_bench.py --one-scope --retention none   # ... with plain TTT
 """
 
 from __future__ import annotations
@@ -473,14 +474,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ingest every stream into one scope (many sources) instead of a scope per stream",
     )
+    parser.add_argument(
+        "--retention",
+        default=MemoryConfig().weights_retention,
+        help="MemoryConfig.weights_retention of the scopes (none: plain test-time training)",
+    )
     args = parser.parse_args(argv)
     if args.one_scope and args.fit_default:
         parser.error("--fit-default fits on a scope per development stream; drop --one-scope")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "memory_one_scope" if args.one_scope else "memory"
+    if args.retention != MemoryConfig().weights_retention:
+        stem += f"_{args.retention}"
     started = time.perf_counter()
     # The anomaly figure scores the second half of BGL_2k (175 KiB) in one surprise() call.
-    config = MemoryConfig(max_score_bytes=256 << 10)
+    config = MemoryConfig(max_score_bytes=256 << 10, weights_retention=args.retention)
     with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
         if args.fit_default:
             rows = run_all(mem, DEVELOPMENT, args)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
-import numbers
 import os
 import threading
 import time
@@ -20,12 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, BinaryIO, TextIO
 
+from memsdk import reading
 from memsdk.chunking import decode_chunk
 from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
 from memsdk.embedding_stage import EmbeddingStage
 from memsdk.encoding import encode_text
-from memsdk.engine import ByteLM, TTTState, byte_losses, generate, load_model
+from memsdk.engine import ByteLM, TTTState, byte_losses, load_model
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.filters import compile_filters, validate_metadata
@@ -34,7 +33,7 @@ from memsdk.forking import after_fork_in_child
 from memsdk.ingest_stream import ingest_stream
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar, wait_showing
-from memsdk.recall import MAX_COMPLETION_BYTES, Recall
+from memsdk.recall import Recall
 from memsdk.results import (
     AddResult,
     Answer,
@@ -48,7 +47,6 @@ from memsdk.results import (
     SkippedSource,
     StageLag,
     Surprise,
-    SurpriseLine,
     WeightFigures,
 )
 from memsdk.retention import RetentionConfig
@@ -660,47 +658,14 @@ class HybridMemory:
             MemsdkError: the memory was opened with ``weight_memory=False``.
         """
         data = self._score_bytes(prompt, "prompt", "complete()")
-        if (
-            isinstance(max_bytes, bool)
-            or not isinstance(max_bytes, int)
-            or not 1 <= max_bytes <= MAX_COMPLETION_BYTES
-        ):
-            raise InputError(
-                f"max_bytes must be an int in 1..{MAX_COMPLETION_BYTES}, got {max_bytes!r}"
-            )
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature)
-            or temperature < 0
-        ):
-            raise InputError(
-                f"temperature must be a finite number >= 0 (0 decodes greedily), got "
-                f"{temperature!r}"
-            )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64
-        ):
-            raise InputError(f"seed must be None or an int in 0..2**64-1, got {seed!r}")
-        if isinstance(stop, str):
-            stop_bytes: bytes | None = encode_text(stop, "stop")
-        elif isinstance(stop, bytes | bytearray):
-            stop_bytes = bytes(stop)
-        elif stop is None:
-            stop_bytes = None
-        else:
-            raise InputError(f"stop must be a str, bytes or None, got {type(stop).__name__}")
-        out = generate(
+        return reading.complete(
             self._weight_state(scope),
             data,
-            max_bytes,
-            temperature=float(temperature),
-            stop=stop_bytes or None,
+            max_bytes=max_bytes,
+            stop=stop,
+            temperature=temperature,
             seed=seed,
         )
-        if stop_bytes and out.endswith(stop_bytes):
-            out = out[: -len(stop_bytes)]
-        return out.decode("utf-8", "replace")
 
     @gated
     def reset_weights(self, *, scope: Scope) -> None:
@@ -759,15 +724,7 @@ class HybridMemory:
         state = self._weight_state(scope)
         if weights == "initial":
             state = self.weights.initial_state()  # type: ignore[union-attr]
-        bits = byte_losses(state, data)
-        lines, start = [], 0
-        for number, raw in enumerate(data.splitlines(keepends=True)):
-            end = start + len(raw)
-            text_line, _ = decode_chunk(raw.rstrip(b"\r\n"))
-            mean = float(bits[start:end].mean())
-            lines.append(SurpriseLine(line=number, text=text_line, bits_per_byte=mean))
-            start = end
-        return Surprise(bits_per_byte=float(bits.mean()), weights=weights, lines=lines)
+        return reading.surprise(state, data, weights)
 
     @gated
     def query(

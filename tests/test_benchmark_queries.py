@@ -44,3 +44,36 @@ def test_patterns_are_never_stored_lines_and_kinds_are_counted_apart(tmp_path):
             assert (line in stored) == (kind != "pattern"), (kind, query)
     assert sorted(q for k, q, _ in queries if k == "fact") == sorted(q for _, q, _ in facts)
     assert not any(q.startswith("FACT ref-") for k, q, _ in queries if k == "needle")
+
+
+def test_in_one_scope_each_stream_asks_its_own_needles_and_counts_every_stream_as_stored(
+    tmp_path,
+):
+    """``--one-scope``: needles come from the named stream's chunks only, and a line another
+    stream stored is a repeat, not a pattern."""
+    streams = {n: memory_bench.HELDOUT[n] for n in ("logs/HDFS", "logs/BGL")}
+    root = shared_path("data", streams["logs/BGL"][0]).parents[3]  # ../shared, or skip
+    parts = {}
+    with HybridMemory.open(tmp_path / "m", config=MemoryConfig(weight_memory=False)) as mem:
+        scope = Scope(tenant="bench", user="one-scope")
+        for name, source in streams.items():
+            lines = memory_bench.read_stream(root, source, 16 * 1024)
+            cut = len(lines) * 3 // 4
+            parts[name] = (lines[:cut], lines[cut:])
+            mem.ingest(lines[:cut], scope=scope, name=name)
+        # BGL's last quarter holds HDFS's lines too: a line stored by the other stream.
+        borrowed = parts["logs/HDFS"][0][:5]
+        rest = parts["logs/BGL"][1] + borrowed
+        stored = [line for ingested, _ in parts.values() for line in ingested]
+        queries = memory_bench.build_queries(
+            mem, scope, parts["logs/BGL"][0], rest, [], 40, 0, source="logs/BGL", stored=stored
+        )
+    bgl = {memory_bench.normal_line(line) for line in parts["logs/BGL"][0]}
+    needles = [q + a for k, q, a in queries if k == "needle"]
+    assert needles and all(
+        any(s.startswith(memory_bench.normal_line(n)) for s in bgl) for n in needles
+    )
+    borrowed_lines = {memory_bench.normal_line(line) for line in borrowed}
+    for kind, query, answer in queries:
+        if memory_bench.normal_line(query + answer) in borrowed_lines:
+            assert kind == "repeat", query
