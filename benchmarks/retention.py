@@ -16,7 +16,13 @@ clean child process per method (so peak RSS is the method's own):
 - the retention curve: the first source's tail after its head and then 0, 0.1, 0.3, 1 and 3 MB
   of other held-out text (``--curve-max-mb`` stops earlier, for CPU time);
 - absorb throughput (bytes/s of the shared scope), peak RSS, and the bytes on disk of the
-  shared scope's weight memory (one 4-bit delta from the initial weights, as a scope saves it).
+  shared scope's weight memory (one 4-bit delta from the initial weights, as a scope saves it);
+- needle, fact and pattern ``query`` answers on the ``--query-sources`` oldest sources, through
+  ``HybridMemory`` (SQLite, FAISS), in a shared scope of every source and in each source's own
+  scope (``--queries`` per kind, 0 skips; ``memory_bench.py``'s query makers and scoring);
+- the hybrid over the whole multi-source sequence (``memory_bench.py``'s prequential
+  whole-stream table, ``both`` among its branches, line by line) against ``xz -9e`` and
+  ``zstd -19 --long`` on the same bytes: ``--hybrid-kb`` of each source, 0 skips.
 
 Heads are absorbed in batches of ``--batch-bytes`` (the background worker's batch: 16 notepad
 chunks of 512 bytes), each batch added to the rehearsal history only after it was absorbed.
@@ -231,6 +237,11 @@ def run_method(args: argparse.Namespace) -> dict:
     if args.anomaly_kb and args.method.partition("@")[0] != "ewc":  # not a MemoryConfig method
         out["anomaly"] = anomaly_after_other_logs(args)
         print(f"{args.method} anomaly: {out['anomaly']}", file=sys.stderr)
+    if args.queries:
+        out["queries"] = queries_on_oldest(args)
+    if args.hybrid_kb:
+        out["hybrid_sequence"] = hybrid_sequence(args)
+        print(f"{args.method} hybrid: {out['hybrid_sequence']}", file=sys.stderr)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["threads"] = torch.get_num_threads()
     return out
@@ -276,6 +287,95 @@ def anomaly_after_other_logs(args: argparse.Namespace) -> dict:
                 surprise = mem.surprise("".join(log[half:]), scope=scope)
                 scores = [line.bits_per_byte for line in surprise.lines]
                 out[f"auroc_{when}"] = auroc(scores, labels[half:])
+    return out
+
+
+def _lines(data: bytes) -> list[str]:
+    """``data`` as whole lines (a partial last line dropped)."""
+    data = data[: data.rfind(b"\n") + 1]
+    return data.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+
+
+def queries_on_oldest(args: argparse.Namespace) -> dict:
+    """Needle, fact and pattern ``query`` answers on the ``--query-sources`` oldest sources, in a
+    memory (``MemoryConfig(weights_retention=...)``, SQLite, FAISS): in one shared scope that
+    ingested every source's head (whole lines, each source by its name, facts inserted) and in
+    each source's own scope. Queries and scoring are ``memory_bench.py``'s (``build_queries``,
+    ``score_queries``): per kind and branch, the answers' mean bits per byte and exact match."""
+    from memory_bench import build_queries, insert_facts, score_queries  # sibling script
+
+    from memsdk import HybridMemory, MemoryConfig, Scope
+
+    data = sources(args.shared, args.source_bytes, args.tail_bytes)
+    method = args.method.partition("@")[0]
+    parts = {}
+    for name, (head, tail) in data.items():
+        rng = random.Random(f"{args.seed}:{name}")
+        ingested, facts = insert_facts(_lines(head), args.facts, rng)
+        parts[name] = (ingested, _lines(tail), facts)
+    oldest = list(data)[: args.query_sources]
+    stored = [line for ingested, _, _ in parts.values() for line in ingested]
+    out: dict = {"per_kind": args.queries, "facts": args.facts, "sources": {}}
+    config = MemoryConfig(weights_retention=method)
+    with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
+        shared = Scope(tenant="retention", user="shared")
+        for name, (ingested, _, _) in parts.items():
+            mem.ingest(ingested, scope=shared, name=name)
+        for name in oldest:
+            mem.ingest(parts[name][0], scope=Scope(tenant="retention", user=_user(name)), name=name)
+        mem.flush()
+        for name in oldest:
+            ingested, rest, facts = parts[name]
+            row = out["sources"][name] = {}
+            for where, scope, everything in (
+                ("shared", shared, stored),
+                ("own", Scope(tenant="retention", user=_user(name)), ingested),
+            ):
+                queries = build_queries(
+                    mem, scope, ingested, rest, facts, args.queries, args.seed, name, everything
+                )
+                row[where] = _per_kind(score_queries(mem, scope, queries))
+                print(f"{method} queries {name} {where}: {row[where]}", file=sys.stderr)
+    return out
+
+
+def _user(name: str) -> str:
+    return "own-" + name.replace("/", "-")
+
+
+def _per_kind(rows: list[dict]) -> dict:
+    """Per query kind: how many, and per branch the mean bits per byte and exact match."""
+    out = {}
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        out[kind] = {"queries": len(mine)}
+        for branch in mine[0]["bits"]:
+            out[kind][branch] = {
+                "bits_per_byte": sum(r["bits"][branch] for r in mine) / len(mine),
+                "exact_match": sum(r["exact"][branch] for r in mine) / len(mine),
+            }
+    return out
+
+
+def hybrid_sequence(args: argparse.Namespace) -> dict:
+    """``memory_bench.py``'s whole-stream table (``prequential``: every branch, the hybrid
+    ``both`` among them, line by line, each line scored before anything learns or stores it)
+    over the multi-source sequence: the first ``--hybrid-kb`` of every source (whole lines),
+    in order, beside ``xz -9e`` and ``zstd -19 --long`` on the same bytes. As in
+    ``memory_bench.py``, the fast weights of ``weights`` and ``both`` are one plain
+    test-time-training state over the sequence (no slots)."""
+    from memory_bench import prequential  # the sibling benchmark script
+
+    from memsdk import HybridMemory, MemoryConfig
+
+    data = sources(args.shared, args.source_bytes, args.tail_bytes)
+    each = args.hybrid_kb * 1024
+    lines = [line for head, tail in data.values() for line in _lines((head + tail)[:each])]
+    config = MemoryConfig(weights_retention=args.method.partition("@")[0])
+    with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
+        out = prequential(mem, lines, "sequence")
+    out["bytes"] = sum(len(line.encode("utf-8", "surrogateescape")) for line in lines)
+    out["sources"] = list(data)
     return out
 
 
@@ -403,6 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         default=512,
         help="other logs after BGL's first half before its alerts are scored (0: skip)",
     )
+    parser.add_argument(
+        "--queries", type=int, default=12, help="queries per kind on the oldest sources (0: skip)"
+    )
+    parser.add_argument("--query-sources", type=int, default=2)
+    parser.add_argument("--facts", type=int, default=12, help="facts inserted per source")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hybrid-kb",
+        type=int,
+        default=16,
+        help="kB of each source in the prequential hybrid sequence (0: skip)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -420,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
             ("--batch-bytes", args.batch_bytes),
             ("--curve-max-mb", args.curve_max_mb),
             ("--anomaly-kb", args.anomaly_kb),
+            ("--queries", args.queries),
+            ("--query-sources", args.query_sources),
+            ("--facts", args.facts),
+            ("--seed", args.seed),
+            ("--hybrid-kb", args.hybrid_kb),
         ):
             child += [flag, str(value)]
         result = subprocess.run(child, stdout=subprocess.PIPE, check=True)

@@ -16,7 +16,15 @@ from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, load_model, score_bytes, stream
 from memsdk.engine.replay import rehearse
 from memsdk.errors import ConfigError
-from memsdk.retention import MemoryHistory, RetentionConfig, SQLHistory, absorb, slot_sources
+from memsdk.retention import (
+    JOIN_SAVING,
+    MemoryHistory,
+    RetentionConfig,
+    SQLHistory,
+    absorb,
+    join_savings,
+    slot_sources,
+)
 
 
 def _lines(data: bytes, start: int, size: int) -> bytes:
@@ -173,6 +181,33 @@ def test_a_new_source_joins_the_slot_that_knows_its_kind_or_takes_a_free_one(mod
     )
     assert one.slots() == [0, 1] and slot_sources(one)["head"] == 1
     assert slot_sources(one)["openstack"] in (0, 1)
+
+
+def test_a_new_source_joins_a_slot_only_when_the_slot_learned_its_text(model):
+    """Another project's tickets are predicted a little better by a slot that learned React's
+    tickets than by fresh weights (the same template, other words), but they are another
+    source, and a shared slot would let them overwrite React's: they take a free slot. React's
+    later tickets, text the slot learned, join it."""
+    from conftest import shared_path
+
+    csv_bytes = shared_path("data", "tickets", "issues_train.csv").read_bytes()
+
+    def tickets(repo: str, after: int = 0) -> bytes:
+        start = csv_bytes.index(b"\n" + repo.encode() + b",", after) + 1
+        return csv_bytes[start : start + 4096]
+
+    texts = {
+        "react": csv_bytes[:16384],
+        "vscode": tickets("microsoft/vscode"),
+        "react-later": tickets("facebook/react", 30000),
+    }
+    state = _slotted(model, texts, ("react",), RetentionConfig("slots"))
+    chunk = state.config.chunk_bytes
+    vscode = join_savings(state, texts["vscode"][:chunk], [0])[0]
+    later = join_savings(state, texts["react-later"][:chunk], [0])[0]
+    assert 0 < vscode < JOIN_SAVING <= later  # better than fresh weights, yet another source
+    state = _slotted(model, texts, ("react", "vscode", "react-later"), RetentionConfig("slots"))
+    assert slot_sources(state) == {"react": 0, "vscode": 1, "react-later": 0}
 
 
 def test_the_slot_mixture_is_prequential(model, logs):
