@@ -66,6 +66,7 @@ from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, score_bytes, stream
 from memsdk.files import atomic_write_bytes
 from memsdk.results import RouteFeatures
+from memsdk.retention import MemoryHistory, RetentionConfig, absorb
 from memsdk.router import (
     BRANCHES,
     DEFAULT_POLICY_PATH,
@@ -292,7 +293,9 @@ def within_stream_fit(rows: list[dict], seed: int = 0) -> dict:
     }
 
 
-def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
+def prequential(
+    mem: HybridMemory, lines: list[str], name: str, sources: list[str] | None = None
+) -> dict:
     """The whole stream scored line by line, each line before anything learns or stores it.
 
     ``weights`` is plain test-time training (score each 512-byte chunk, then one inner step,
@@ -302,6 +305,11 @@ def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
     they are at that point) see nothing else; ``notepad`` (initial weights) and ``both`` (fast
     weights) also see the passage lines retrieved for the previous line, from a notepad that
     has stored every line before it (in batches of 8 lines).
+
+    With ``sources`` (one name per line, a stream of many sources), the fast weights keep
+    them as the scope's retention does (``mem.config.weights_retention``, e.g. per-source
+    slots): each line is absorbed by :func:`memsdk.retention.absorb` under its source, and
+    the readers score with what the state retains (the slots' mixture).
     """
     model = mem.weights.model
     ttt = TTTState(model, model.default_ttt)
@@ -309,6 +317,8 @@ def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
     scope = Scope(tenant="prequential", user=name.replace("/", "-"))
     bits = dict.fromkeys((*ALL_BRANCHES, "weights+copy"), 0.0)
     total = 0
+    history, rng = MemoryHistory(), random.Random(0)
+    retention = RetentionConfig(method=mem.config.weights_retention)
     pending: list[str] = []
     for i, line in enumerate(lines):
         data = line.encode("utf-8", "surrogateescape")
@@ -327,7 +337,19 @@ def prequential(mem: HybridMemory, lines: list[str], name: str) -> dict:
             ("both", ttt, context + recent),
         ):
             bits[branch] += float(score_bytes(state, data, context=prefix, copy=True)[0].sum())
-        bits["weights"] += stream(ttt, data, final=i == len(lines) - 1).bits
+        if sources is None:
+            bits["weights"] += stream(ttt, data, final=i == len(lines) - 1).bits
+        else:
+            bits["weights"] += absorb(
+                ttt,
+                data,
+                history=history,
+                config=retention,
+                rng=rng,
+                final=i == len(lines) - 1,
+                source=sources[i],
+            ).bits
+            history.add(sources[i], data)
         total += len(data)
         pending.append(line)
         if len(pending) == 8:  # the notepad stores lines only after they were scored

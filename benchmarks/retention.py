@@ -361,19 +361,21 @@ def hybrid_sequence(args: argparse.Namespace) -> dict:
     """``memory_bench.py``'s whole-stream table (``prequential``: every branch, the hybrid
     ``both`` among them, line by line, each line scored before anything learns or stores it)
     over the multi-source sequence: the first ``--hybrid-kb`` of every source (whole lines),
-    in order, beside ``xz -9e`` and ``zstd -19 --long`` on the same bytes. As in
-    ``memory_bench.py``, the fast weights of ``weights`` and ``both`` are one plain
-    test-time-training state over the sequence (no slots)."""
+    in order, beside ``xz -9e`` and ``zstd -19 --long`` on the same bytes. The fast weights of
+    ``weights`` and ``both`` absorb each line under its source with the method's retention
+    (slots: one per source, read by their mixture)."""
     from memory_bench import prequential  # the sibling benchmark script
 
     from memsdk import HybridMemory, MemoryConfig
 
     data = sources(args.shared, args.source_bytes, args.tail_bytes)
     each = args.hybrid_kb * 1024
-    lines = [line for head, tail in data.values() for line in _lines((head + tail)[:each])]
+    pieces = {name: _lines((head + tail)[:each]) for name, (head, tail) in data.items()}
+    lines = [line for piece in pieces.values() for line in piece]
+    names = [name for name, piece in pieces.items() for _ in piece]
     config = MemoryConfig(weights_retention=args.method.partition("@")[0])
     with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
-        out = prequential(mem, lines, "sequence")
+        out = prequential(mem, lines, "sequence", sources=names)
     out["bytes"] = sum(len(line.encode("utf-8", "surrogateescape")) for line in lines)
     out["sources"] = list(data)
     return out
