@@ -54,7 +54,13 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import DatabaseCorruptedError, DuplicateError, InputError, StorageError
+from memsdk.errors import (
+    DatabaseCorruptedError,
+    DuplicateError,
+    InputError,
+    NotFoundError,
+    StorageError,
+)
 
 __all__ = [
     "ChunkRecord",
@@ -510,7 +516,11 @@ class SQLStore:
         """
         with self.writing() as s:
             doc = s.get(DocumentRow, document_id)
-            assert doc is not None
+            if doc is None:  # delete_all (or delete of its last chunk) ran during the ingest
+                raise NotFoundError(
+                    f"document {document_id} was deleted while it was being ingested (a "
+                    "delete_all of its scope ran at the same time): ingest it again to keep it"
+                )
             count = doc.chunk_count
             s.execute(
                 update(LedgerRow)

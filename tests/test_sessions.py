@@ -43,8 +43,8 @@ def test_three_sessions_build_a_chain_that_merges_on_open(memory_dir, scope, hdf
         assert figures.deltas == 3
         assert figures.bytes_absorbed == sum(len(p) for p in parts)
         assert figures.saved_at is not None
-        assert figures.delta_bytes == sum(
-            deltas.path(scope_id, v).stat().st_size for v in (1, 2, 3)
+        assert figures.delta_bytes == sum(  # a session may save twice: its last save stays
+            deltas.path(scope_id, v).stat().st_size for v in deltas.versions(scope_id)
         )
         merged = mem.bits_per_byte(later, scope=scope)
     assert merged < fresh
@@ -70,7 +70,10 @@ def test_a_long_chain_is_compacted(memory_dir, scope, hdfs) -> None:
     for i, part in enumerate(parts):
         _session(memory_dir, scope, part, f"part-{i}", config)
     (scope_id,) = deltas.scope_ids()
-    assert deltas.versions(scope_id) == [3]  # the third save compacted versions 1 and 2 into 3
+    # The third session's save compacted the chain into one delta from the initial weights (its
+    # version is 3, or later when a session saved more than once).
+    (only,) = deltas.versions(scope_id)
+    assert only >= 3
     with HybridMemory.open(memory_dir, config=config) as mem:
         assert mem.stats().scopes[0].weights.deltas == 1
         compacted = mem.bits_per_byte(later, scope=scope)
