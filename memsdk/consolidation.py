@@ -659,7 +659,7 @@ class Consolidator:
                 continue
             if command.kind == "stop":
                 self._stop(command)
-                self._fail_queued()
+                _fail_queued(self._queue)
                 return
             try:
                 if command.kind == "scope":
@@ -695,16 +695,6 @@ class Consolidator:
                 except Exception:  # it lapses after lease_s
                     logger.exception("giving up the weight lease of scope %s failed", scope_id)
             self._held.clear()
-            command.done.set()
-
-    def _fail_queued(self) -> None:
-        """After "stop": fail whatever is still queued (nothing should be)."""
-        while True:
-            try:
-                command = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            command.error = _closed()
             command.done.set()
 
     def _consolidate(self, scope_id: int) -> None:
@@ -815,6 +805,17 @@ class Consolidator:
         with self._states_lock:
             self._seen[scope_id] = self.deltas.signature(scope_id)
             self._dirty.discard(scope_id)
+
+
+def _fail_queued(commands: queue.Queue[_Command]) -> None:
+    """After "stop": fail whatever a worker still has queued (nothing should be)."""
+    while True:
+        try:
+            command = commands.get_nowait()
+        except queue.Empty:
+            return
+        command.error = _closed()
+        command.done.set()
 
 
 def _closed() -> MemsdkError:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from memsdk.consolidation import _closed, _Command
+from memsdk.consolidation import _closed, _Command, _fail_queued
 from memsdk.errors import MemsdkError
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
@@ -144,7 +144,7 @@ class EmbeddingStage:
                     self._woken = False
             if command.kind == "stop":
                 command.done.set()
-                self._fail_queued()
+                _fail_queued(self._queue)
                 return
             try:
                 self._drain()
@@ -158,15 +158,6 @@ class EmbeddingStage:
                 command.error = exc
             finally:
                 command.done.set()
-
-    def _fail_queued(self) -> None:
-        while True:
-            try:
-                command = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            command.error = _closed()
-            command.done.set()
 
     def _drain(self) -> None:
         """Embed every pending chunk of every scope, oldest scope first, batch by batch."""
