@@ -54,6 +54,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
@@ -80,6 +81,9 @@ from memsdk.retention import (
 )
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
+
+if TYPE_CHECKING:  # the stage imports this module
+    from memsdk.embedding_stage import EmbeddingStage
 
 __all__ = ["Consolidator", "ScopeWeights"]
 
@@ -297,13 +301,7 @@ class Consolidator:
         """Stop after the current batch, save every changed state and give the leases up.
         What was not absorbed yet is absorbed after the next open. Commands queued before
         run; later ones raise MemsdkError. Safe to call twice and from several threads."""
-        self._stopping.set()
-        with self._accept_lock:
-            accepting, self._accepting = self._accepting, False
-            if accepting and self._worker.is_alive():
-                self._queue.put(_Command("stop"))
-        if self._worker is not threading.current_thread():
-            self._worker.join()
+        _stop_and_join(self)
 
     def initial_state(self) -> TTTState:
         """A state with the initial fast weights, for scopes that hold nothing yet."""
@@ -805,6 +803,18 @@ class Consolidator:
         with self._states_lock:
             self._seen[scope_id] = self.deltas.signature(scope_id)
             self._dirty.discard(scope_id)
+
+
+def _stop_and_join(worker: Consolidator | EmbeddingStage) -> None:
+    """Close a background worker: refuse new commands, queue "stop" once (when the worker
+    still runs) and wait for it, unless the worker itself is closing."""
+    worker._stopping.set()
+    with worker._accept_lock:
+        accepting, worker._accepting = worker._accepting, False
+        if accepting and worker._worker.is_alive():
+            worker._queue.put(_Command("stop"))
+    if worker._worker is not threading.current_thread():
+        worker._worker.join()
 
 
 def _fail_queued(commands: queue.Queue[_Command]) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from memsdk.consolidation import _closed, _Command, _fail_queued
+from memsdk.consolidation import _closed, _Command, _fail_queued, _stop_and_join
 from memsdk.errors import MemsdkError
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
@@ -122,13 +122,7 @@ class EmbeddingStage:
     def close(self) -> None:
         """Stop after the current batch; what is still pending is embedded after the next
         open. Safe to call twice and from several threads."""
-        self._stopping.set()
-        with self._accept_lock:
-            accepting, self._accepting = self._accepting, False
-            if accepting and self._worker.is_alive():
-                self._queue.put(_Command("stop"))
-        if self._worker is not threading.current_thread():
-            self._worker.join()
+        _stop_and_join(self)
         atexit.unregister(self._at_exit)
 
     # ---- the worker ------------------------------------------------------------------------
