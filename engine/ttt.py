@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -572,6 +573,7 @@ def score_bytes(
     context: bytes | str = b"",
     copy: bool = False,
     slot: int | None = None,
+    slots: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Score ``data`` under the state's current fast weights, in a fresh window that holds only
     ``context`` (which is not scored). The state is not changed. With ``copy``, the match model
@@ -583,7 +585,8 @@ def score_bytes(
     the bytes before it (``context`` included), so the slot that knows this kind of text soon
     carries the prediction, at a cost of at most log2(slots) bits over the whole text. The
     weights use only earlier bytes: the mixture is as prequential as one slot. ``slot`` scores
-    with that slot alone.
+    with that slot alone; ``slots`` with the mixture of those slots only (each slot costs one
+    forward pass, so a reader that knows which sources matter reads only their slots).
 
     Returns:
         (bits, greedy): the bits of each byte of ``data`` (N,) and whether each byte is the
@@ -594,8 +597,8 @@ def score_bytes(
         InputError: ``data`` or ``context`` is neither bytes nor str, or no such slot.
     """
     data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
-    slots = state.slots() if slot is None else [slot]
-    weights = [state.slot_weights(k) for k in slots]
+    chosen = _chosen_slots(state, slot, slots)
+    weights = [state.slot_weights(k) for k in chosen]
     if not data:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     model, size = state.model, state.config.chunk_bytes
@@ -631,29 +634,60 @@ def score_bytes(
     return torch.cat(bits)[len(context) :].cpu(), torch.cat(greedy)[len(context) :].cpu()
 
 
+def _chosen_slots(state: TTTState, slot: int | None, slots: Sequence[int] | None) -> list[int]:
+    """The slots a reader uses: ``slot`` alone, else ``slots`` (in order, without repeats),
+    else every slot of the state.
+
+    Raises:
+        InputError: both given, ``slots`` empty, or a slot the state does not hold.
+    """
+    if slot is not None and slots is not None:
+        raise InputError("give slot= or slots=, not both")
+    if slot is not None:
+        return [slot]
+    if slots is None:
+        return state.slots()
+    chosen = list(dict.fromkeys(slots))
+    if not chosen:
+        raise InputError("slots is empty: give at least one slot, or None for every slot")
+    held = state.slots()
+    missing = [k for k in chosen if k not in held]
+    if missing:
+        raise InputError(f"no slot {missing[0]} in this state (it holds {held})")
+    return chosen
+
+
 def slot_bits(state: TTTState, text: bytes | str, slots: list[int]) -> list[float]:
     """The total bits of ``text`` under each of ``slots`` alone, in a fresh window."""
     return [float(score_bytes(state, text, slot=k)[0].sum()) for k in slots]
 
 
-def best_slot(state: TTTState, text: bytes | str) -> int:
-    """The slot that predicts ``text`` best (fewest bits; the first slot when the state has
-    one, or ``text`` is empty): the one that knows this kind of text."""
-    slots = state.slots()
+def best_slot(state: TTTState, text: bytes | str, slots: Sequence[int] | None = None) -> int:
+    """The slot among ``slots`` (default: every slot) that predicts ``text`` best (fewest
+    bits; the first slot when there is one, or ``text`` is empty): the one that knows this
+    kind of text."""
+    slots = _chosen_slots(state, None, slots)
     if len(slots) == 1 or not text:
         return slots[0]
     totals = slot_bits(state, text, slots)
     return slots[min(range(len(slots)), key=totals.__getitem__)]
 
 
-def byte_losses(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> Tensor:
-    """Bits for each byte of ``data`` (N,) under the state's current fast weights, in a fresh
-    window that holds only ``context`` (which is not scored). The state is not changed.
+def byte_losses(
+    state: TTTState,
+    data: bytes | str,
+    *,
+    context: bytes | str = b"",
+    slots: Sequence[int] | None = None,
+) -> Tensor:
+    """Bits for each byte of ``data`` (N,) under the state's current fast weights (the mixture
+    of ``slots``, default every slot), in a fresh window that holds only ``context`` (which is
+    not scored). The state is not changed.
 
     Raises:
-        InputError: ``data`` or ``context`` is neither bytes nor str.
+        InputError: ``data`` or ``context`` is neither bytes nor str, or a bad ``slots``.
     """
-    return score_bytes(state, data, context=context)[0]
+    return score_bytes(state, data, context=context, slots=slots)[0]
 
 
 def bits_per_byte(state: TTTState, data: bytes | str, *, context: bytes | str = b"") -> float:
@@ -678,6 +712,7 @@ def generate(
     seed: int | None = None,
     copy: bool = False,
     slot: int | None = None,
+    slots: Sequence[int] | None = None,
 ) -> bytes:
     """Continue ``prompt`` under the state's fast weights, in a fresh window; greedy by default.
 
@@ -685,7 +720,7 @@ def generate(
     changed. Returns the continuation only (not the prompt). ``copy`` mixes in the match model
     (:mod:`memsdk.engine.copy`), so repeats of the prompt's text continue as they did there.
     A state of several fast-weight slots continues with the one that predicts the prompt best
-    (:func:`best_slot`), or with ``slot``.
+    (:func:`best_slot`) among ``slots`` (default: every slot), or with ``slot``.
 
     Raises:
         InputError: ``max_bytes`` below 0, a negative temperature, or a prompt of the wrong type.
@@ -695,7 +730,7 @@ def generate(
         raise InputError(f"max_bytes must be >= 0, got {max_bytes}")
     if temperature < 0:
         raise InputError(f"temperature must be >= 0, got {temperature}")
-    weights = state.slot_weights(best_slot(state, prompt) if slot is None else slot)
+    weights = state.slot_weights(best_slot(state, prompt, _chosen_slots(state, slot, slots)))
     model, size = state.model, state.config.chunk_bytes
     generator = torch.Generator(model_device(model)).manual_seed(seed) if seed is not None else None
     caches = _empty_caches(model)

@@ -27,7 +27,7 @@ from memsdk.results import (
     RouterCalibration,
     SearchHit,
 )
-from memsdk.retention import MemoryHistory, absorb_rows, flush_slot
+from memsdk.retention import MemoryHistory, absorb_rows, flush_slot, read_slots
 from memsdk.router import (
     BRANCHES,
     ROUTES,
@@ -147,7 +147,12 @@ class Recall:
                 completion="",
                 timings=timings,
             )
-        features, exact_span = self.route_features(query, scope_id, hits)
+        # The weights read only the slots of the sources the hits come from
+        # (memsdk.retention.read_slots): a query's cost stays flat as sources accumulate.
+        slots = None
+        if self.memory.weights is not None and hits:
+            slots = read_slots(self.memory.weights.state(scope_id), [h.source for h in hits])
+        features, exact_span = self.route_features(query, scope_id, hits, slots=slots)
         clock = lap("features", clock)
         if route != "auto":
             branch, policy_kind = route, "forced"
@@ -167,11 +172,11 @@ class Recall:
             )
         completion = ""
         if self.memory.weights is not None:
-            state = self.memory.weights.initial_state()
+            state, read = self.memory.weights.initial_state(), None
             if branch != "notepad":
-                state = self.memory.weights.state(scope_id)
+                state, read = self.memory.weights.state(scope_id), slots
             prompt = (context + query).encode("utf-8", "surrogateescape")
-            out = generate(state, prompt, max_bytes, stop=b"\n", copy=True)
+            out = generate(state, prompt, max_bytes, stop=b"\n", copy=True, slots=read)
             completion = out.removesuffix(b"\n").decode("utf-8", "replace")
             clock = lap("complete", clock)
         lap("total", started)
@@ -197,10 +202,12 @@ class Recall:
         scope_id: int,
         hits: Sequence[SearchHit],
         adapted: TTTState | None = None,
+        slots: Sequence[int] | None = None,
     ) -> tuple[RouteFeatures, str | None]:
         """The router's features for one query and its hits, and an identifier of the query
         that a hit holds verbatim (None if none does). ``adapted`` stands in for the scope's
-        fast weights (calibration's replayed state, which has absorbed all it will)."""
+        fast weights (calibration's replayed state, which has absorbed all it will); ``slots``
+        are the slots of the scope's weights to read (default: all)."""
         spans = identifier_spans(query)[:MAX_IDENTIFIERS]
         holders = {s: sum(whole_word(s).search(h.text) is not None for h in hits) for s in spans}
         held = [s for s in spans if holders[s]]
@@ -213,7 +220,7 @@ class Recall:
         if self.memory.weights is not None:
             data = query.encode("utf-8", "surrogateescape")
             state = adapted if adapted is not None else self.memory.weights.state(scope_id)
-            query_bits = float(byte_losses(state, data).mean())
+            query_bits = float(byte_losses(state, data, slots=slots).mean())
             gain = float(byte_losses(self.memory.weights.initial_state(), data).mean()) - query_bits
             if adapted is None:
                 through = self.memory.weights.figures(scope_id).through_chunk_id

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import random
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,6 +74,7 @@ __all__ = [
     "current_slot",
     "flush_slot",
     "join_savings",
+    "read_slots",
     "slot_sources",
 ]
 
@@ -308,6 +309,20 @@ def slot_sources(state: TTTState) -> dict[str, int]:
         return {str(source): int(slot) for source, slot in pairs if int(slot) in slots}
     except (ValueError, TypeError):  # bookkeeping from a damaged file: placed again by content
         return {}
+
+
+def read_slots(state: TTTState, sources: Iterable[str | None]) -> list[int] | None:
+    """The slots a reader needs for text about ``sources`` (the sources of a query's notepad
+    hits, best first): the slots those sources trained, in that order. Each slot costs a read
+    one forward pass, so reading only these keeps a query's cost flat however many sources the
+    scope holds; the notepad's hits name the text the query is about, and a slot that never
+    saw that text has nothing to add to it. None (read every slot) when the state has one slot
+    or knows none of ``sources`` (they are not absorbed yet, or held before a damaged file)."""
+    if len(state.slots()) == 1:
+        return None
+    known = slot_sources(state)
+    slots = [known[s or ""] for s in sources if (s or "") in known]
+    return list(dict.fromkeys(slots)) or None
 
 
 def join_savings(state: TTTState, first: bytes, slots: Sequence[int]) -> list[float]:

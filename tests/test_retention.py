@@ -15,7 +15,7 @@ import torch
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, load_model, score_bytes, stream
 from memsdk.engine.replay import rehearse
-from memsdk.errors import ConfigError
+from memsdk.errors import ConfigError, InputError
 from memsdk.retention import (
     JOIN_SAVING,
     MemoryHistory,
@@ -23,6 +23,7 @@ from memsdk.retention import (
     SQLHistory,
     absorb,
     join_savings,
+    read_slots,
     slot_sources,
 )
 
@@ -256,3 +257,44 @@ def test_a_memory_keeps_each_source_in_its_slot_across_sessions(tmp_path, logs):
                 assert mem.stats().scopes[0].weights.slots in (1, 3)
             assert again == pytest.approx(kept["slots"], abs=0.05)  # 4-bit deltas
     assert kept["none"] > kept["slots"] + 0.3  # plain TTT lost BGL to the two newer sources
+
+
+def test_a_reader_mixes_only_the_slots_it_names(model, logs):
+    state = _slotted(model, logs, ("head", "hdfs", "openstack"), RetentionConfig("slots"))
+    probe = logs["tail"][:600]
+    every = score_bytes(state, probe)[0]
+    assert torch.equal(score_bytes(state, probe, slots=[0, 1, 2])[0], every)
+    assert torch.equal(
+        score_bytes(state, probe, slots=[1])[0], score_bytes(state, probe, slot=1)[0]
+    )
+    pair = score_bytes(state, probe, slots=[0, 2])[0]
+    assert not torch.equal(pair, every)  # two slots' mixture, not three
+    for bad, says in (([], "slots is empty"), ([0, 7], "no slot 7")):
+        with pytest.raises(InputError, match=says):
+            score_bytes(state, probe, slots=bad)
+    with pytest.raises(InputError, match="not both"):
+        score_bytes(state, probe, slot=0, slots=[0])
+    assert read_slots(state, ["openstack", None, "head", "openstack"]) == [2, 0]
+    assert read_slots(state, ["never absorbed"]) is None  # unknown sources: every slot
+
+
+def test_a_query_reads_only_the_slots_of_its_hits_sources(tmp_path, logs):
+    """The notepad's hits name the sources a query is about; the weights read those sources'
+    slots only, so a query costs the same however many sources the scope holds."""
+    scope = Scope(tenant="acme", user="a")
+    with HybridMemory.open(tmp_path, config=MemoryConfig(weights_retention="slots")) as mem:
+        for name in ("head", "hdfs", "openstack"):
+            mem.ingest([logs[name].decode()], scope=scope, name=name)
+        mem.flush()
+        state = mem.weights.state(mem.notepad.sql.find_scope(scope.key()))
+        assert state.slots() == [0, 1, 2]
+        line = logs["head"].decode().splitlines()[40]
+        query = line[: len(line) // 2]
+        answer = mem.query(query, scope=scope, route="both", k=3)
+        read = read_slots(state, [p.source for p in answer.passages])
+        assert read == [slot_sources(state)["head"]]
+        data = query.encode()
+        assert answer.route.features.query_bits == pytest.approx(
+            float(score_bytes(state, data, slots=read)[0].mean()), abs=1e-6
+        )
+        assert abs(answer.route.features.query_bits - _bpb(state, data)) > 1e-4
