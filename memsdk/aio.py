@@ -133,8 +133,11 @@ class AsyncHybridMemory:
         scope: Scope,
         k: int = 5,
         filters: Mapping[str, Any] | None = None,
+        now: datetime | str | None = None,
     ) -> list[SearchHit]:
-        return await asyncio.to_thread(self.sync.search, query, scope=scope, k=k, filters=filters)
+        return await asyncio.to_thread(
+            self.sync.search, query, scope=scope, k=k, filters=filters, now=now
+        )
 
     async def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:
         return await asyncio.to_thread(self.sync.get, memory_id, scope=scope)

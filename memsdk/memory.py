@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, TextIO
 
 from memsdk import reading
@@ -65,7 +65,7 @@ from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import Backlog, backlog, chunks_after
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
-from memsdk.timeline import TIME_KEY, with_time
+from memsdk.timeline import TIME_KEY, parse_time, with_time
 
 __all__ = ["HybridMemory"]
 
@@ -822,6 +822,7 @@ class HybridMemory:
         scope: Scope,
         k: int = 5,
         filters: Mapping[str, Any] | None = None,
+        now: datetime | str | None = None,
     ) -> list[SearchHit]:
         """Find the scope's memories most relevant to ``query``.
 
@@ -829,25 +830,28 @@ class HybridMemory:
         and vector search (FAISS, cosine) each rank the scope's chunks that pass ``filters``;
         the two rankings are fused by weighted reciprocal rank (``weight / (rrf_k + rank)``
         summed, with ``config.keyword_weight`` and ``config.vector_weight`` scaled to sum to 2;
-        below 1). A query naming a period ("in May 2023") raises memories whose ``time`` falls
-        in it (:mod:`memsdk.search`, :mod:`memsdk.timeline`). Identifier-like pieces of the query
-        (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are also looked
-        up alone, and a hit's score adds 1 for each of them its text holds verbatim and whole,
-        so a chunk with the exact id always outranks chunks that are merely similar.
+        below 1). A query naming a period ("in May 2023", or relative to ``now``: "last week",
+        "yesterday", "last May", "two months ago") raises memories whose ``time`` falls in it
+        (:mod:`memsdk.search`, :mod:`memsdk.timeline`). ``now`` is when the question is asked
+        (a datetime or an ISO-8601 string; default: the current time). Identifier-like pieces
+        of the query (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are
+        also looked up alone, and a hit's score adds 1 for each of them its text holds verbatim
+        and whole, so a chunk with the exact id always outranks chunks that are merely similar.
 
         Returns:
             up to ``k`` hits, best first; ``[]`` for a scope that holds nothing.
 
         Raises:
-            InputError: empty or oversized query, bad ``k`` or scope.
+            InputError: empty or oversized query, bad ``k``, scope or ``now``.
             FilterError: a malformed filter (see :mod:`memsdk.filters`).
         """
         check_query(query, k, max_query_bytes=self.config.max_query_bytes)
+        asked = parse_time(now, "now") if now is not None else datetime.now(UTC)
         where = compile_filters(filters, dialect=self.notepad.sql.dialect)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
-        return hybrid_search(self, query, scope, scope_id, k, where)
+        return hybrid_search(self, query, scope, scope_id, k, where, now=asked)
 
     @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:

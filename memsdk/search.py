@@ -8,6 +8,7 @@ search see the same hits.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.sql.elements import ColumnElement
@@ -200,8 +201,11 @@ def hybrid_search(
     scope_id: int,
     k: int,
     where: ColumnElement[bool] | None,
+    *,
+    now: datetime | None = None,
 ) -> list[SearchHit]:
-    """Rank the scope's chunks that pass ``where`` (SQL, on chunk columns) for ``query``.
+    """Rank the scope's chunks that pass ``where`` (SQL, on chunk columns) for ``query``, asked
+    at ``now`` (relative times in the query are read against it; None reads none).
 
     See :meth:`HybridMemory.search <memsdk.memory.HybridMemory.search>` for the ranking.
     """
@@ -234,7 +238,7 @@ def hybrid_search(
         for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
             scores.setdefault(cid, 0.0)
     records = notepad.sql.get_chunks(scope_id, list(scores))
-    period = named_period(query)
+    period = named_period(query, now)
     if period is not None:
         start, end = period
         for cid, rec in records.items():

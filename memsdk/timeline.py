@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from memsdk.errors import InputError
 
-__all__ = ["TIME_KEY", "named_period", "parse_time", "stored_time", "to_time_text", "with_time"]
+__all__ = [
+    "TIME_KEY",
+    "named_period",
+    "parse_time",
+    "relative_period",
+    "stored_time",
+    "to_time_text",
+    "with_time",
+]
 
 TIME_KEY = "time"
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -127,11 +135,13 @@ def stored_time(metadata: dict[str, Any]) -> datetime | None:
         return None
 
 
-def named_period(query: str) -> tuple[datetime, datetime] | None:
-    """The period ``[start, end)`` a query names ("in May 2023", "in 2023"), or None.
+def named_period(query: str, now: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """The period ``[start, end)`` a query names ("in May 2023", "in 2023"), or, given ``now``
+    (when the question is asked), the period it names relative to that (see
+    :func:`relative_period`), or None.
 
-    A month without a year is read in the year the query also names, or not at all: "last May"
-    needs a "now" the query does not give, and guessing one would boost the wrong year.
+    A month without a year is read in the year the query also names, or relative to ``now``
+    ("last May"), or not at all: guessing a year would boost the wrong one.
     """
     match = _MONTH_YEAR.search(query)
     if match:
@@ -144,4 +154,74 @@ def named_period(query: str) -> tuple[datetime, datetime] | None:
         year = int(years[0])
         if _IN_MONTH.search(query) is None:
             return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
-    return None
+    return relative_period(query, now) if now is not None and not years else None
+
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_COUNTS = {"a": 1} | {
+    word: number
+    for number, word in enumerate(
+        ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"), 1
+    )
+}
+_UNITS = ("day", "week", "month", "year")
+_RELATIVE = re.compile(
+    r"\b(?:(?P<day>yesterday|today)"
+    rf"|(?P<which>last|this)\s+(?P<unit>{'|'.join(_UNITS)}|{'|'.join(_WEEKDAYS)}"
+    rf"|{_MONTH_PATTERN})"
+    rf"|(?P<count>\d{{1,3}}|{'|'.join(_COUNTS)})\s+(?P<units>{'|'.join(_UNITS)})s?\s+ago)\b",
+    re.IGNORECASE,
+)
+
+
+def relative_period(query: str, now: datetime) -> tuple[datetime, datetime] | None:
+    """The period ``[start, end)`` a query names relative to ``now``, in calendar units (UTC),
+    or None:
+
+    - "yesterday", "today": that day;
+    - "last week" / "this week" (weeks start on Monday), "last month", "this month", "last
+      year", "this year";
+    - "last Monday" (the latest Monday before today), "last May" (the latest May before this
+      month);
+    - "3 days ago", "two weeks ago", "a month ago", "2 years ago": that day, week, month or
+      year.
+
+    Fixed English phrases, not a parser of every way to say a time: a phrase it does not know
+    names no period, so nothing is boosted.
+    """
+    match = _RELATIVE.search(query)
+    if match is None:
+        return None
+    now = parse_time(now, "now")
+    today = now.replace(hour=0, minute=0, second=0)
+    if match.group("day"):
+        start = today - timedelta(days=match.group("day").lower() == "yesterday")
+        return start, start + timedelta(days=1)
+    if match.group("count"):
+        count, unit = match.group("count").lower(), match.group("units").lower()
+        back = int(count) if count.isdigit() else _COUNTS[count]
+    else:
+        unit, back = match.group("unit").lower(), int(match.group("which").lower() != "this")
+    if unit in _WEEKDAYS:  # the latest such day before today
+        ago = (today.weekday() - _WEEKDAYS.index(unit) - 1) % 7 + 1
+        start = today - timedelta(days=ago)
+        return start, start + timedelta(days=1)
+    if unit in _MONTHS:  # the latest such month before this one
+        month = _MONTHS[unit]
+        year = now.year - (month >= now.month)
+        return _month(year, month), _month(year, month + 1)
+    if unit == "day":
+        start = today - timedelta(days=back)
+        return start, start + timedelta(days=1)
+    if unit == "week":
+        start = today - timedelta(days=today.weekday() + 7 * back)
+        return start, start + timedelta(days=7)
+    if unit == "month":
+        months = now.year * 12 + now.month - 1 - back
+        return _month(months // 12, months % 12 + 1), _month(months // 12, months % 12 + 2)
+    return _month(now.year - back, 1), _month(now.year - back + 1, 1)
+
+
+def _month(year: int, month: int) -> datetime:
+    """The first instant of ``month`` of ``year``; month 13 is January of the next year."""
+    return datetime(year + (month - 1) // 12, (month - 1) % 12 + 1, 1, tzinfo=UTC)

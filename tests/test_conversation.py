@@ -130,6 +130,57 @@ def test_a_query_naming_a_period_ranks_memories_of_that_period_first(chat):
         assert hits[0].id == expected.ids[0], month
 
 
+def test_a_query_naming_a_time_relative_to_now_ranks_memories_of_then_first(chat):
+    # Friday 4 December 2026, 18:00 UTC: the question is asked then.
+    now = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+    times = {
+        "yesterday": "2026-12-03T09:00:00Z",
+        "last week": "2026-11-25T09:00:00Z",  # the Wednesday of the week before this one
+        "last Monday": "2026-11-30T09:00:00Z",
+        "last May": "2026-05-20T09:00:00Z",
+        "two months ago": "2026-10-10T09:00:00Z",
+        "last year": "2025-07-01T09:00:00Z",
+    }
+    ids = {
+        phrase: chat.add(f"Melanie: I painted a picture, number {n}", scope=SCOPE, time=t).ids[0]
+        for n, (phrase, t) in enumerate(times.items())
+    }
+    for phrase, expected in ids.items():
+        hits = chat.search(f"What did Melanie paint {phrase}?", scope=SCOPE, k=3, now=now)
+        assert hits[0].id == expected, phrase
+        # The same question asked a year later names another period: no boost to this one.
+        later = chat.search(
+            f"What did Melanie paint {phrase}?", scope=SCOPE, k=6, now="2027-12-04T18:00:00Z"
+        )
+        assert {h.id: h.score for h in later}[expected] < hits[0].score, phrase
+    with pytest.raises(InputError, match="now 'soon' is not an ISO-8601 time"):
+        chat.search("What did Melanie paint yesterday?", scope=SCOPE, now="soon")
+
+
+@pytest.mark.parametrize(
+    ("query", "period"),
+    [
+        ("what happened yesterday", ("2026-12-03", "2026-12-04")),
+        ("plans for this week", ("2026-11-30", "2026-12-07")),
+        ("3 days ago", ("2026-12-01", "2026-12-02")),
+        ("a month ago", ("2026-11-01", "2026-12-01")),
+        ("13 months ago", ("2025-11-01", "2025-12-01")),
+        ("last December", ("2025-12-01", "2026-01-01")),
+        ("last Friday", ("2026-11-27", "2026-11-28")),
+        ("in May 2023, not last week", ("2023-05-01", "2023-06-01")),  # a year named wins
+        ("may I ask what happened", None),
+    ],
+)
+def test_relative_periods_are_calendar_units_before_now(query, period):
+    from memsdk.timeline import named_period
+
+    found = named_period(query, datetime(2026, 12, 4, 18, 0, tzinfo=UTC))
+    expected = None
+    if period is not None:
+        expected = tuple(datetime.fromisoformat(day).replace(tzinfo=UTC) for day in period)
+    assert found == expected
+
+
 def test_context_is_embedded_with_the_turn_and_not_stored(tmp_path):
     with _open(tmp_path / "memory", keyword_weight=0.0) as memory:
         hiking = memory.add(
