@@ -66,7 +66,7 @@ from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.engine import TTTState, score_bytes, stream
 from memsdk.files import atomic_write_bytes
 from memsdk.results import RouteFeatures
-from memsdk.retention import MemoryHistory, RetentionConfig, absorb
+from memsdk.retention import MemoryHistory, RetentionConfig, absorb, read_slots
 from memsdk.router import (
     BRANCHES,
     DEFAULT_POLICY_PATH,
@@ -215,7 +215,10 @@ def score_queries(mem: HybridMemory, scope: Scope, queries: list) -> list[dict]:
         ans = mem.query(query, scope=scope, k=5, max_bytes=1)
         route_ms = (time.perf_counter() - started) * 1000
         context = passage_context(query, ans.passages, budget=mem.config.query_context_bytes)
-        scores = score_branches(initial, adapted, context=context, query=query, answer=answer)
+        slots = read_slots(adapted, [p.source for p in ans.passages])  # as mem.query reads
+        scores = score_branches(
+            initial, adapted, context=context, query=query, answer=answer, slots=slots
+        )
         line = (query + answer).strip()
         rows.append(
             {

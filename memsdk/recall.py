@@ -347,7 +347,8 @@ class Recall:
         for probe in made:
             bar.update(1)
             hits = hybrid_search(self.memory, probe.query, scope, scope_id, k, absorbed_only)
-            f, _ = self.route_features(probe.query, scope_id, hits, adapted=replayed)
+            slots = read_slots(replayed, [h.source for h in hits])  # as query() reads
+            f, _ = self.route_features(probe.query, scope_id, hits, adapted=replayed, slots=slots)
             context = passage_context(
                 probe.query, hits, budget=self.memory.config.query_context_bytes
             )
@@ -358,6 +359,7 @@ class Recall:
                 query=probe.query,
                 answer=probe.answer,
                 branches=BRANCHES,
+                slots=slots,
             )
             features.append(f)
             bits.append([scores[b].bits_per_byte for b in BRANCHES])

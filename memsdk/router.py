@@ -410,10 +410,13 @@ def score_branches(
     query: str,
     answer: str,
     branches: Sequence[str] = ("frozen", *BRANCHES),
+    slots: Sequence[int] | None = None,
 ) -> dict[str, BranchScore]:
     """Score ``answer`` as the continuation of ``query`` under each branch's conditioning
     (``frozen``: the initial weights, the query alone, the baseline with no memory), reading as
-    ``HybridMemory.query`` reads: with the match model that copies from the window."""
+    ``HybridMemory.query`` reads: with the match model that copies from the window, and the
+    ``adapted`` weights' ``slots`` only (those of the hits' sources,
+    :func:`memsdk.retention.read_slots`; default: every slot)."""
     conditioning = {
         "frozen": (initial, ""),
         "notepad": (initial, context),
@@ -423,7 +426,8 @@ def score_branches(
     out = {}
     for branch in branches:
         state, prefix = conditioning[branch]
-        bits, greedy = score_bytes(state, answer, context=prefix + query, copy=True)
+        read = slots if state is adapted else None
+        bits, greedy = score_bytes(state, answer, context=prefix + query, copy=True, slots=read)
         out[branch] = BranchScore(float(bits.mean()), bool(greedy.all()))
     return out
 
