@@ -148,7 +148,8 @@ class Recall:
                 timings=timings,
             )
         # The weights read only the slots of the sources the hits come from
-        # (memsdk.retention.read_slots): a query's cost stays flat as sources accumulate.
+        # (memsdk.retention.read_slots): a query's cost is bounded by its hits' sources, not by
+        # every source the scope holds.
         slots = None
         if self.memory.weights is not None and hits:
             slots = read_slots(self.memory.weights.state(scope_id), [h.source for h in hits])

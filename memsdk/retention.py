@@ -314,10 +314,11 @@ def slot_sources(state: TTTState) -> dict[str, int]:
 def read_slots(state: TTTState, sources: Iterable[str | None]) -> list[int] | None:
     """The slots a reader needs for text about ``sources`` (the sources of a query's notepad
     hits, best first): the slots those sources trained, in that order. Each slot costs a read
-    one forward pass, so reading only these keeps a query's cost flat however many sources the
-    scope holds; the notepad's hits name the text the query is about, and a slot that never
-    saw that text has nothing to add to it. None (read every slot) when the state has one slot
-    or knows none of ``sources`` (they are not absorbed yet, or held before a damaged file)."""
+    one forward pass, so reading only these bounds a query's cost by its hits' sources however
+    many sources the scope holds; the notepad's hits name the text the query is about, and a
+    slot that never saw that text has nothing to add to it. None (read every slot) when the
+    state has one slot or knows none of ``sources`` (they are not absorbed yet, or held before
+    a damaged file)."""
     if len(state.slots()) == 1:
         return None
     known = slot_sources(state)
