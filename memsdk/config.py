@@ -146,7 +146,8 @@ class MemoryConfig(BaseModel):
         le=64,  # memsdk.engine.ttt.MAX_SLOTS
         description="fast-weight slots per scope under weights_retention='slots': each new "
         "source takes one while any is free, then joins the slot that predicts it best. Each "
-        "slot adds a 4-bit delta on disk and one more forward pass to every read",
+        "slot adds a 4-bit delta on disk and one more forward pass to bits_per_byte, "
+        "surprise and complete; query reads only the slots of its hits' sources",
     )
     weights_save_interval_s: float = Field(
         30.0,
