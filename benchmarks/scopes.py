@@ -70,7 +70,7 @@ def build(path: Path, scopes: int) -> None:
     """A memory of ``scopes`` scopes, one chunk each, each with a copy of one real delta."""
     from memsdk import HybridMemory, Scope
     from memsdk.engine import make_delta
-    from memsdk.stores.sql import NewChunk
+    from memsdk.stores.sql_records import NewChunk
 
     with HybridMemory.open(path) as mem:
         mem.add("tenant 0 note: the weight memory of every tenant", scope=Scope(tenant="tenant-0"))

@@ -20,9 +20,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,15 +28,10 @@ from pathlib import Path
 import httpx
 
 from memsdk.memory import HybridMemory
+from memsdk.server.local import LocalServer
 from memsdk.stores.keys import KeyStore
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -100,37 +92,11 @@ def main() -> int:
         store = KeyStore(f"sqlite:///{directory / 'memory.db'}")
         keys = [store.create((f"tenant-{i}", "", "", ""))[0] for i in range(args.clients)]
         store.close()
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "memsdk.cli",
-                "serve",
-                "--memory",
-                str(directory),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        with LocalServer(directory, stop_timeout_s=300) as server:
             print("server up; add phase ...", file=sys.stderr)
-            add = asyncio.run(_phase(url, keys, args.seconds, _add))
+            add = asyncio.run(_phase(server.url, keys, args.seconds, _add))
             print("search phase ...", file=sys.stderr)
-            search = asyncio.run(_phase(url, keys, args.seconds, _search))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=300)
+            search = asyncio.run(_phase(server.url, keys, args.seconds, _search))
     result = {
         "benchmark": "server",
         "clients": args.clients,

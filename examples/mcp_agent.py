@@ -1,6 +1,7 @@
 """An agent that keeps its memory in an MCP server: ``memsdk mcp`` runs as a subprocess, and
-the agent reaches it only through the MCP protocol (the mcp SDK's stdio client), as any MCP
-client (a coding agent, a desktop assistant) would.
+the agent reaches it only through the MCP protocol (the mcp SDK's stdio client, which
+:func:`memsdk.server.local.mcp_stdio_client` starts), as any MCP client (a coding agent, a
+desktop assistant) would.
 
 The agent notes facts from a support shift, then answers questions about them by looking them
 up in its memory.
@@ -15,8 +16,7 @@ import asyncio
 import sys
 import tempfile
 
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from memsdk.server.local import mcp_stdio_client, tool_result
 
 SHIFT_NOTES = [
     "Customer ACME-118 reports checkout latency above 2 s since deploy 2026.11.3",
@@ -26,37 +26,16 @@ SHIFT_NOTES = [
 QUESTIONS = ["ACME-118 root cause", "who approved the rollback"]
 
 
-def _result(call) -> object:
-    if call.is_error:
-        raise RuntimeError(call.content[0].text)
-    data = call.structured_content
-    return data["result"] if set(data) == {"result"} else data
-
-
 async def agent(memory_dir: str) -> None:
-    server = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            "-P",
-            "-m",
-            "memsdk.cli",
-            "mcp",
-            "--memory",
-            memory_dir,
-            "--tenant",
-            "support",
-            "--agent",
-            "shift-bot",
-        ],
-    )
-    async with Client(server) as client:
+    server_args = ["--tenant", "support", "--agent", "shift-bot"]
+    async with mcp_stdio_client(memory_dir, *server_args) as client:
         tools = [tool.name for tool in (await client.list_tools()).tools]
         print(f"connected to memsdk over MCP; tools: {', '.join(tools)}")
         for note in SHIFT_NOTES:
-            added = _result(await client.call_tool("add_memory", {"text": note}))
+            added = tool_result(await client.call_tool("add_memory", {"text": note}))
             print(f"remembered #{added['ids'][0]}: {note}")
         for question in QUESTIONS:
-            hits = _result(await client.call_tool("search_memory", {"query": question, "k": 1}))
+            hits = tool_result(await client.call_tool("search_memory", {"query": question, "k": 1}))
             print(f"Q: {question}\nA: {hits[0]['text']}")
 
 

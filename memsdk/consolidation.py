@@ -16,13 +16,10 @@ starts with what the first two absorbed. When a chain would grow past ``max_delt
 save writes one delta relative to the initial weights instead and removes the older files
 (compaction); a file no chain names (left by a crash mid-compaction) is removed then too.
 
-One writer per scope: several processes may open one memory (a SQLite directory, or workers
-sharing a PostgreSQL database and the memory directory), so a scope's weight memory is trained
-and saved only by the process holding the scope's *lease* in SQL (``weight_leases``). The worker
-takes the lease when it has work for the scope, renews it every batch and before every save,
-and gives it up, after saving, once it has been idle for ``poll_interval_s``. A lease expires
-``lease_s`` after its last renewal, or at once when its holder was a process of this machine
-that no longer runs (killed mid-ingest). Taking a lease reloads the scope's deltas when another
+One writer per scope: a scope's weight memory is trained and saved only by the process holding
+the scope's lease (:mod:`memsdk.lease`). The worker takes the lease when it has work for the
+scope, renews it every batch and before every save, and gives it up, after saving, once it has
+been idle for ``poll_interval_s``. Taking a lease reloads the scope's deltas when another
 process saved since this one last read them, so no process trains from, or saves over, a stale
 state. Without the lease a process reads the newest saved deltas (reloading them when they
 change) and leaves the training to the holder; its idle worker polls SQL and takes over the
@@ -44,17 +41,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import random
-import socket
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from torch import Tensor
 
@@ -69,8 +62,8 @@ from memsdk.engine import (
 )
 from memsdk.engine.delta import header_int
 from memsdk.engine.ttt import MAX_SLOTS, initial_weights, slot_name
-from memsdk.errors import BusyError, DatabaseCorruptedError, FormatError, MemsdkError
-from memsdk.files import process_running
+from memsdk.errors import DatabaseCorruptedError, FormatError, MemsdkError
+from memsdk.lease import WeightLeases
 from memsdk.retention import (
     RetentionConfig,
     SQLHistory,
@@ -81,9 +74,7 @@ from memsdk.retention import (
 )
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
-
-if TYPE_CHECKING:  # the stage imports this module
-    from memsdk.embedding_stage import EmbeddingStage
+from memsdk.worker import Command, closed_error, fail_queued, stop_and_join
 
 __all__ = ["Consolidator", "ScopeWeights"]
 
@@ -91,23 +82,6 @@ logger = logging.getLogger(__name__)
 
 THROUGH = "through_chunk_id"
 RELOAD_ATTEMPTS = 3  # a chain read while another process compacts it: read it again
-
-
-def _process_gone(holder: str) -> bool:
-    """Whether a lease holder (``host:pid:id``) was a process of this machine that has ended."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    return not process_running(int(pid_text))
-
-
-@dataclass
-class _Command:
-    kind: str  # "scope" (consolidate), "finish", "reset", "stop"
-    scope_id: int | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -200,11 +174,8 @@ class Consolidator:
         self._sessions: dict[int, _Session] = {}
         self.batch_chunks = batch_chunks
         self.save_interval_s = save_interval_s
-        self.lease_s = lease_s
-        self.wait_s = wait_s
         self.poll_interval_s = poll_interval_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._held: set[int] = set()  # scopes whose lease this process holds
+        self.leases = WeightLeases(sql, lease_s=lease_s, wait_s=wait_s)
         self._seen: dict[int, tuple[int, ...]] = {}  # deltas on disk as last loaded or saved
         self._waiting: set[int] = set()  # scopes with work whose lease another process holds
         self._history_seen = -1
@@ -227,7 +198,7 @@ class Consolidator:
         # every queued command is run or failed, and no caller waits forever.
         self._accept_lock = threading.Lock()
         self._accepting = True
-        self._queue: queue.Queue[_Command] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Command] = queue.Queue(maxsize=queue_size)
         self._worker = threading.Thread(target=self._run, name="memsdk-consolidation", daemon=True)
         self._worker.start()  # it first resumes what the last session did not absorb
 
@@ -242,7 +213,7 @@ class Consolidator:
         with self._states_lock:
             state = self._states.get(scope_id)
             if state is None or (
-                scope_id not in self._held
+                scope_id not in self.leases.held
                 and self._seen.get(scope_id) != self.deltas.signature(scope_id)
             ):
                 state = self._load(scope_id)
@@ -263,7 +234,7 @@ class Consolidator:
             self._queued.add(scope_id)
         with self._accept_lock:
             if self._accepting:  # else closed: absorbed after the next open
-                self._queue.put(_Command("scope", scope_id))
+                self._queue.put(Command("scope", scope_id))
 
     def flush(self) -> None:
         """Wait until every committed chunk is absorbed (the last partial chunk included) and
@@ -272,7 +243,7 @@ class Consolidator:
         Raises:
             BusyError: another process kept a scope's lease for longer than ``wait_s``.
         """
-        self._call(_Command("finish"))
+        self._call(Command("finish"))
 
     def reset(self, scope_id: int) -> None:
         """Back to the initial fast weights and no deltas; chunks already stored are not
@@ -281,7 +252,7 @@ class Consolidator:
         Raises:
             BusyError: another process kept the scope's lease for longer than ``wait_s``.
         """
-        self._call(_Command("reset", scope_id))
+        self._call(Command("reset", scope_id))
 
     def compact(self, scope_id: int) -> None:
         """Merge the scope's chain of deltas into one delta relative to the initial weights
@@ -290,7 +261,7 @@ class Consolidator:
         Raises:
             BusyError: another process kept the scope's lease for longer than ``wait_s``.
         """
-        self._call(_Command("compact", scope_id))
+        self._call(Command("compact", scope_id))
 
     def interrupt(self) -> None:
         """Stop absorbing after the current batch (a flush waiting for it raises MemsdkError);
@@ -301,7 +272,7 @@ class Consolidator:
         """Stop after the current batch, save every changed state and give the leases up.
         What was not absorbed yet is absorbed after the next open. Commands queued before
         run; later ones raise MemsdkError. Safe to call twice and from several threads."""
-        _stop_and_join(self)
+        stop_and_join(self)
 
     def initial_state(self) -> TTTState:
         """A state with the initial fast weights, for scopes that hold nothing yet."""
@@ -342,7 +313,7 @@ class Consolidator:
 
     # ---- the worker ------------------------------------------------------------------------
 
-    def _call(self, command: _Command) -> None:
+    def _call(self, command: Command) -> None:
         """Queue ``command`` and wait for the worker to run it.
 
         Raises:
@@ -350,7 +321,7 @@ class Consolidator:
         """
         with self._accept_lock:
             if not self._accepting or not self._worker.is_alive():
-                raise _closed()
+                raise closed_error()
             self._queue.put(command)
         while not command.done.wait(timeout=1.0):
             if not self._worker.is_alive() and not command.done.is_set():
@@ -539,23 +510,21 @@ class Consolidator:
         """Take or renew the scope's lease. A newly taken lease reloads the scope when another
         process saved since this one last read it; a lost lease drops unsaved progress (the
         state is read again from the deltas of the process that took it)."""
-        held = self.sql.acquire_lease(
-            scope_id, self.holder, ttl_s=self.lease_s, stale=_process_gone
-        )
+        held = self.leases.acquire(scope_id)
         with self._states_lock:
             if not held:
-                if scope_id in self._held:
+                if scope_id in self.leases.held:
                     logger.warning(
                         "another process took the weight lease of scope %s: its unsaved "
                         "progress here is dropped",
                         scope_id,
                     )
-                    self._held.discard(scope_id)
+                    self.leases.held.discard(scope_id)
                     self._dirty.discard(scope_id)
                     self._seen.pop(scope_id, None)
                 return False
-            newly_taken = scope_id not in self._held
-            self._held.add(scope_id)
+            newly_taken = scope_id not in self.leases.held
+            self.leases.held.add(scope_id)
             # Load a state the worker evicted (it was saved), or reload one another process
             # saved over since this one last read it.
             if scope_id not in self._states or (
@@ -566,30 +535,21 @@ class Consolidator:
             return True
 
     def _own_or_wait(self, scope_id: int) -> None:
-        """Take the scope's lease, waiting up to ``wait_s`` for another process to give it up.
+        """Take the scope's lease (:meth:`_own`), waiting up to ``wait_s`` for another process
+        to give it up.
 
         Raises:
             BusyError: the other process kept it.
         """
-        deadline = time.monotonic() + self.wait_s
-        while not self._own(scope_id):
-            if time.monotonic() > deadline:
-                holder = self.sql.lease_holder(scope_id)
-                raise BusyError(
-                    f"the weight memory of scope {scope_id} is being trained by another "
-                    f"process ({holder or 'unknown'}) and {self.wait_s:.0f} s "
-                    "passed without it giving the lease up: try again when that process is "
-                    "idle or closed"
-                )
-            time.sleep(0.05)
+        self.leases.wait_for(scope_id, self._own)
 
     def _release_idle(self) -> None:
         """Save, then give up every lease whose state is saved."""
         self._save(force=True)
-        for scope_id in sorted(self._held - self._dirty):
-            self.sql.release_lease(scope_id, self.holder)
+        for scope_id in sorted(self.leases.held - self._dirty):
+            self.leases.release(scope_id)
             with self._states_lock:
-                self._held.discard(scope_id)
+                self.leases.held.discard(scope_id)
 
     def _poll(self) -> None:
         """Look for chunks nobody has absorbed (left by the last session, written by another
@@ -657,7 +617,7 @@ class Consolidator:
                 continue
             if command.kind == "stop":
                 self._stop(command)
-                _fail_queued(self._queue)
+                fail_queued(self._queue)
                 return
             try:
                 if command.kind == "scope":
@@ -678,7 +638,7 @@ class Consolidator:
             finally:
                 command.done.set()
 
-    def _stop(self, command: _Command) -> None:
+    def _stop(self, command: Command) -> None:
         """Save and give the leases up; the worker ends even when the save fails (a full disk):
         what was not saved is absorbed again from SQL after the next open."""
         try:
@@ -687,12 +647,7 @@ class Consolidator:
             logger.exception("saving the weight memory at close failed")
             command.error = exc
         finally:
-            for scope_id in sorted(self._held):
-                try:
-                    self.sql.release_lease(scope_id, self.holder)
-                except Exception:  # it lapses after lease_s
-                    logger.exception("giving up the weight lease of scope %s failed", scope_id)
-            self._held.clear()
+            self.leases.release_all()
             command.done.set()
 
     def _consolidate(self, scope_id: int) -> None:
@@ -803,33 +758,6 @@ class Consolidator:
         with self._states_lock:
             self._seen[scope_id] = self.deltas.signature(scope_id)
             self._dirty.discard(scope_id)
-
-
-def _stop_and_join(worker: Consolidator | EmbeddingStage) -> None:
-    """Close a background worker: refuse new commands, queue "stop" once (when the worker
-    still runs) and wait for it, unless the worker itself is closing."""
-    worker._stopping.set()
-    with worker._accept_lock:
-        accepting, worker._accepting = worker._accepting, False
-        if accepting and worker._worker.is_alive():
-            worker._queue.put(_Command("stop"))
-    if worker._worker is not threading.current_thread():
-        worker._worker.join()
-
-
-def _fail_queued(commands: queue.Queue[_Command]) -> None:
-    """After "stop": fail whatever a worker still has queued (nothing should be)."""
-    while True:
-        try:
-            command = commands.get_nowait()
-        except queue.Empty:
-            return
-        command.error = _closed()
-        command.done.set()
-
-
-def _closed() -> MemsdkError:
-    return MemsdkError("the memory is closed: open it again with HybridMemory.open")
 
 
 def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:

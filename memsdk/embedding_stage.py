@@ -38,11 +38,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from memsdk.consolidation import _closed, _Command, _fail_queued, _stop_and_join
 from memsdk.errors import MemsdkError
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
 from memsdk.templates import TemplateVectors
+from memsdk.worker import Command, closed_error, fail_queued, stop_and_join
 
 __all__ = ["EmbeddingStage"]
 
@@ -82,7 +82,7 @@ class EmbeddingStage:
         self._accept_lock = threading.Lock()
         self._accepting = True
         self._woken = False
-        self._queue: queue.Queue[_Command] = queue.Queue(maxsize=1024)
+        self._queue: queue.Queue[Command] = queue.Queue(maxsize=1024)
         self._worker = threading.Thread(target=self._run, name="memsdk-embedding", daemon=True)
         self._worker.start()  # it first embeds what the last session left pending
         # A memory never closed: stop the worker at exit, before the interpreter tears down
@@ -97,7 +97,7 @@ class EmbeddingStage:
             # chunks are embedded after the next open.
             if self._accepting and not self._woken:
                 self._woken = True
-                self._queue.put(_Command("scope", scope_id))
+                self._queue.put(Command("scope", scope_id))
 
     def flush(self) -> None:
         """Wait until every pending chunk of the memory (this process's and others') has its
@@ -106,10 +106,10 @@ class EmbeddingStage:
         Raises:
             MemsdkError: the memory was closed meanwhile (what was embedded is kept).
         """
-        command = _Command("finish")
+        command = Command("finish")
         with self._accept_lock:
             if not self._accepting:
-                raise _closed()
+                raise closed_error()
             self._queue.put(command)
         command.done.wait()
         if command.error is not None:
@@ -122,7 +122,7 @@ class EmbeddingStage:
     def close(self) -> None:
         """Stop after the current batch; what is still pending is embedded after the next
         open. Safe to call twice and from several threads."""
-        _stop_and_join(self)
+        stop_and_join(self)
         atexit.unregister(self._at_exit)
 
     # ---- the worker ------------------------------------------------------------------------
@@ -132,13 +132,13 @@ class EmbeddingStage:
             try:
                 command = self._queue.get(timeout=self.poll_interval_s)
             except queue.Empty:
-                command = _Command("poll")
+                command = Command("poll")
             if command.kind == "scope":
                 with self._accept_lock:
                     self._woken = False
             if command.kind == "stop":
                 command.done.set()
-                _fail_queued(self._queue)
+                fail_queued(self._queue)
                 return
             try:
                 self._drain()

@@ -47,7 +47,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.encoding import check_text
 from memsdk.errors import FilterError, InputError
-from memsdk.stores.sql import ChunkRow
+from memsdk.stores.sql_schema import ChunkRow
 from memsdk.timeline import TIME_KEY, to_time_text
 
 __all__ = ["compile_filters", "validate_metadata"]

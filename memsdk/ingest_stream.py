@@ -19,7 +19,7 @@ import numpy as np
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.context import blend
 from memsdk.errors import MemsdkError
-from memsdk.stores.sql import NewChunk
+from memsdk.stores.sql_records import NewChunk
 from memsdk.templates import TemplateVectors
 
 if TYPE_CHECKING:

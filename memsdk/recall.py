@@ -44,7 +44,8 @@ from memsdk.router import (
 )
 from memsdk.scope import Scope
 from memsdk.search import MAX_IDENTIFIERS, check_query, hybrid_search
-from memsdk.stores.sql import ChunkRecord, ChunkRow
+from memsdk.stores.sql_records import ChunkRecord
+from memsdk.stores.sql_schema import ChunkRow
 from memsdk.stores.weights import RouterPolicies
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from memsdk.chunking import chunk_stream, decode_chunk
 from memsdk.filters import validate_metadata
 from memsdk.memory import HybridMemory, _text_to_store
 from memsdk.scope import Scope
-from memsdk.stores.sql import NewChunk
+from memsdk.stores.sql_records import NewChunk
 
 __all__ = ["replace_text"]
 

@@ -60,7 +60,8 @@ from memsdk.engine import StreamReport, TTTState, score_bytes, stream
 from memsdk.engine.replay import rehearse
 from memsdk.engine.ttt import MAX_SLOTS, slot_bits
 from memsdk.errors import ConfigError
-from memsdk.stores.sql import ChunkRow, DocumentRow, SQLStore
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_schema import ChunkRow, DocumentRow
 
 __all__ = [
     "METHODS",

@@ -1,66 +1,61 @@
 """SQL records of the notepad: the source of truth of a memory.
 
-Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
-embedding, so the vector index can always be rebuilt without re-embedding), ``history``
-(append-only), ``ingest_ledger`` (one row per ingested source and its outcome),
-``weight_leases`` (which process may train a scope's weight memory now) and ``owed_resets``
-(scopes emptied by a delete-all whose weights and router policy are not reset yet).
+:class:`SQLStore` reads and writes them. The tables and their full-text index are in
+stores/sql_schema.py, the records the store hands out in stores/sql_records.py, and how it
+connects (and names a damaged or full database) in stores/sql_connection.py.
 
 SQLite (the default) runs in WAL mode with a busy timeout; write transactions start with
 ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing with "database is
 locked" when a read transaction tries to upgrade. On PostgreSQL every write transaction first
 takes one advisory lock, so writers queue the same way and history ids commit in order.
-Exact-token search uses SQLite FTS5 (BM25) kept in step by triggers, and PostgreSQL full-text
-search (``simple`` configuration) there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    Select,
-    String,
-    Text,
-    UniqueConstraint,
-    case,
-    column,
-    create_engine,
-    delete,
-    event,
-    func,
-    literal_column,
-    select,
-    table,
-    update,
-)
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import case, create_engine, delete, func, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from memsdk.errors import (
-    DatabaseCorruptedError,
-    DuplicateError,
-    InputError,
-    NotFoundError,
-    StorageError,
+from memsdk.errors import DuplicateError, InputError, NotFoundError, StorageError
+from memsdk.stores.sql_connection import (
+    WRITE_LOCK_KEY,
+    corruption_named,
+    out_of_storage,
+    sqlite_engine,
+)
+from memsdk.stores.sql_records import (
+    ChunkRecord,
+    HistoryRecord,
+    NewChunk,
+    chunk_record,
+    history_records,
+    record_select,
+    unpack_embeddings,
+)
+from memsdk.stores.sql_schema import (
+    PENDING_VECTOR_INDEX,
+    POSTGRES_FTS,
+    SQLITE_FTS,
+    Base,
+    ChunkRow,
+    DocumentRow,
+    HistoryRow,
+    IdentityRow,
+    LeaseRow,
+    LedgerRow,
+    OwedResetRow,
+    ScopeRow,
+    keyword_select,
+    utc_now,
 )
 
 __all__ = [
@@ -82,211 +77,6 @@ __all__ = [
 ScopeKey = tuple[str, str, str, str]  # (tenant, user, agent, run); "" where unset
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite drops the zone on the way back; every timestamp memsdk writes is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ScopeRow(Base):
-    __tablename__ = "scopes"
-    __table_args__ = (UniqueConstraint("tenant", "user", "agent", "run", name="uq_scope"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(256))
-    user: Mapped[str] = mapped_column(String(256), default="")
-    agent: Mapped[str] = mapped_column(String(256), default="")
-    run: Mapped[str] = mapped_column(String(256), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class DocumentRow(Base):
-    __tablename__ = "documents"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
-    source: Mapped[str] = mapped_column(Text)
-    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
-    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class ChunkRow(Base):
-    __tablename__ = "chunks"
-    __table_args__ = (
-        UniqueConstraint("scope_id", "content_hash", name="uq_chunk_content"),
-        # AUTOINCREMENT: ids are never reused after a delete, because they are also FAISS ids.
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
-    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"), index=True)
-    seq: Mapped[int] = mapped_column(Integer)
-    start_byte: Mapped[int] = mapped_column(BigInteger)
-    end_byte: Mapped[int] = mapped_column(BigInteger)
-    text: Mapped[str] = mapped_column(Text)
-    raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    content_hash: Mapped[str] = mapped_column(String(64))
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class HistoryRow(Base):
-    __tablename__ = "history"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    chunk_id: Mapped[int] = mapped_column(Integer, index=True)
-    scope_id: Mapped[int] = mapped_column(Integer, index=True)
-    event: Mapped[str] = mapped_column(String(16))
-    old_text: Mapped[str | None] = mapped_column(Text, default=None)
-    new_text: Mapped[str | None] = mapped_column(Text, default=None)
-    old_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    new_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-class LedgerRow(Base):
-    __tablename__ = "ingest_ledger"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope_id: Mapped[int] = mapped_column(Integer, index=True)
-    document_id: Mapped[int | None] = mapped_column(Integer, default=None)
-    source: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="started")
-    chunks_added: Mapped[int] = mapped_column(Integer, default=0)
-    duplicates: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-
-
-class LeaseRow(Base):
-    """A scope's weight-memory lease: only ``holder`` may train and save the scope's weights
-    until ``expires_at`` (seconds since the epoch)."""
-
-    __tablename__ = "weight_leases"
-
-    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    holder: Mapped[str] = mapped_column(String(256))
-    expires_at: Mapped[float] = mapped_column(Float)
-
-
-class IdentityRow(Base):
-    """The memory's identity (one row): the manifest, the index file and the weight deltas
-    carry the same UUID, so files of another history are recognised."""
-
-    __tablename__ = "memory_identity"
-
-    key: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[str] = mapped_column(String(64))
-
-
-class OwedResetRow(Base):
-    """A scope whose chunks were all deleted while its weight memory and router policy, which
-    learned from them, are not reset yet. Written in the transaction that deletes the chunks,
-    removed once both are reset, so a crash between the two leaves the reset owed, not lost."""
-
-    __tablename__ = "owed_resets"
-
-    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-@dataclass(frozen=True)
-class NewChunk:
-    """A chunk ready to be written: text, where it came from, and its embedding."""
-
-    seq: int
-    start_byte: int
-    end_byte: int
-    text: str
-    raw: bytes | None  # the original bytes when they are not valid UTF-8
-    content_hash: str
-    metadata: dict[str, Any]
-    embedding: np.ndarray  # (dim,) float32
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """A stored chunk as the public API sees it."""
-
-    id: int
-    scope_id: int
-    document_id: int | None
-    source: str | None
-    seq: int
-    start_byte: int
-    end_byte: int
-    text: str
-    raw: bytes | None
-    metadata: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class HistoryRecord:
-    id: int
-    chunk_id: int
-    event: str
-    old_text: str | None
-    new_text: str | None
-    old_metadata: dict[str, Any] | None
-    new_metadata: dict[str, Any] | None
-    created_at: datetime
-
-
-_SQLITE_FTS = [
-    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
-    "text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN "
-    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN "
-    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN "
-    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
-    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
-]
-_POSTGRES_FTS = [
-    "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
-]
-# Chunks whose vector is still pending (stores/vector_backlog.py): a partial index holding only
-# them, made on every open, so databases written before the embedding stage get it too.
-_PENDING_VECTOR_INDEX = (
-    "CREATE INDEX IF NOT EXISTS ix_chunks_vector_pending ON chunks (scope_id, id) "
-    "WHERE length(embedding) = 0"
-)
-
-# Words of a query for exact-token search: runs of letters and digits, the same split the
-# FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_MAX_QUERY_TERMS = 64
-WRITE_LOCK_KEY = 0x6D656D73  # the PostgreSQL advisory lock every write transaction takes
-# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
-SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
-
-
-def _query_phrases(query: str) -> list[list[str]]:
-    phrases = []
-    for piece in query.split():
-        words = _WORD.findall(piece.lower())
-        if words:
-            phrases.append(words)
-    return phrases[:_MAX_QUERY_TERMS]
-
-
 class SQLStore:
     """SQLAlchemy access to one memory's records.
 
@@ -301,8 +91,8 @@ class SQLStore:
         self._write_lock = threading.Lock()
         if self.is_sqlite:
             args = {"timeout": busy_timeout_s, "check_same_thread": False}
-            self._read_engine = self._sqlite_engine(url, args, begin="BEGIN", busy=busy_timeout_s)
-            self._write_engine = self._sqlite_engine(
+            self._read_engine = sqlite_engine(url, args, begin="BEGIN", busy=busy_timeout_s)
+            self._write_engine = sqlite_engine(
                 url, args, begin="BEGIN IMMEDIATE", busy=busy_timeout_s
             )
         else:
@@ -319,57 +109,19 @@ class SQLStore:
         """Whether the id column can hold ``chunk_id`` (see ``_id_bound``)."""
         return -self._id_bound <= chunk_id < self._id_bound
 
-    @staticmethod
-    def _sqlite_engine(url: str, args: dict[str, Any], *, begin: str, busy: float) -> Engine:
-        engine = create_engine(url, connect_args=args)
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy's begin event (below) issue BEGIN, so writers can ask for IMMEDIATE.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
-
-        return engine
-
     def create_schema(self) -> None:
         """Create the tables (and full-text index) that do not exist yet.
 
         Raises:
             DatabaseCorruptedError: the SQLite file is damaged.
         """
-        with self._corruption_named():
+        with corruption_named(self.url):
             Base.metadata.create_all(self._write_engine)
-            ddl = [*(_SQLITE_FTS if self.is_sqlite else _POSTGRES_FTS), _PENDING_VECTOR_INDEX]
+            ddl = [*(SQLITE_FTS if self.is_sqlite else POSTGRES_FTS), PENDING_VECTOR_INDEX]
             if self._write_engine.dialect.name in ("sqlite", "postgresql"):
                 with self._write_engine.begin() as conn:
                     for statement in ddl:
                         conn.exec_driver_sql(statement)
-
-    @contextlib.contextmanager
-    def _corruption_named(self) -> Iterator[None]:
-        """Turn SQLite's "database disk image is malformed" and "file is not a database"
-        into a DatabaseCorruptedError that names the repair."""
-        try:
-            yield
-        except DatabaseError as exc:
-            code = getattr(exc.orig, "sqlite_errorcode", None)
-            if code is None or code & 0xFF not in (SQLITE_CORRUPT, SQLITE_NOTADB):
-                raise
-            path = make_url(self.url).database
-            raise DatabaseCorruptedError(
-                f"the SQLite database {path} is damaged ({exc.orig}): restore it from a backup, "
-                "or salvage the rows SQLite can still read with the sqlite3 shell (README, "
-                '"Repairing a damaged database"), then run memsdk rebuild-index --memory DIR'
-            ) from exc
 
     def close(self) -> None:
         self._read_engine.dispose()
@@ -382,7 +134,7 @@ class SQLStore:
         Raises:
             DatabaseCorruptedError: the SQLite file is damaged.
         """
-        with self._corruption_named(), self._read() as session, session.begin():
+        with corruption_named(self.url), self._read() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
@@ -395,7 +147,7 @@ class SQLStore:
         """
         try:
             with (
-                self._corruption_named(),
+                corruption_named(self.url),
                 self._write_lock,
                 self._write() as session,
                 session.begin(),
@@ -407,7 +159,7 @@ class SQLStore:
                     session.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
                 yield session
         except OperationalError as exc:
-            if not _out_of_storage(exc):
+            if not out_of_storage(exc):
                 raise
             raise StorageError(
                 errno.ENOSPC,
@@ -531,7 +283,7 @@ class SQLStore:
                     chunks_added=count,
                     duplicates=duplicates,
                     bytes_read=size_bytes,
-                    finished_at=_now(),
+                    finished_at=utc_now(),
                     document_id=document_id if count else None,
                 )
             )
@@ -603,7 +355,7 @@ class SQLStore:
                     status="committed",
                     chunks_added=len(ids),
                     bytes_read=doc.size_bytes,
-                    finished_at=_now(),
+                    finished_at=utc_now(),
                 )
             )
             return [i for i in ids if i is not None]
@@ -626,36 +378,10 @@ class SQLStore:
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.
         """
-        query = query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
-        phrases = _query_phrases(query)
-        if not phrases:
+        found = keyword_select(self._read_engine.dialect.name, query)
+        if found is None:
             return []
-        dialect = self._read_engine.dialect.name
-        if dialect == "sqlite":
-            match = " OR ".join('"' + " ".join(words) + '"' for words in phrases)
-            fts = table("chunks_fts", column("rowid"))
-            fts_ref = literal_column("chunks_fts")
-            rank = func.bm25(fts_ref).label("rank")
-            stmt = (
-                select(ChunkRow.id, rank)
-                .select_from(fts.join(ChunkRow, ChunkRow.id == fts.c.rowid))
-                .where(fts_ref.op("MATCH")(match))
-                .order_by(rank)
-            )
-            sign = -1.0  # bm25() is lower-is-better
-        elif dialect == "postgresql":
-            # PostgreSQL's parser splits ids its own way (`blk_-1147` -> blk, -1147), so each
-            # query piece is parsed by it too, as a phrase; the phrases are OR-ed.
-            pieces = [p for p in query.split() if _WORD.search(p)][:_MAX_QUERY_TERMS]
-            q = func.phraseto_tsquery("simple", pieces[0])
-            for piece in pieces[1:]:
-                q = q.op("||")(func.phraseto_tsquery("simple", piece))
-            vector = func.to_tsvector("simple", ChunkRow.text)
-            rank = func.ts_rank_cd(vector, q).label("rank")
-            stmt = select(ChunkRow.id, rank).where(vector.op("@@")(q)).order_by(rank.desc())
-            sign = 1.0
-        else:
-            return []
+        stmt, sign = found
         stmt = stmt.where(ChunkRow.scope_id == scope_id).limit(limit)
         if where is not None:
             stmt = stmt.where(where)
@@ -667,9 +393,9 @@ class SQLStore:
         ids = [i for i in ids if self._holdable(i)]
         if not ids:
             return {}
-        stmt = _record_select().where(ChunkRow.scope_id == scope_id, ChunkRow.id.in_(list(ids)))
+        stmt = record_select().where(ChunkRow.scope_id == scope_id, ChunkRow.id.in_(list(ids)))
         with self.reading() as s:
-            return {row.id: _record(row) for row in s.execute(stmt)}
+            return {row.id: chunk_record(row) for row in s.execute(stmt)}
 
     def list_chunks(
         self,
@@ -680,7 +406,7 @@ class SQLStore:
         offset: int = 0,
     ) -> list[ChunkRecord]:
         stmt = (
-            _record_select()
+            record_select()
             .where(ChunkRow.scope_id == scope_id)
             .order_by(ChunkRow.id)
             .offset(offset)
@@ -690,7 +416,7 @@ class SQLStore:
         if limit is not None:
             stmt = stmt.limit(limit)
         with self.reading() as s:
-            return [_record(row) for row in s.execute(stmt)]
+            return [chunk_record(row) for row in s.execute(stmt)]
 
     def update_chunk(
         self,
@@ -737,7 +463,7 @@ class SQLStore:
                 row.embedding = np.asarray(embedding, dtype="<f4").tobytes()
             if metadata is not None:
                 row.meta = metadata
-            row.updated_at = _now()
+            row.updated_at = utc_now()
             s.add(
                 HistoryRow(
                     chunk_id=chunk_id,
@@ -803,28 +529,7 @@ class SQLStore:
             current = s.scalar(
                 select(ChunkRow).where(ChunkRow.id == chunk_id, ChunkRow.scope_id == scope_id)
             )
-        out = []
-        for i, r in enumerate(rows):
-            new_text, new_meta = r.new_text, r.new_meta
-            if r.event == "ADD":
-                later = rows[i + 1] if i + 1 < len(rows) else None
-                if later is not None:
-                    new_text, new_meta = later.old_text, later.old_meta
-                elif current is not None:
-                    new_text, new_meta = current.text, dict(current.meta)
-            out.append(
-                HistoryRecord(
-                    id=r.id,
-                    chunk_id=r.chunk_id,
-                    event=r.event,
-                    old_text=r.old_text,
-                    new_text=new_text,
-                    old_metadata=r.old_meta,
-                    new_metadata=new_meta,
-                    created_at=_utc(r.created_at),
-                )
-            )
-        return out
+        return history_records(rows, current)
 
     def embeddings(
         self, ids: np.ndarray | None = None, *, batch: int = 4096
@@ -843,7 +548,7 @@ class SQLStore:
                 with self.reading() as s:
                     rows = s.execute(stmt.order_by(ChunkRow.id)).all()
                 if rows:
-                    yield _unpack_embeddings(rows)
+                    yield unpack_embeddings(rows)
             return
         last = 0
         while True:
@@ -852,7 +557,7 @@ class SQLStore:
                 rows = s.execute(stmt.order_by(ChunkRow.id).limit(batch)).all()
             if not rows:
                 return
-            out = _unpack_embeddings(rows)
+            out = unpack_embeddings(rows)
             last = int(out[0][-1])
             yield out
 
@@ -1004,15 +709,6 @@ class SQLStore:
             return None if row is None else row.holder
 
 
-def _out_of_storage(exc: OperationalError) -> bool:
-    """Whether a database error means it cannot store more: SQLite's SQLITE_FULL and
-    SQLITE_READONLY, PostgreSQL's class 53 (insufficient resources: disk full, out of memory)."""
-    if str(getattr(exc.orig, "sqlstate", "") or "").startswith("53"):
-        return True
-    message = str(exc.orig).lower()
-    return "database or disk is full" in message or "readonly database" in message
-
-
 def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[str]:
     stmt = select(ChunkRow.content_hash).where(
         ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
@@ -1094,45 +790,3 @@ def _delete_rows(s: Session, scope_id: int, ids: Sequence[int] | None) -> list[i
             )
             s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
     return deleted
-
-
-def _unpack_embeddings(rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.array([r[0] for r in rows], dtype=np.int64)
-    vectors = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
-    return ids, vectors
-
-
-def _record_select() -> Select[Any]:
-    """The columns of a :class:`ChunkRecord` with its document's source, as plain rows: no
-    embedding blob and no ORM identity map (a search reads ~80 candidates per query)."""
-    return select(
-        ChunkRow.id,
-        ChunkRow.scope_id,
-        ChunkRow.document_id,
-        DocumentRow.source,
-        ChunkRow.seq,
-        ChunkRow.start_byte,
-        ChunkRow.end_byte,
-        ChunkRow.text,
-        ChunkRow.raw,
-        ChunkRow.meta,
-        ChunkRow.created_at,
-        ChunkRow.updated_at,
-    ).outerjoin(DocumentRow, DocumentRow.id == ChunkRow.document_id)
-
-
-def _record(row: Any) -> ChunkRecord:
-    return ChunkRecord(
-        id=row.id,
-        scope_id=row.scope_id,
-        document_id=row.document_id,
-        source=row.source,
-        seq=row.seq,
-        start_byte=row.start_byte,
-        end_byte=row.end_byte,
-        text=row.text,
-        raw=row.raw,
-        metadata=dict(row.meta or {}),
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
-    )

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import func, literal_column, select, update
 
-from memsdk.stores.sql import ChunkRow, HistoryRow, SQLStore
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_schema import ChunkRow, HistoryRow
 
 __all__ = [
     "EMBED_EVENT",
@@ -39,7 +40,7 @@ __all__ = [
 
 PENDING_VECTOR = b""  # the embedding of a chunk whose vector is not computed yet
 EMBED_EVENT = "EMBED"
-# stores/sql.py makes a partial index over ``length(embedding) = 0`` (only pending chunks are
+# stores/sql_schema.py makes a partial index over ``length(embedding) = 0`` (only pending chunks are
 # in it), so the stage's scans and the lag figures read nothing else; length() of a BLOB or a
 # bytea works in SQLite and PostgreSQL alike.
 # A literal 0, not a bound parameter: SQLite uses a partial index only for the same term.

@@ -6,10 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,16 +14,14 @@ import pytest
 
 from memsdk.memory import HybridMemory
 from memsdk.scope import Scope
+from memsdk.server.local import LocalServer
 from memsdk.stores.keys import KeyStore
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(LocalServer):
+    """``memsdk serve`` with keys of two tenants (one read-only, one revoked) and an allowed
+    docs directory beside the memory."""
 
-
-class Server:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         store = KeyStore(f"sqlite:///{directory / 'memory.db'}")
@@ -45,61 +39,27 @@ class Server:
         self.docs = directory.parent / "docs"
         self.docs.mkdir(exist_ok=True)
         (self.docs / "runbook.txt").write_text("restart the ingest worker with systemctl\n")
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(directory / "server.log", "w+b")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "memsdk.cli",
-                "serve",
-                "--memory",
-                str(directory),
-                "--port",
-                str(self.port),
-                "--max-body-bytes",
-                "65536",
-                "--allow-path",
-                str(self.docs),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            directory,
+            "--max-body-bytes",
+            "65536",
+            "--allow-path",
+            str(self.docs),
+            log=directory / "server.log",
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.output()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.output())
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
 
     def client(self, who: str) -> httpx.Client:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=60
         )
 
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Server:
     directory = tmp_path_factory.mktemp("served") / "memory"
     HybridMemory.open(directory).close()
-    running = Server(directory)
-    yield running
-    if running.process.poll() is None:
-        running.stop()
-    running.log.close()
+    with Server(directory) as running:
+        yield running
 
 
 def test_rest_round_trip(server):
@@ -266,16 +226,13 @@ def test_mcp_over_http_with_the_sdk_client(server):
 def test_graceful_shutdown_flushes(tmp_path):
     directory = tmp_path / "memory"
     HybridMemory.open(directory).close()
-    running = Server(directory)
-    try:
+    with Server(directory) as running:
         with running.client("acme") as c:
             assert c.post("/v1/memories", json={"text": "kept across a restart"}).status_code == 201
         # uvicorn drains, runs the shutdown (flush, close), then re-raises the signal.
         assert running.stop() in (0, -signal.SIGTERM), running.output()
         assert "Application shutdown complete" in running.output()
         assert "msk_" not in running.output()  # keys are never logged
-    finally:
-        running.log.close()
     with HybridMemory.open(directory) as mem:
         hits = mem.search("kept across a restart", scope=Scope(tenant="acme"))
         assert hits and hits[0].text == "kept across a restart"

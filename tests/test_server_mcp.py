@@ -5,17 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
-
-
-def _data(result) -> object:
-    """A tool's structured result (a list comes wrapped as ``{"result": [...]}``)."""
-    assert not result.is_error, result.content
-    data = result.structured_content
-    return data["result"] if set(data) == {"result"} else data
+from memsdk.server.local import mcp_stdio_client, tool_result
 
 
 def test_stdio_server_tools_and_stats(tmp_path):
@@ -26,26 +17,10 @@ def test_stdio_server_tools_and_stats(tmp_path):
     secret.mkdir()
     (secret / "passwords.txt").write_text("root password hunter2\n")
     os.symlink(secret, allowed / "escape")
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            "-P",
-            "-m",
-            "memsdk.cli",
-            "mcp",
-            "--memory",
-            str(tmp_path / "memory"),
-            "--tenant",
-            "acme",
-            "--user",
-            "u1",
-            "--allow-path",
-            str(allowed),
-        ],
-    )
+    server_args = ["--tenant", "acme", "--user", "u1", "--allow-path", str(allowed)]
 
     async def session() -> None:
-        async with Client(params) as client:
+        async with mcp_stdio_client(tmp_path / "memory", *server_args) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             assert set(tools) == {
                 "add_memory",
@@ -59,7 +34,7 @@ def test_stdio_server_tools_and_stats(tmp_path):
             assert "query" in tools["search_memory"].input_schema["properties"]
             assert "tenant" not in json.dumps(tools["add_memory"].input_schema)
 
-            added = _data(
+            added = tool_result(
                 await client.call_tool(
                     "add_memory",
                     {
@@ -68,13 +43,15 @@ def test_stdio_server_tools_and_stats(tmp_path):
                     },
                 )
             )
-            hits = _data(await client.call_tool("search_memory", {"query": "INV-4471", "k": 3}))
+            hits = tool_result(
+                await client.call_tool("search_memory", {"query": "INV-4471", "k": 3})
+            )
             assert hits[0]["id"] == added["ids"][0]
             assert hits[0]["scope"] == {"tenant": "acme", "user": "u1", "agent": None, "run": None}
-            got = _data(await client.call_tool("get_memory", {"id": added["ids"][0]}))
+            got = tool_result(await client.call_tool("get_memory", {"id": added["ids"][0]}))
             assert got["text"] == "invoice INV-4471 was paid on 2026-11-03"
 
-            report = _data(await client.call_tool("ingest_path", {"path": str(allowed)}))
+            report = tool_result(await client.call_tool("ingest_path", {"path": str(allowed)}))
             assert report["documents"] == 1  # the symlink out of the allowed tree is skipped
             for outside in (
                 str(secret / "passwords.txt"),
@@ -84,10 +61,12 @@ def test_stdio_server_tools_and_stats(tmp_path):
             ):
                 refused = await client.call_tool("ingest_path", {"path": outside})
                 assert refused.is_error and "outside the directories" in refused.content[0].text
-            hits = _data(await client.call_tool("search_memory", {"query": "hunter2"}))
+            hits = tool_result(await client.call_tool("search_memory", {"query": "hunter2"}))
             assert all("hunter2" not in h["text"] for h in hits)
 
-            answer = _data(await client.call_tool("query_memory", {"prompt": "invoice INV-4471"}))
+            answer = tool_result(
+                await client.call_tool("query_memory", {"prompt": "invoice INV-4471"})
+            )
             assert answer["branch"] in ("notepad", "weights", "both") and answer["reason"]
             stats = json.loads((await client.read_resource("memsdk://stats")).contents[0].text)
             assert stats["documents"] == 2 and stats["scope"]["tenant"] == "acme"

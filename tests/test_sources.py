@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from memsdk import AsyncHybridMemory, HybridMemory, MemoryConfig, Scope
 from memsdk.cli import main
 from memsdk.sources import Skipped, first_block, resolve_sources
-from memsdk.stores.sql import DocumentRow, LedgerRow
+from memsdk.stores.sql_schema import DocumentRow, LedgerRow
 
 SCOPE = Scope(tenant="walks")
 NOTEPAD_ONLY = MemoryConfig(weight_memory=False)

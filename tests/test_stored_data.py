@@ -17,7 +17,8 @@ from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.cli import main as cli_main
 from memsdk.engine import read_delta
 from memsdk.errors import DuplicateError, FormatError, InputError, StaleFilesError, StorageError
-from memsdk.stores.sql import ChunkRow, IdentityRow, SQLStore
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_schema import ChunkRow, IdentityRow
 from memsdk.stores.weights import WeightDeltas
 
 NOTEPAD_ONLY = MemoryConfig(weight_memory=False)

@@ -1,0 +1,251 @@
+"""The notepad's SQL schema: one ORM row class per table, the statements ``create_all`` does
+not make, and the exact-token query that reads the full-text index they build.
+
+Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
+embedding, so the vector index can always be rebuilt without re-embedding), ``history``
+(append-only), ``ingest_ledger`` (one row per ingested source and its outcome),
+``weight_leases`` (which process may train a scope's weight memory now), ``memory_identity``
+and ``owed_resets`` (scopes emptied by a delete-all whose weights and router policy are not
+reset yet).
+
+Exact-token search uses SQLite FTS5 (BM25) kept in step by triggers, and PostgreSQL full-text
+search (``simple`` configuration) there.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Select,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "PENDING_VECTOR_INDEX",
+    "POSTGRES_FTS",
+    "SQLITE_FTS",
+    "Base",
+    "ChunkRow",
+    "DocumentRow",
+    "HistoryRow",
+    "IdentityRow",
+    "LeaseRow",
+    "LedgerRow",
+    "OwedResetRow",
+    "ScopeRow",
+    "as_utc",
+    "keyword_select",
+    "utc_now",
+]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite drops the zone on the way back; every timestamp memsdk writes is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ScopeRow(Base):
+    __tablename__ = "scopes"
+    __table_args__ = (UniqueConstraint("tenant", "user", "agent", "run", name="uq_scope"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(256))
+    user: Mapped[str] = mapped_column(String(256), default="")
+    agent: Mapped[str] = mapped_column(String(256), default="")
+    run: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class DocumentRow(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class ChunkRow(Base):
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("scope_id", "content_hash", name="uq_chunk_content"),
+        # AUTOINCREMENT: ids are never reused after a delete, because they are also FAISS ids.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"), index=True)
+    document_id: Mapped[int | None] = mapped_column(ForeignKey("documents.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    start_byte: Mapped[int] = mapped_column(BigInteger)
+    end_byte: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class HistoryRow(Base):
+    __tablename__ = "history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(Integer, index=True)
+    scope_id: Mapped[int] = mapped_column(Integer, index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    old_text: Mapped[str | None] = mapped_column(Text, default=None)
+    new_text: Mapped[str | None] = mapped_column(Text, default=None)
+    old_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    new_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class LedgerRow(Base):
+    __tablename__ = "ingest_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(Integer, index=True)
+    document_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    source: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="started")
+    chunks_added: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class LeaseRow(Base):
+    """A scope's weight-memory lease: only ``holder`` may train and save the scope's weights
+    until ``expires_at`` (seconds since the epoch)."""
+
+    __tablename__ = "weight_leases"
+
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class IdentityRow(Base):
+    """The memory's identity (one row): the manifest, the index file and the weight deltas
+    carry the same UUID, so files of another history are recognised."""
+
+    __tablename__ = "memory_identity"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
+
+
+class OwedResetRow(Base):
+    """A scope whose chunks were all deleted while its weight memory and router policy, which
+    learned from them, are not reset yet. Written in the transaction that deletes the chunks,
+    removed once both are reset, so a crash between the two leaves the reset owed, not lost."""
+
+    __tablename__ = "owed_resets"
+
+    scope_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+SQLITE_FTS = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
+    "text, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN "
+    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN "
+    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN "
+    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+]
+POSTGRES_FTS = [
+    "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
+]
+# Chunks whose vector is still pending (stores/vector_backlog.py): a partial index holding only
+# them, made on every open, so databases written before the embedding stage get it too.
+PENDING_VECTOR_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_chunks_vector_pending ON chunks (scope_id, id) "
+    "WHERE length(embedding) = 0"
+)
+
+# Words of a query for exact-token search: runs of letters and digits, the same split the
+# FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_MAX_QUERY_TERMS = 64
+
+
+def _query_phrases(query: str) -> list[list[str]]:
+    phrases = []
+    for piece in query.split():
+        words = _WORD.findall(piece.lower())
+        if words:
+            phrases.append(words)
+    return phrases[:_MAX_QUERY_TERMS]
+
+
+def keyword_select(dialect: str, query: str) -> tuple[Select[Any], float] | None:
+    """The exact-token query of ``query`` on ``dialect``'s full-text index: ``(statement,
+    sign)``, the statement selecting ``(chunk id, rank)`` best first, and ``sign * rank``
+    higher for better matches. None when the query has no word or the dialect no index."""
+    query = query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
+    phrases = _query_phrases(query)
+    if not phrases:
+        return None
+    if dialect == "sqlite":
+        match = " OR ".join('"' + " ".join(words) + '"' for words in phrases)
+        fts = table("chunks_fts", column("rowid"))
+        fts_ref = literal_column("chunks_fts")
+        rank = func.bm25(fts_ref).label("rank")
+        stmt = (
+            select(ChunkRow.id, rank)
+            .select_from(fts.join(ChunkRow, ChunkRow.id == fts.c.rowid))
+            .where(fts_ref.op("MATCH")(match))
+            .order_by(rank)
+        )
+        sign = -1.0  # bm25() is lower-is-better
+    elif dialect == "postgresql":
+        # PostgreSQL's parser splits ids its own way (`blk_-1147` -> blk, -1147), so each
+        # query piece is parsed by it too, as a phrase; the phrases are OR-ed.
+        pieces = [p for p in query.split() if _WORD.search(p)][:_MAX_QUERY_TERMS]
+        q = func.phraseto_tsquery("simple", pieces[0])
+        for piece in pieces[1:]:
+            q = q.op("||")(func.phraseto_tsquery("simple", piece))
+        vector = func.to_tsvector("simple", ChunkRow.text)
+        rank = func.ts_rank_cd(vector, q).label("rank")
+        stmt = select(ChunkRow.id, rank).where(vector.op("@@")(q)).order_by(rank.desc())
+        sign = 1.0
+    else:
+        return None
+    return stmt, sign
