@@ -44,7 +44,7 @@ import numpy as np
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.files import atomic_write_bytes
-from memsdk.search import PERIOD_BOOST, keyword_query
+from memsdk.search import PERIOD_BOOST, SESSION_SHARE, keyword_query
 from memsdk.timeline import named_period
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,28 +143,19 @@ def evaluate(rows: list[dict]) -> dict:
     return out
 
 
-# Grouping by session, tried and not shipped: a round share chosen before measuring.
-SESSION_SHARE = 0.3
-GROUPED = "tried: + grouping by session (0.3 of the session's best other candidate)"
-
 ABLATION = (
     "before: RRF k=60, equal weights, whole question, turn alone",
     "+ question words out of the keyword query",
     "+ keyword weight 3, RRF k=20",
     "+ contextual embeddings (previous turn, weight 0.3)",
-    "+ period boost (= memsdk search)",
+    "+ period boost",
+    "+ grouping by session (0.3 of the session's best other candidate; = memsdk search)",
 )
 
 
 def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
     """Store every conversation, ask every question under each system, and score them."""
-    systems = [
-        "memsdk search",
-        *ABLATION,
-        GROUPED,
-        "keyword only (BM25)",
-        "vector only (MiniLM + FAISS)",
-    ]
+    systems = ["memsdk search", *ABLATION, "keyword only (BM25)", "vector only (MiniLM + FAISS)"]
     rows: dict[str, list[dict]] = {system: [] for system in systems}
     latency: list[float] = []
     n = mem.config.search_candidates
@@ -208,7 +199,9 @@ def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
                 ABLATION[2]: fuse([(stripped, 3), (plain, 1)], 20, {}, question),
                 ABLATION[3]: fuse([(stripped, 3), (contextual, 1)], 20, {}, question),
                 ABLATION[4]: fuse([(stripped, 3), (contextual, 1)], 20, times, question),
-                GROUPED: fuse([(stripped, 3), (contextual, 1)], 20, times, question, session_of),
+                ABLATION[5]: fuse(
+                    [(stripped, 3), (contextual, 1)], 20, times, question, session_of
+                ),
                 "keyword only (BM25)": whole[:K],
                 "vector only (MiniLM + FAISS)": plain[:K],
             }

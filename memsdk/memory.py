@@ -833,7 +833,9 @@ class HybridMemory:
         below 1). A query naming a period ("in May 2023", or relative to ``now``: "last week",
         "yesterday", "last May", "two months ago") raises memories whose ``time`` falls in it
         (:mod:`memsdk.search`, :mod:`memsdk.timeline`). ``now`` is when the question is asked
-        (a datetime or an ISO-8601 string; default: the current time). Identifier-like pieces
+        (a datetime or an ISO-8601 string; default: the current time). Memories that carry a
+        metadata ``"session"`` rank with their session: each gains a share of the best other
+        candidate of its session (:data:`memsdk.search.SESSION_SHARE`). Identifier-like pieces
         of the query (``blk_-1608999687919862906``, ``R02-M1-N0-C:J12-U11``, ``10.2.1.37``) are
         also looked up alone, and a hit's score adds 1 for each of them its text holds verbatim
         and whole, so a chunk with the exact id always outranks chunks that are merely similar.

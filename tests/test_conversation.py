@@ -181,6 +181,33 @@ def test_relative_periods_are_calendar_units_before_now(query, period):
     assert found == expected
 
 
+def test_turns_of_a_session_with_a_good_candidate_rise_with_it(tmp_path):
+    from memsdk.search import SESSION_SHARE
+
+    turns = [  # (text, session): the second session's turn is added first (the lower id)
+        ("Caroline: It was beautiful up there!", 2),
+        ("Caroline: I went hiking in the mountains with my kids", 1),
+        ("Caroline: It was beautiful up there.", 1),
+    ]
+    query = "Was the mountain hike beautiful?"
+    scores = {}
+    for grouped in (False, True):
+        with _open(tmp_path / str(grouped)) as memory:
+            for text, session in turns:
+                meta = {"session": session} if grouped else {"session_label": session}
+                memory.add(text, scope=SCOPE, metadata=meta)
+            hits = memory.search(query, scope=SCOPE, k=3)
+            scores[grouped] = {h.text: h.score for h in hits}
+            order = [h.text for h in hits]
+    plain, grouped = scores[False], scores[True]
+    alone, hike, there = (text for text, _ in turns)
+    # Each turn of session 1 gains SESSION_SHARE of the other's score; the lone turn nothing.
+    assert grouped[there] == pytest.approx(plain[there] + SESSION_SHARE * plain[hike])
+    assert grouped[hike] == pytest.approx(plain[hike] + SESSION_SHARE * plain[there])
+    assert grouped[alone] == pytest.approx(plain[alone])
+    assert order.index(there) < order.index(alone)
+
+
 def test_context_is_embedded_with_the_turn_and_not_stored(tmp_path):
     with _open(tmp_path / "memory", keyword_weight=0.0) as memory:
         hiking = memory.add(
