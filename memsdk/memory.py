@@ -210,6 +210,7 @@ class HybridMemory:
             embedder_name=self.embedder.name,
             dim=self.embedder.dim,
             busy_timeout_s=self.config.busy_timeout_s,
+            ivf_threshold=self.config.vector_ivf_threshold,
             load_index=not rebuild_index,
             create=create,
         )
