@@ -225,7 +225,14 @@ def test_the_notepad_syncs_deletes_reopens_and_rebuilds_an_ivf_index(
     notepad.close()
 
 
-def test_the_memory_config_sets_the_threshold(tmp_path) -> None:
+def test_the_memory_config_sets_the_threshold_and_stats_show_the_ivf(real, tmp_path) -> None:
+    texts, vectors = real
     config = MemoryConfig(weight_memory=False, vector_ivf_threshold=300)
     with HybridMemory.open(tmp_path / "m", config=config) as mem:
-        assert mem.notepad.ivf_threshold == 300 and mem.notepad.index.ivf_threshold == 300
+        assert mem.stats().index_kind == "flat" and mem.stats().index_recall is None
+        scope = mem.notepad.sql.ensure_scope(("ops", "", "", ""))
+        mem.notepad.sql.insert_chunks(scope, None, _chunks(texts[:301], vectors[:301]))
+        mem.notepad.sync()
+        stats = mem.stats()
+    assert (stats.index_kind, stats.index_vectors) == ("ivf", 301)
+    assert stats.index_recall >= TARGET_RECALL and 1 <= stats.index_nprobe <= stats.index_nlist
