@@ -135,6 +135,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"database   {stats.database} (format {stats.format_version})")
     print(f"embedder   {stats.embedder}")
     print(f"index      {stats.index_vectors} vectors, {stats.index_bytes} bytes on disk")
+    if stats.index_kind == "ivf":
+        print(
+            f"           IVF: probes {stats.index_nprobe} of {stats.index_nlist} lists, "
+            f"recall@10 {stats.index_recall:.3f} against exact search"
+        )
     print(f"weights    {stats.weights_model or 'off (weight_memory=False)'}")
     for s in stats.scopes:
         print(f"scope      {s.scope}: {s.documents} documents, {s.chunks} chunks, {s.bytes} bytes")

@@ -105,6 +105,15 @@ class MemoryConfig(BaseModel):
     vector_weight: float = Field(
         1.0, ge=0, le=1000, description="weight of the vector (embedding) ranking in the fusion"
     )
+    vector_ivf_threshold: int = Field(
+        200_000,
+        ge=256,
+        description="vectors past which the vector index turns from an exact flat scan into an "
+        "IVF index (about 4*sqrt(n) lists, trained on a sample of the stored vectors, probing "
+        "the fewest lists that reach recall@10 >= 0.99 against exact search, measured on "
+        "stored vectors; stats() shows it). Scopes and filters of up to 50,000 vectors are "
+        "still searched exactly (benchmarks/README.md has flat and IVF latency by size)",
+    )
     busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
     index_save_interval_s: float = Field(
         30.0,

@@ -210,6 +210,7 @@ class HybridMemory:
             embedder_name=self.embedder.name,
             dim=self.embedder.dim,
             busy_timeout_s=self.config.busy_timeout_s,
+            ivf_threshold=self.config.vector_ivf_threshold,
             load_index=not rebuild_index,
             create=create,
         )
@@ -948,7 +949,7 @@ class HybridMemory:
                     weights_lag=weights_lag,
                 )
             )
-        index_file = self.notepad.index_path
+        index_file, index = self.notepad.index_path, self.notepad.index
         return MemoryStats(
             path=str(self.path),
             database=self.notepad.manifest.database,
@@ -956,6 +957,10 @@ class HybridMemory:
             embedder=self.embedder.name,
             index_vectors=len(self.notepad.index),
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
+            index_kind=index.kind,
+            index_nlist=index.nlist,
+            index_nprobe=index.nprobe,
+            index_recall=index.recall,
             weights_model=self.weights.model_name() if self.weights is not None else None,
             scopes=scopes,
         )

@@ -201,6 +201,19 @@ class MemoryStats(BaseModel):
     embedder: str
     index_vectors: int
     index_bytes: int
+    index_kind: Literal["flat", "ivf"] = Field(
+        "flat",
+        description="flat: exact search; ivf: past MemoryConfig.vector_ivf_threshold, probes "
+        "index_nprobe of index_nlist lists (scopes and filters of up to 50,000 vectors are "
+        "still searched exactly)",
+    )
+    index_nlist: int | None = Field(None, description="lists of the IVF index")
+    index_nprobe: int | None = Field(None, description="lists an IVF search probes")
+    index_recall: float | None = Field(
+        None,
+        description="recall@10 of the IVF index against exact search, measured when it was "
+        "trained (stored vectors as queries, each with its own list left out)",
+    )
     weights_model: str | None = Field(None, description="name and fingerprint of the model")
     scopes: list[ScopeStats]
 

@@ -33,7 +33,7 @@ from memsdk.errors import (
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
-from memsdk.stores.vector_index import INDEX_NAME, VectorIndex
+from memsdk.stores.vector_index import INDEX_NAME, IVF_THRESHOLD, VectorIndex
 
 __all__ = ["DATABASE_NAME", "Notepad"]
 
@@ -90,6 +90,8 @@ class Notepad:
         busy_timeout_s: SQLite lock wait.
         load_index: False skips reading the index file (used to rebuild a broken one).
         create: False refuses to make a new memory where there is none.
+        ivf_threshold: vectors past which the index becomes approximate (IVF; see
+            :mod:`memsdk.stores.vector_index`).
 
     Raises:
         NotFoundError: ``create`` is False and ``directory`` holds no memory.
@@ -111,6 +113,7 @@ class Notepad:
         busy_timeout_s: float = 30.0,
         load_index: bool = True,
         create: bool = True,
+        ivf_threshold: int = IVF_THRESHOLD,
     ) -> None:
         text = os.fspath(directory)
         index = lone_surrogate(text) if isinstance(text, str) else None
@@ -149,6 +152,7 @@ class Notepad:
             logger.info("removed %d temp files left by interrupted writes", removed)
         self.manifest = manifest
         self.dim = dim
+        self.ivf_threshold = ivf_threshold
         self.index_path = self.directory / INDEX_NAME
         self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
         self._sync_lock = threading.Lock()
@@ -157,7 +161,7 @@ class Notepad:
         try:
             self.sql.create_schema()
             self.memory_id = self._identity()
-            self.index = self._open_index() if load_index else VectorIndex(dim)
+            self.index = self._open_index() if load_index else self._new_index()
             self.index.memory_id = self.memory_id
             if load_index:
                 self.sync()
@@ -191,6 +195,9 @@ class Notepad:
             self.manifest.write(self.directory)
         return recorded
 
+    def _new_index(self) -> VectorIndex:
+        return VectorIndex(self.dim, ivf_threshold=self.ivf_threshold)
+
     def _open_index(self) -> VectorIndex:
         """The saved index, when it belongs to this memory and to no history past the
         database's.
@@ -203,7 +210,9 @@ class Notepad:
                 them): its ids would name other chunks (names the rebuild command).
         """
         if self.index_path.exists():
-            index = VectorIndex.load(self.index_path, dim=self.dim)
+            index = VectorIndex.load(
+                self.index_path, dim=self.dim, ivf_threshold=self.ivf_threshold
+            )
             fix = (
                 f"rebuild it from the database with: memsdk rebuild-index --memory {self.directory}"
             )
@@ -228,7 +237,7 @@ class Notepad:
             )
         # Written at once, so a crash before the first regular save leaves an index that
         # catches up from SQL, not a missing one.
-        index = VectorIndex(self.dim)
+        index = self._new_index()
         index.memory_id = self.memory_id
         index.save(self.index_path)
         return index
@@ -270,12 +279,16 @@ class Notepad:
         """Rebuild the index from the embeddings stored in SQL and save it; returns its size."""
         with self._sync_lock:
             newest = self.sql.max_history_id()
-            index = VectorIndex(self.dim)
+            # Filled flat and given its layout once at the end: an IVF index is trained on
+            # all the vectors, not on the first batches to cross the threshold.
+            index = VectorIndex(self.dim, ivf_threshold=np.iinfo(np.int64).max)
             index.memory_id = self.memory_id
             for ids, vectors in self.sql.embeddings():
                 index.add(ids, vectors)
                 if on_batch is not None:
                     on_batch(len(ids))
+            index.ivf_threshold = self.ivf_threshold
+            index.choose_layout()
             index.synced_to = newest
             index.dirty = True
             self.index = index

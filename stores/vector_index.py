@@ -1,24 +1,42 @@
-"""The FAISS side of the notepad: exact inner-product search over L2-normalised chunk embeddings.
+"""The FAISS side of the notepad: inner-product search over L2-normalised chunk embeddings.
 
-``IndexIDMap2(IndexFlatIP)``: the FAISS ids are the SQL primary keys of the chunks, so SQL stays
-the source of truth and this index is a cache that can always be rebuilt from it. Filters (scope
-and metadata) are turned into an ``IDSelectorBitmap`` *before* the search, so the top k are the
-top k of the allowed set, never a post-filtered remainder.
+The FAISS ids are the SQL primary keys of the chunks, so SQL stays the source of truth and this
+index is a cache that can always be rebuilt from it. Filters (scope and metadata) restrict the
+search *before* it runs, so the top k are the top k of the allowed set, never a post-filtered
+remainder.
+
+Two layouts, chosen by size:
+
+- up to ``ivf_threshold`` vectors, ``IndexIDMap2(IndexFlatIP)``: exact, and a scan of a few
+  hundred thousand vectors is quick;
+- past it, ``IndexIVFFlat`` over inner product, whose search scans only the ``nprobe`` lists
+  nearest the query. It keeps the raw vectors and deletes by id (HNSW cannot delete). It is
+  trained on a sample of the stored vectors with about 4*sqrt(n) lists, and ``nprobe`` is the
+  smallest that reaches recall@10 >= 0.99 against exact search, measured then on stored vectors
+  used as queries; both figures are kept (:attr:`VectorIndex.nprobe`, :attr:`VectorIndex.recall`).
+  A hashtable direct map finds any vector by id, so a small allowed set (a scope, a filter) is
+  searched exactly over its own vectors instead of through the probed lists, where a small scope
+  could lose results that sit in unprobed lists.
 
 On disk the index is one file: an 8-byte magic, a format version, the id of the last history
 event the index reflects (``synced_to``), the SHA-256 of the payload, the identity of the memory
 it belongs to (16 bytes of a UUID; version 2, zero when unknown) and the FAISS serialisation.
-The checksum is verified before FAISS parses anything, so a truncated or forged file is rejected
-with a clear error instead of reaching the C++ reader.
+Version 3 (written only for an IVF index, so flat files stay readable by older releases) puts
+before the FAISS bytes how many vectors the IVF was trained at and its measured recall, both
+covered by the checksum. The checksum is verified before FAISS parses anything, so a truncated
+or forged file is rejected with a clear error instead of reaching the C++ reader.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -27,35 +45,194 @@ import numpy as np
 from memsdk.errors import IndexCorruptedError, InputError
 from memsdk.files import atomic_write_bytes
 
-__all__ = ["INDEX_NAME", "VectorIndex"]
+__all__ = ["EXACT_SEARCH_LIMIT", "INDEX_NAME", "IVF_THRESHOLD", "TARGET_RECALL", "VectorIndex"]
 
 INDEX_NAME = "notepad.faiss"
 _MAGIC = b"MEMSDKIX"
 _VERSION = 2
+_VERSION_IVF = 3
 _HEADER_V1 = struct.Struct("<8sIq32s")  # magic, version, synced_to, sha256(payload)
 _HEADER = struct.Struct("<8sIq32s16s")  # version 2 adds the memory's identity
+_IVF_META = struct.Struct("<qd")  # version 3: vectors the IVF was trained at, measured recall
+
+IVF_THRESHOLD = 200_000
+# Allowed sets up to this size are searched exactly over their own vectors: reading 50,000
+# vectors by id and scoring them costs about what probing the lists does at 1M vectors.
+EXACT_SEARCH_LIMIT = 50_000
+TARGET_RECALL = 0.99
+_RECALL_K = 10
+_RECALL_QUERIES = 200
+_TRAIN_PER_LIST = 40  # FAISS asks for at least 39 training points per list
+_RETRAIN_GROWTH = 4  # retrain once the index holds this many times what it was trained at
+_SEED = 1234
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run FAISS on the calling thread only. One query does its work on one thread anyway, but
+    starting an OpenMP team costs whenever the other cores are busy: on the 2-core machine
+    under load, a search of 206 vectors took 8.0 ms with 2 threads and 0.06 ms with one. The
+    setting is the calling thread's own (an OpenMP per-thread value), so it is restored after.
+    """
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def _rebuild_hint(directory: Path) -> str:
     return f"rebuild it from the database with: memsdk rebuild-index --memory {directory}"
 
 
+def _lists(index: faiss.IndexIVFFlat) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, vector) of an IVF index, list by list: (n,) int64 and (n, dim) float32."""
+    invlists = index.invlists
+    ids, vectors = [], []
+    for lst in range(index.nlist):
+        size = invlists.list_size(lst)
+        if size == 0:
+            continue
+        ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
+        vectors.append(np.frombuffer(codes, dtype=np.float32).reshape(size, index.d).copy())
+    if not ids:
+        return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
+    return np.concatenate(ids).astype(np.int64, copy=False), np.concatenate(vectors)
+
+
+def _recall_at_k(
+    index: faiss.IndexIVFFlat, queries: np.ndarray, left_out: list[np.ndarray], truth: np.ndarray
+) -> float:
+    """Recall@k of ``index`` at its current ``nprobe``, each query searched without the ids
+    ``left_out[row]`` and ``truth`` (q,) being the exact k-th best score without them. A hit
+    is a result scoring at least that: logs hold many identical vectors (template sharing),
+    and which of tied duplicates comes back is not a miss."""
+    hits = 0
+    for row, query in enumerate(queries):
+        params = faiss.SearchParametersIVF(
+            sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(left_out[row])), nprobe=index.nprobe
+        )
+        scores, _ = index.search(query[None, :], _RECALL_K, params=params)
+        hits += int(np.count_nonzero(scores[0] >= truth[row] - 1e-5))
+    return hits / (_RECALL_K * len(queries))
+
+
+def _exact_kth_scores(
+    vectors: np.ndarray, queries: np.ndarray, left_out: list[np.ndarray]
+) -> np.ndarray:
+    """(q,) the exact k-th best inner product of each query over ``vectors`` (n, dim), the
+    positions ``left_out[row]`` excluded; read in blocks so no (q, n) matrix is held."""
+    best = np.full((len(queries), _RECALL_K), -np.inf, dtype=np.float32)
+    block = 1 << 16
+    for start in range(0, len(vectors), block):
+        scores = queries @ vectors[start : start + block].T  # (q, block)
+        for row, positions in enumerate(left_out):
+            inside = positions[(positions >= start) & (positions < start + block)]
+            scores[row, inside - start] = -np.inf
+        merged = np.concatenate([best, scores], axis=1)
+        best = -np.partition(-merged, _RECALL_K - 1, axis=1)[:, :_RECALL_K]
+    return best.min(axis=1)
+
+
+def _train_ivf(
+    ids: np.ndarray, vectors: np.ndarray, dim: int
+) -> tuple[faiss.IndexIVFFlat, int, float]:
+    """An ``IndexIVFFlat`` holding ``vectors`` under ``ids``, with ``nprobe`` set to the
+    smallest that reaches :data:`TARGET_RECALL`; returns it, ``nprobe`` and that recall.
+
+    The queries are stored vectors (a seeded sample), each searched with its whole list left
+    out, in both the exact and the probed ranking. Left in, a stored vector finds its near
+    duplicates in its own list, the first one probed, and the recall says little about real
+    queries (questions over logs), which resemble no chunk: on real logs, nprobe chosen that
+    way scored recall 0.91 for queries from a log system the index did not hold. Without its
+    own list a query is such a stranger, and the first probe is spent on the empty list, so
+    the measure errs on the safe side.
+    """
+    n = len(ids)
+    rng = np.random.default_rng(_SEED)
+    nlist = max(1, min(n // _TRAIN_PER_LIST, round(4 * math.sqrt(n))))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10  # k-means converges enough for list assignment; training is the cost
+    index.cp.seed = _SEED
+    index.cp.spherical = True  # unit-norm centroids for inner product on unit vectors
+    sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
+    index.train(np.ascontiguousarray(vectors[sample]))
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index.add_with_ids(vectors, ids)
+    queries = np.ascontiguousarray(vectors[rng.choice(n, size=min(n, _RECALL_QUERIES))])
+    lists = quantizer.search(queries, 1)[1][:, 0]
+    order = np.argsort(ids)
+    left_out_ids, left_out_positions = [], []
+    for lst in lists:
+        size = index.invlists.list_size(int(lst))
+        held = faiss.rev_swig_ptr(index.invlists.get_ids(int(lst)), size).astype(np.int64)
+        left_out_ids.append(held)
+        left_out_positions.append(order[np.searchsorted(ids, held, sorter=order)])
+    truth = _exact_kth_scores(vectors, queries, left_out_positions)
+
+    def recall(nprobe: int) -> float:
+        index.nprobe = nprobe
+        return _recall_at_k(index, queries, left_out_ids, truth)
+
+    # Doubling finds a bracket, bisection the smallest nprobe inside it.
+    low, high = 0, 1
+    while high < nlist and recall(high) < TARGET_RECALL:
+        low, high = high, min(nlist, high * 2)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if recall(middle) >= TARGET_RECALL:
+            high = middle
+        else:
+            low = middle
+    return index, high, recall(high)
+
+
 class VectorIndex:
-    """A thread-safe FAISS ``IndexIDMap2(IndexFlatIP)`` keyed by chunk id.
+    """A thread-safe FAISS index keyed by chunk id: flat up to ``ivf_threshold`` vectors, IVF
+    past it (see the module docstring).
 
     Args:
         dim: embedding width.
+        ivf_threshold: size past which the index becomes an IVF index.
+        exact_limit: allowed sets up to this size are searched exactly on an IVF index.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(
+        self, dim: int, *, ivf_threshold: int = IVF_THRESHOLD, exact_limit: int = EXACT_SEARCH_LIMIT
+    ) -> None:
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.ivf_threshold = ivf_threshold
+        self.exact_limit = exact_limit
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
+        # present[i] is True when id i holds a vector: ids of chunks still waiting for theirs
+        # are dropped before an exact IVF search reads vectors by id.
+        self._present = np.zeros(0, dtype=bool)
+        self.trained_on = 0  # vectors the IVF was trained at; 0 for a flat index
+        self.recall: float | None = None  # measured recall@10 of the IVF; None when exact
         self.dirty = False
         # The id of the newest SQL history event whose effect the index holds; the notepad
         # replays later events to catch up with writes it did not see (crash, other process).
         self.synced_to = 0
         self.memory_id = ""  # the memory the index belongs to (UUID hex); "" when unknown
+
+    @property
+    def kind(self) -> str:
+        """``"flat"`` (exact) or ``"ivf"`` (approximate beyond small allowed sets)."""
+        return "ivf" if isinstance(self._index, faiss.IndexIVFFlat) else "flat"
+
+    @property
+    def nprobe(self) -> int | None:
+        """Lists an IVF search probes (None for a flat index)."""
+        return int(self._index.nprobe) if self.kind == "ivf" else None
+
+    @property
+    def nlist(self) -> int | None:
+        """Lists of the IVF index (None for a flat index)."""
+        return int(self._index.nlist) if self.kind == "ivf" else None
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -63,17 +240,30 @@ class VectorIndex:
         """Write the index to ``path`` atomically (temp file, fsync, rename)."""
         with self._lock:
             payload = faiss.serialize_index(self._index).tobytes()
+            if self.kind == "ivf":
+                payload = _IVF_META.pack(self.trained_on, self.recall or 0.0) + payload
+                version = _VERSION_IVF
+            else:
+                version = _VERSION
             synced_to = self.synced_to
             self.dirty = False
         identity = uuid.UUID(hex=self.memory_id).bytes if self.memory_id else bytes(16)
         header = _HEADER.pack(
-            _MAGIC, _VERSION, synced_to, hashlib.sha256(payload).digest(), identity
+            _MAGIC, version, synced_to, hashlib.sha256(payload).digest(), identity
         )
         atomic_write_bytes(path, header + payload)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, dim: int) -> VectorIndex:
-        """Read an index written by :meth:`save`.
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        ivf_threshold: int = IVF_THRESHOLD,
+        exact_limit: int = EXACT_SEARCH_LIMIT,
+    ) -> VectorIndex:
+        """Read an index written by :meth:`save` (any format version); a flat index past
+        ``ivf_threshold`` becomes an IVF index (and is marked dirty, to be saved so).
 
         Raises:
             IndexCorruptedError: the file is missing, truncated, forged, of another format
@@ -90,13 +280,14 @@ class VectorIndex:
         magic, version, synced_to, digest = _HEADER_V1.unpack_from(blob)
         if magic != _MAGIC:
             raise IndexCorruptedError(f"{path} is not a memsdk vector index: {hint}")
-        if version not in (1, _VERSION):
+        if version not in (1, _VERSION, _VERSION_IVF):
             raise IndexCorruptedError(
-                f"vector index {path} has format version {version}, expected {_VERSION}: {hint}"
+                f"vector index {path} has format version {version}, expected {_VERSION_IVF} "
+                f"or older: {hint}"
             )
         identity = ""
         start = _HEADER_V1.size
-        if version == 2:
+        if version >= 2:
             if len(blob) < _HEADER.size:
                 raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
             raw_id = _HEADER.unpack_from(blob)[4]
@@ -107,25 +298,93 @@ class VectorIndex:
             raise IndexCorruptedError(
                 f"vector index {path} fails its checksum (truncated or altered): {hint}"
             )
+        trained_on, recall = 0, None
+        if version == _VERSION_IVF:
+            if len(payload) < _IVF_META.size:
+                raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
+            trained_on, recall = _IVF_META.unpack_from(payload)
+            payload = payload[_IVF_META.size :]
         try:
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         except RuntimeError as e:
             raise IndexCorruptedError(f"vector index {path} cannot be read ({e}): {hint}") from None
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+        expected = faiss.IndexIVFFlat if version == _VERSION_IVF else faiss.IndexIDMap2
+        if (
+            not isinstance(index, expected)
+            or index.d != dim
+            or index.metric_type != faiss.METRIC_INNER_PRODUCT
+        ):
             raise IndexCorruptedError(
                 f"vector index {path} holds a {type(index).__name__} of width {index.d}, "
-                f"expected IndexIDMap2 of width {dim}: {hint}"
+                f"expected {expected.__name__} over inner product of width {dim}: {hint}"
             )
-        out = cls(dim)
+        out = cls(dim, ivf_threshold=ivf_threshold, exact_limit=exact_limit)
         out._index = index
         out.synced_to = synced_to
         out.memory_id = identity
+        if isinstance(index, faiss.IndexIVFFlat):
+            # Read by id (exact search of small sets, deletes): a hashtable, kept by FAISS's
+            # own format, rebuilt here should an older writer have left none.
+            if index.direct_map.type != faiss.DirectMap.Hashtable:
+                index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            out.trained_on, out.recall = int(trained_on), float(recall)
+            ids = _lists(index)[0]
+        else:
+            ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+        out._mark(ids, True)
+        out.choose_layout()
         return out
 
     # ---- updates -----------------------------------------------------------------------------
 
+    def _mark(self, ids: np.ndarray, value: bool) -> None:
+        if len(ids) == 0:
+            return
+        top = int(ids.max()) + 1
+        if top > len(self._present):
+            grown = np.zeros(max(top, 2 * len(self._present)), dtype=bool)
+            grown[: len(self._present)] = self._present
+            self._present = grown
+        self._present[ids] = value
+
+    def _held(self, ids: np.ndarray) -> np.ndarray:
+        """The ids of ``ids`` that hold a vector."""
+        inside = ids[(ids >= 0) & (ids < len(self._present))]
+        return inside[self._present[inside]]
+
+    def _grown(self) -> bool:
+        """Past the threshold while flat, or grown well past what the IVF was trained at (its
+        lists were sized for fewer vectors and grow long)."""
+        n = int(self._index.ntotal)
+        if self.kind == "flat":
+            return n > self.ivf_threshold
+        return n > _RETRAIN_GROWTH * self.trained_on
+
+    def choose_layout(self) -> None:
+        """Become an IVF index if past ``ivf_threshold`` (or retrain one grown well past its
+        training size); :meth:`add` does this itself, a bulk load calls it once at the end."""
+        with self._lock:
+            if self._grown():
+                self._retrain()
+                self.dirty = True
+
+    def _retrain(self) -> None:
+        """Replace the index by an IVF index trained on every vector it holds."""
+        if self.kind == "flat":
+            flat = faiss.downcast_index(self._index.index)
+            n = int(flat.ntotal)
+            # A view of the flat index's storage: no copy of the largest array.
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        else:
+            ids, vectors = _lists(self._index)
+        index, nprobe, recall = _train_ivf(ids, vectors, self.dim)
+        index.nprobe = nprobe
+        self._index, self.trained_on, self.recall = index, len(ids), recall
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add ``vectors`` (N, dim) float32, rows L2-normalised, under ``ids`` (N,) int64."""
+        """Add ``vectors`` (N, dim) float32, rows L2-normalised, under ``ids`` (N,) int64; an id
+        already held is replaced."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
@@ -135,8 +394,13 @@ class VectorIndex:
         if len(ids) == 0:
             return
         with self._lock:
+            # An IVF's id hashtable keeps one entry per id: a second copy would be unreachable
+            # by id and undeletable, so a held id is removed before it is added again.
+            self.remove(self._held(ids))
             self._index.add_with_ids(vectors, ids)
+            self._mark(ids, True)
             self.dirty = True
+            self.choose_layout()
 
     def replace(self, remove_ids: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Remove ``remove_ids`` and add ``vectors`` under ``ids`` as one step: a concurrent
@@ -151,14 +415,20 @@ class VectorIndex:
         if len(ids) == 0:
             return 0
         with self._lock:
-            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            if self.kind == "ivf":
+                # The hashtable direct map removes by an explicit id array only.
+                selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+            else:
+                selector = faiss.IDSelectorBatch(ids)
+            removed = int(self._index.remove_ids(selector))
+            self._mark(self._held(ids), False)
             self.dirty = self.dirty or removed > 0
         return removed
 
     def ids(self) -> np.ndarray:
-        """All ids in the index, (ntotal,) int64."""
+        """All ids in the index, (ntotal,) int64, ascending."""
         with self._lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+            return np.flatnonzero(self._present).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -170,19 +440,50 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ids among ``allowed_ids`` by inner product with ``query`` (dim,).
 
+        Exact on a flat index, and on an IVF index for allowed sets of up to ``exact_limit``
+        held vectors; a larger set goes through the probed lists.
+
         Returns:
             ``(ids, scores)``, each (m,) with m <= k, best first.
         """
         allowed_ids = np.asarray(allowed_ids, dtype=np.int64)
         if len(allowed_ids) == 0 or k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        with self._lock:
+            # Only a small set is sorted and checked id by id: at 1M ids that alone would take
+            # longer than the probe. In a large one, ids without a vector never match the bitmap.
+            if self.kind == "ivf" and len(allowed_ids) <= self.exact_limit:
+                return self._exact(q[0], k=k, ids=self._held(np.unique(allowed_ids)))
+            params = self._params(allowed_ids)
+            with _one_thread():
+                scores, ids = self._index.search(q, min(k, len(allowed_ids)), params=params)
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def _params(self, allowed_ids: np.ndarray) -> faiss.SearchParameters:
         # A bitmap over the id range: O(1) membership, and cheap to build from a numpy array.
         bits = np.zeros(int(allowed_ids.max()) + 1, dtype=bool)
         bits[allowed_ids] = True
-        bitmap = np.packbits(bits, bitorder="little")
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        with self._lock:
-            scores, ids = self._index.search(q, min(k, len(allowed_ids)), params=params)
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
+        selector = faiss.IDSelectorBitmap(np.packbits(bits, bitorder="little"))
+        if self.kind == "flat":
+            return faiss.SearchParameters(sel=selector)
+        # The recall was measured with every vector allowed; a set holding a share s of the
+        # index leaves about s of each probed list, so probing nprobe / s lists scans as many
+        # allowed vectors as the measurement did.
+        share = len(allowed_ids) / max(1, int(self._index.ntotal))
+        nprobe = min(int(self._index.nlist), math.ceil(self._index.nprobe / share))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+
+    def _exact(
+        self, query: np.ndarray, *, k: int, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of held ``ids``: their vectors read by id, scored against ``query``."""
+        if len(ids) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        vectors = self._index.reconstruct_batch(ids)
+        scores = vectors @ query
+        top = min(k, len(ids))
+        best = np.argpartition(-scores, top - 1)[:top] if top < len(ids) else np.arange(len(ids))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return ids[best], scores[best].astype(np.float32, copy=False)
