@@ -24,13 +24,14 @@ from memsdk.config import MemoryConfig
 from memsdk.consolidation import Consolidator
 from memsdk.embedding_stage import EmbeddingStage
 from memsdk.encoding import encode_text
-from memsdk.engine import ByteLM, TTTState, byte_losses, load_model
+from memsdk.engine import TTTState, byte_losses
 from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
+from memsdk.figures import memory_stats, vector_lag, weight_lag
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.forgetting import delete_scope, settle_owed_resets
-from memsdk.forking import after_fork_in_child
 from memsdk.ingest_stream import ingest_stream
+from memsdk.inputs import MAX_INT, check_id, check_scope, text_to_store, to_bytes
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar, wait_showing
 from memsdk.recall import Recall
@@ -42,16 +43,14 @@ from memsdk.results import (
     MemoryItem,
     MemoryStats,
     RouterCalibration,
-    ScopeStats,
     SearchHit,
     SkippedSource,
-    StageLag,
     Surprise,
-    WeightFigures,
 )
 from memsdk.retention import RetentionConfig
 from memsdk.scope import Scope
 from memsdk.search import check_query, hybrid_search, item_fields
+from memsdk.shared_parts import shared_embedder, shared_model
 from memsdk.sources import (
     LIMIT_HINT,
     CountedBlocks,
@@ -61,100 +60,14 @@ from memsdk.sources import (
     first_block,
     resolve_sources,
 )
-from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
-from memsdk.stores.vector_backlog import Backlog, backlog, chunks_after
+from memsdk.stores.vector_backlog import Backlog
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 from memsdk.timeline import TIME_KEY, parse_time, with_time
 
 __all__ = ["HybridMemory"]
 
 logger = logging.getLogger(__name__)
-
-# Ids, limits and offsets are SQL bigints: the databases refuse larger integers.
-MAX_INT = 2**63 - 1
-
-
-_embedder: MiniLMEmbedder | None = None
-_embedder_lock = threading.Lock()
-_models: dict[str, ByteLM] = {}
-_models_lock = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    """In a forked child: a lock a parent thread held would never be released here. The
-    loaded models are kept (read-only, shared copy-on-write with the parent)."""
-    global _embedder_lock, _models_lock
-    _embedder_lock, _models_lock = threading.Lock(), threading.Lock()
-    if _embedder is not None:
-        _embedder.after_fork()
-
-
-after_fork_in_child(_reset_after_fork)
-
-
-def _shared_model(name: str) -> ByteLM:
-    """The weight-memory model, loaded once per process and shared (it is never trained in
-    place: fast weights live in each scope's state)."""
-    with _models_lock:
-        if name not in _models:
-            _models[name], _, _ = load_model(name)
-        return _models[name]
-
-
-def _shared_embedder() -> MiniLMEmbedder:
-    """One embedder per process, made on first use: its weights are read once and shared by
-    every memory."""
-    global _embedder
-    with _embedder_lock:
-        if _embedder is None:
-            _embedder = MiniLMEmbedder()
-        return _embedder
-
-
-def _to_bytes(text: Any, what: str) -> bytes:
-    if isinstance(text, str):
-        return encode_text(text, what)
-    if isinstance(text, bytes | bytearray):
-        return bytes(text)
-    raise InputError(f"{what} must be str or bytes, got {type(text).__name__}")
-
-
-def _text_to_store(text: Any, max_bytes: int, call: str = "add()") -> bytes:
-    """``text`` as the bytes ``add``, ``update`` and the LangChain upsert store.
-
-    Raises:
-        InputError: not str/bytes, empty or blank, or larger than ``max_bytes``.
-    """
-    data = _to_bytes(text, "text")
-    if not data.strip():
-        raise InputError("text is empty or only white space: there is nothing to remember")
-    if len(data) > max_bytes:
-        raise InputError(
-            f"text is {len(data)} bytes, {call} takes at most {max_bytes}: stream large content "
-            "with ingest()"
-        )
-    return data
-
-
-def _check_scope(scope: Any) -> Scope:
-    if not isinstance(scope, Scope):
-        raise InputError(
-            f"scope must be a memsdk.Scope, got {type(scope).__name__}: "
-            "pass scope=Scope(tenant=..., user=...)"
-        )
-    return scope
-
-
-def _check_id(memory_id: Any) -> int:
-    if isinstance(memory_id, bool) or not isinstance(memory_id, int):
-        raise InputError(f"memory id must be an int, got {type(memory_id).__name__} {memory_id!r}")
-    if not -MAX_INT - 1 <= memory_id <= MAX_INT:
-        raise InputError(
-            f"memory id {memory_id} does not fit in 64 bits, so no memory has it: use an id "
-            "that add(), ingest() or search() returned"
-        )
-    return memory_id
 
 
 class HybridMemory:
@@ -203,7 +116,7 @@ class HybridMemory:
                 "use MemoryConfig.model_validate(d) for a dict"
             )
         self.config = config or MemoryConfig()
-        self.embedder = _shared_embedder()
+        self.embedder = shared_embedder()
         self.notepad = Notepad(
             path,
             database_url=self.config.database_url,
@@ -232,7 +145,7 @@ class HybridMemory:
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
-                model = _shared_model(self.config.weights_model)
+                model = shared_model(self.config.weights_model)
                 ttt_config = model.default_ttt
                 if self.config.weights_fast_params == "fisher_masked":
                     ttt_config = dataclasses.replace(
@@ -331,11 +244,12 @@ class HybridMemory:
         """
         self._live()
         settle_owed_resets(self)
+        sql, weights = self.notepad.sql, self.weights
         stages: list[tuple[str, Callable[[], None], Callable[[], Backlog]]] = [
-            ("vectors", self.embedding.flush, self._vector_lag)
+            ("vectors", self.embedding.flush, lambda: vector_lag(sql))
         ]
-        if self.weights is not None:
-            stages.append(("weights", self.weights.flush, self._weight_lag))
+        if weights is not None:
+            stages.append(("weights", weights.flush, lambda: weight_lag(sql, weights)))
         for name, wait, lag in stages:
             wait_showing(wait, lambda lag=lag: lag().bytes, progress=progress, desc=name)
         self.notepad.save_index()
@@ -346,7 +260,7 @@ class HybridMemory:
 
     def _scope_id(self, scope: Any, *, create: bool) -> int | None:
         self._live()
-        key = _check_scope(scope).key()
+        key = check_scope(scope).key()
         if create:
             return self.notepad.sql.ensure_scope(key, max_scopes=self.config.max_scopes)
         return self.notepad.sql.find_scope(key)
@@ -382,7 +296,7 @@ class HybridMemory:
                 surrogate, or is larger than ``config.max_text_bytes``; bad metadata, time or
                 scope.
         """
-        data = _text_to_store(text, self.config.max_text_bytes)
+        data = text_to_store(text, self.config.max_text_bytes)
         meta = validate_metadata(with_time(metadata, time))
         if context is not None:
             if not isinstance(context, str):
@@ -524,7 +438,7 @@ class HybridMemory:
             InputError: neither text nor metadata given, or either is invalid.
             DuplicateError: another memory of the scope already holds exactly this text.
         """
-        memory_id = _check_id(memory_id)
+        memory_id = check_id(memory_id)
         if text is None and metadata is None and time is None:
             raise InputError("update needs text=, metadata= or both (or time=, alone or with them)")
         if time is not None and metadata is None:
@@ -535,7 +449,7 @@ class HybridMemory:
         if text is not None:
             # The same bytes, text, raw bytes and content hash as add() stores for this input,
             # so an update never changes what was given nor blocks adding it again.
-            data = _text_to_store(text, self.config.max_text_bytes, "update()")
+            data = text_to_store(text, self.config.max_text_bytes, "update()")
             text, raw = decode_chunk(data)
             content_hash = hashlib.sha256(data).hexdigest()
         scope_id = self._scope_id(scope, create=False)
@@ -562,7 +476,7 @@ class HybridMemory:
         Raises:
             NotFoundError: the scope holds no memory ``memory_id``.
         """
-        memory_id = _check_id(memory_id)
+        memory_id = check_id(memory_id)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None or not self.notepad.sql.delete_chunks(scope_id, [memory_id]):
             raise NotFoundError(f"memory {memory_id} not found in {scope}")
@@ -578,7 +492,7 @@ class HybridMemory:
         Raises:
             BusyError: another process kept the scope's weight lease (the reset stays owed).
         """
-        return delete_scope(self, _check_scope(scope))
+        return delete_scope(self, check_scope(scope))
 
     # ---- the weight memory -------------------------------------------------------------------
 
@@ -602,7 +516,7 @@ class HybridMemory:
     def _score_bytes(self, text: Any, what: str, call: str) -> bytes:
         """``text`` as the bytes a scoring call reads: not empty, at most
         ``config.max_score_bytes`` (scoring time and memory grow with the text)."""
-        data = _to_bytes(text, what)
+        data = to_bytes(text, what)
         if not data:
             raise InputError(f"{what} is empty: give at least one byte")
         limit = self.config.max_score_bytes
@@ -864,7 +778,7 @@ class HybridMemory:
             NotFoundError: the scope holds no memory ``memory_id`` (another scope's memory is
                 reported exactly like a missing one).
         """
-        memory_id = _check_id(memory_id)
+        memory_id = check_id(memory_id)
         scope_id = self._scope_id(scope, create=False)
         found = self.notepad.sql.get_chunks(scope_id, [memory_id]) if scope_id is not None else {}
         if memory_id not in found:
@@ -903,7 +817,7 @@ class HybridMemory:
         Raises:
             NotFoundError: the scope never held memory ``memory_id``.
         """
-        memory_id = _check_id(memory_id)
+        memory_id = check_id(memory_id)
         scope_id = self._scope_id(scope, create=False)
         events = self.notepad.sql.history(scope_id, memory_id) if scope_id is not None else []
         if not events:
@@ -924,60 +838,10 @@ class HybridMemory:
 
     @gated
     def stats(self) -> MemoryStats:
-        """Figures of the whole memory: per scope documents, chunks and bytes; index size."""
+        """Figures of the whole memory: per scope documents, chunks and bytes, how far the
+        vectors and the weights lag behind; the index's size and layout."""
         self._live()
-        sql = self.notepad.sql
-        counts = sql.scope_counts()
-        pending = backlog(sql)
-        scopes = []
-        for scope_id, (tenant, user, agent, run) in sql.scopes():
-            docs, chunks, size = counts.get(scope_id, (0, 0, 0))
-            scope = Scope(tenant=tenant, user=user or None, agent=agent or None, run=run or None)
-            weights = weights_lag = None
-            if self.weights is not None:
-                figures = self.weights.figures(scope_id)
-                weights = WeightFigures(**dataclasses.asdict(figures))
-                weights_lag = _lag(chunks_after(sql, scope_id, figures.through_chunk_id))
-            scopes.append(
-                ScopeStats(
-                    scope=scope,
-                    documents=docs,
-                    chunks=chunks,
-                    bytes=size,
-                    weights=weights,
-                    vectors_lag=_lag(pending.get(scope_id, Backlog())),
-                    weights_lag=weights_lag,
-                )
-            )
-        index_file, index = self.notepad.index_path, self.notepad.index
-        return MemoryStats(
-            path=str(self.path),
-            database=self.notepad.manifest.database,
-            format_version=self.notepad.manifest.format_version,
-            embedder=self.embedder.name,
-            index_vectors=len(self.notepad.index),
-            index_bytes=index_file.stat().st_size if index_file.exists() else 0,
-            index_kind=index.kind,
-            index_nlist=index.nlist,
-            index_nprobe=index.nprobe,
-            index_recall=index.recall,
-            weights_model=self.weights.model_name() if self.weights is not None else None,
-            scopes=scopes,
-        )
-
-    def _vector_lag(self) -> Backlog:
-        """Chunks of the whole memory still without a vector."""
-        scopes = backlog(self.notepad.sql).values()
-        return Backlog(sum(b.chunks for b in scopes), sum(b.bytes for b in scopes))
-
-    def _weight_lag(self) -> Backlog:
-        """Chunks of the whole memory the weight memory has not absorbed."""
-        assert self.weights is not None
-        sql, chunks, size = self.notepad.sql, 0, 0
-        for scope_id in sql.newest_chunk_ids():
-            lag = chunks_after(sql, scope_id, self.weights.figures(scope_id).through_chunk_id)
-            chunks, size = chunks + lag.chunks, size + lag.bytes
-        return Backlog(chunks, size)
+        return memory_stats(self)
 
     @gated
     def rebuild_index(self, *, progress: bool = False) -> int:
@@ -986,7 +850,3 @@ class HybridMemory:
         total = len(self.notepad.sql.all_chunk_ids())
         with progress_bar(progress, total=total, desc="rebuild-index", unit="chunk") as bar:
             return self.notepad.rebuild_index(on_batch=bar.update)
-
-
-def _lag(backlog: Backlog) -> StageLag:
-    return StageLag(pending_chunks=backlog.chunks, pending_bytes=backlog.bytes)

@@ -13,7 +13,8 @@ from typing import Any
 
 from memsdk.chunking import chunk_stream, decode_chunk
 from memsdk.filters import validate_metadata
-from memsdk.memory import HybridMemory, _text_to_store
+from memsdk.inputs import text_to_store
+from memsdk.memory import HybridMemory
 from memsdk.scope import Scope
 from memsdk.stores.sql_records import NewChunk
 
@@ -38,7 +39,7 @@ def replace_text(
             of its chunks repeats another); nothing was changed.
         StorageError: the database refused the write; nothing was changed.
     """
-    data = _text_to_store(text, memory.config.max_text_bytes)
+    data = text_to_store(text, memory.config.max_text_bytes)
     meta = validate_metadata(metadata)
     scope_id = memory._scope_id(scope, create=True)
     assert scope_id is not None

@@ -28,7 +28,7 @@ import torch
 torch.set_num_threads(1)
 
 from memsdk import HybridMemory, MemoryConfig, Scope  # noqa: E402
-from memsdk.memory import _shared_embedder, _shared_model  # noqa: E402
+from memsdk.shared_parts import shared_embedder, shared_model  # noqa: E402
 
 SCOPE = Scope(tenant="crash", user="u1")
 # Save the index and the weight deltas at every chance, so kills land inside those writes.
@@ -76,8 +76,8 @@ def work(memory: str, ack_path: str, seed: int) -> None:
 
 
 def serve() -> None:
-    _shared_embedder()
-    _shared_model(CONFIG.weights_model)
+    shared_embedder()
+    shared_model(CONFIG.weights_model)
     for line in sys.stdin:
         command, *args = line.split()
         if command == "run":

@@ -36,10 +36,11 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict
 
 from memsdk.errors import DuplicateError, InputError, NotFoundError
-from memsdk.memory import HybridMemory, _shared_embedder
+from memsdk.memory import HybridMemory
 from memsdk.replace import replace_text
 from memsdk.results import MemoryItem
 from memsdk.scope import Scope
+from memsdk.shared_parts import shared_embedder
 
 __all__ = ["MemsdkEmbeddings", "MemsdkRetriever", "MemsdkVectorStore", "memory_tool"]
 
@@ -57,12 +58,12 @@ class MemsdkEmbeddings(Embeddings):
             raise InputError("embed_documents takes a list of str")
         if not texts:
             return []
-        return _shared_embedder().embed(list(texts)).tolist()
+        return shared_embedder().embed(list(texts)).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         if not isinstance(text, str):
             raise InputError(f"embed_query takes a str, got {type(text).__name__}")
-        return _shared_embedder().embed_query(text).tolist()
+        return shared_embedder().embed_query(text).tolist()
 
 
 def _check_memory(memory: Any, scope: Any) -> None:
