@@ -44,7 +44,7 @@ import numpy as np
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.files import atomic_write_bytes
-from memsdk.search import PERIOD_BOOST, SESSION_SHARE, keyword_query
+from memsdk.search import PERIOD_BOOST, group_by_session, keyword_query
 from memsdk.timeline import named_period
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +89,7 @@ def fuse(
 ) -> list[int]:
     """Weighted reciprocal-rank fusion of ``(ids best first, weight)``, as memsdk.search does
     (weights scaled to sum to 2), and its period boost when ``times`` is not empty. With
-    ``sessions`` (memory id -> session), grouping by session: each candidate gains
-    :data:`SESSION_SHARE` of the best score of another candidate of its session, so turns of
-    a session that holds several good candidates rise together."""
+    ``sessions`` (memory id -> session), memsdk.search's grouping by session."""
     total = sum(w for _, w in rankings)
     scores: dict[int, float] = {}
     for ids, weight in rankings:
@@ -104,16 +102,7 @@ def fuse(
             if moment is not None and period[0] <= moment.replace(tzinfo=UTC) < period[1]:
                 scores[cid] *= 1 + PERIOD_BOOST
     if sessions:
-        groups: dict[int, list[tuple[float, int]]] = {}
-        for cid, score in scores.items():
-            groups.setdefault(sessions[cid], []).append((score, cid))
-        for group in groups.values():
-            group.sort(reverse=True)
-        scores = {
-            cid: score
-            + SESSION_SHARE * next((other for other, c in groups[sessions[cid]] if c != cid), 0.0)
-            for cid, score in scores.items()
-        }
+        group_by_session(scores, sessions)
     return sorted(scores, key=lambda cid: (-scores[cid], cid))[:K]
 
 

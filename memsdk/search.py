@@ -8,6 +8,7 @@ search see the same hits.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -203,21 +204,29 @@ def item_fields(record: ChunkRecord, scope: Scope) -> dict[str, Any]:
     }
 
 
-def group_by_session(scores: dict[int, float], records: dict[int, ChunkRecord]) -> None:
-    """Raise each candidate in ``scores`` by :data:`SESSION_SHARE` of the best score of another
-    candidate of its session (metadata :data:`SESSION_KEY`, a string or a number); candidates
-    without one keep their score."""
-    groups: dict[tuple[str, Any], list[float]] = {}
-    session_of: dict[int, tuple[str, Any]] = {}
+def session_keys(records: dict[int, ChunkRecord]) -> dict[int, tuple[str, Any]]:
+    """The session (metadata :data:`SESSION_KEY`, a string or a number) of each record that
+    has one, typed so that 1 and "1" are different sessions."""
+    out = {}
     for cid, rec in records.items():
         value = rec.metadata.get(SESSION_KEY)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            session_of[cid] = (type(value).__name__, value)
-            groups.setdefault(session_of[cid], []).append(scores[cid])
+            out[cid] = (type(value).__name__, value)
+    return out
+
+
+def group_by_session(scores: dict[int, float], sessions: Mapping[int, Hashable]) -> None:
+    """Raise each candidate in ``scores`` by :data:`SESSION_SHARE` of the best score of another
+    candidate of its session (``sessions``: candidate -> session); candidates without one keep
+    their score."""
+    groups: dict[Hashable, list[float]] = {}
+    for cid, key in sessions.items():
+        if cid in scores:
+            groups.setdefault(key, []).append(scores[cid])
     tops = {key: sorted(values, reverse=True)[:2] for key, values in groups.items()}
-    for cid, key in session_of.items():
-        top = tops[key]
-        if len(top) > 1:  # the best other candidate: the session's best, or for it the second
+    for cid, key in sessions.items():
+        top = tops.get(key, [])
+        if cid in scores and len(top) > 1:  # the best other: the session's best, or its second
             scores[cid] += SESSION_SHARE * (top[1] if scores[cid] == top[0] else top[0])
 
 
@@ -272,7 +281,7 @@ def hybrid_search(
             moment = stored_time(rec.metadata)
             if moment is not None and start <= moment < end:
                 scores[cid] *= 1 + PERIOD_BOOST
-    group_by_session(scores, records)
+    group_by_session(scores, session_keys(records))
     patterns = [whole_word(span) for span in spans]
     exact = {}
     for cid, rec in records.items():
