@@ -39,6 +39,7 @@ edits it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -48,9 +49,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from memsdk.config import MemoryConfig
 from memsdk.engine import (
     ByteLM,
     TTTConfig,
@@ -61,7 +64,7 @@ from memsdk.engine import (
     restore_state,
 )
 from memsdk.engine.delta import header_int
-from memsdk.engine.ttt import MAX_SLOTS, initial_weights, slot_name
+from memsdk.engine.ttt import FISHER_MASKED_INNER_LR, MAX_SLOTS, initial_weights, slot_name
 from memsdk.errors import DatabaseCorruptedError, FormatError, MemsdkError
 from memsdk.lease import WeightLeases
 from memsdk.retention import (
@@ -72,11 +75,15 @@ from memsdk.retention import (
     rehearsal_steps,
     slot_sources,
 )
+from memsdk.shared_parts import shared_model
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 from memsdk.worker import Command, closed_error, fail_queued, stop_and_join
 
-__all__ = ["Consolidator", "ScopeWeights"]
+if TYPE_CHECKING:
+    from memsdk.stores.notepad import Notepad
+
+__all__ = ["Consolidator", "ScopeWeights", "open_weight_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -762,3 +769,29 @@ class Consolidator:
 
 def _copy(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: w.detach().clone() for name, w in weights.items()}
+
+
+def open_weight_memory(config: MemoryConfig, notepad: Notepad) -> Consolidator:
+    """The weight memory of the memory whose notepad is ``notepad``, as ``config`` sets it:
+    the shared model, its fast parameters, deltas and snapshots in the memory directory."""
+    model = shared_model(config.weights_model)
+    ttt_config = model.default_ttt
+    if config.weights_fast_params == "fisher_masked":
+        ttt_config = dataclasses.replace(
+            ttt_config, fast_params="fisher_masked", inner_lr=FISHER_MASKED_INNER_LR
+        )
+    return Consolidator(
+        notepad.sql,
+        WeightDeltas(notepad.directory),
+        WeightSnapshots(notepad.directory),
+        model,
+        ttt_config=ttt_config,
+        delta_keep=config.weights_delta_keep,
+        max_deltas=config.weights_max_deltas,
+        batch_chunks=config.weights_batch_chunks,
+        retention=RetentionConfig(method=config.weights_retention, max_slots=config.weights_slots),
+        save_interval_s=config.weights_save_interval_s,
+        lease_s=config.weights_lease_s,
+        max_loaded_states=config.weights_max_loaded_scopes,
+        memory_id=notepad.memory_id,
+    )

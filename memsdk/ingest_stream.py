@@ -1,4 +1,4 @@
-"""One document into the notepad: chunk, deduplicate, (embed,) commit, batch by batch.
+"""Documents into the notepad: chunk, deduplicate, (embed,) commit, batch by batch.
 
 Both writes go through :func:`ingest_stream`: :meth:`HybridMemory.add` with vectors computed
 inline, :meth:`HybridMemory.ingest` with ``defer_vectors`` set, so that each batch is
@@ -19,13 +19,16 @@ import numpy as np
 from memsdk.chunking import RawChunk, chunk_stream, decode_chunk
 from memsdk.context import blend
 from memsdk.errors import MemsdkError
+from memsdk.progress import progress_bar
+from memsdk.results import IngestReport, SkippedSource
+from memsdk.sources import LIMIT_HINT, CountedBlocks, Skipped, Source, document_label, first_block
 from memsdk.stores.sql_records import NewChunk
 from memsdk.templates import TemplateVectors
 
 if TYPE_CHECKING:
     from memsdk.memory import HybridMemory
 
-__all__ = ["ingest_stream"]
+__all__ = ["ingest_sources", "ingest_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +143,67 @@ def ingest_stream(
         doc_id, size_bytes=size, content_hash=hasher.hexdigest(), duplicates=dups
     )
     return (doc_id if kept else None), dups
+
+
+def ingest_sources(
+    memory: HybridMemory,
+    scope_id: int,
+    sources: list[Source | Skipped],
+    metadata: dict[str, Any],
+    *,
+    progress: bool,
+    cancel: threading.Event | None,
+) -> IngestReport:
+    """:meth:`HybridMemory.ingest` after its checks: each source through
+    :func:`ingest_stream`, in turn, with one progress bar in bytes; what is not read is listed
+    in the report's ``skipped`` with its reason. ``seconds`` is left for the caller to set."""
+    sizes = [s.size for s in sources if isinstance(s, Source)]
+    total = sum(sizes) if None not in sizes else None  # type: ignore[arg-type]
+    documents, chunks, read, dups = [], 0, 0, 0
+    skipped: list[SkippedSource] = []
+    limit = memory.config.max_document_bytes
+
+    def skip(src: Source | Skipped, reason: str) -> None:
+        skipped.append(
+            SkippedSource(source=document_label(src.name), reason=document_label(reason))
+        )
+        logger.info("skipping %s: %s", src.name, reason)
+
+    with progress_bar(progress, total=total, desc="ingest", unit="B", unit_scale=True) as bar:
+        for src in sources:
+            if isinstance(src, Skipped):
+                skip(src, src.reason)
+                continue
+            opened = first_block(src, limit=limit)
+            if isinstance(opened, str):
+                skip(src, opened)
+                bar.update(src.size or 0)
+                continue
+            stream = CountedBlocks(*opened, bar.update, limit=limit)
+            ids: list[int] = []
+            doc_id, d = ingest_stream(
+                memory,
+                scope_id,
+                src.name,
+                stream,
+                metadata,
+                ids,
+                cancel=cancel,
+                defer_vectors=memory.config.background_embedding,
+            )
+            if stream.cut:
+                skip(src, f"cut after its first {limit} bytes ({LIMIT_HINT})")
+            read += stream.seen
+            chunks += len(ids)
+            dups += d
+            if doc_id is not None:
+                documents.append(doc_id)
+    return IngestReport(
+        documents=len(documents),
+        chunks=chunks,
+        bytes=read,
+        duplicates_skipped=dups,
+        seconds=0.0,
+        document_ids=documents,
+        skipped=skipped,
+    )

@@ -8,7 +8,6 @@ training in a background worker, :mod:`memsdk.consolidation`). Every read and wr
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -21,16 +20,15 @@ from typing import Any, BinaryIO, TextIO
 from memsdk import reading
 from memsdk.chunking import decode_chunk
 from memsdk.config import MemoryConfig
-from memsdk.consolidation import Consolidator
+from memsdk.consolidation import Consolidator, open_weight_memory
 from memsdk.embedding_stage import EmbeddingStage
 from memsdk.encoding import encode_text
 from memsdk.engine import TTTState, byte_losses
-from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.figures import memory_stats, vector_lag, weight_lag
 from memsdk.filters import compile_filters, validate_metadata
 from memsdk.forgetting import delete_scope, settle_owed_resets
-from memsdk.ingest_stream import ingest_stream
+from memsdk.ingest_stream import ingest_sources, ingest_stream
 from memsdk.inputs import MAX_INT, check_id, check_scope, text_to_store, to_bytes
 from memsdk.lifecycle import CallGate, gated
 from memsdk.progress import progress_bar, wait_showing
@@ -44,25 +42,16 @@ from memsdk.results import (
     MemoryStats,
     RouterCalibration,
     SearchHit,
-    SkippedSource,
     Surprise,
 )
-from memsdk.retention import RetentionConfig
 from memsdk.scope import Scope
 from memsdk.search import check_query, hybrid_search, item_fields
-from memsdk.shared_parts import shared_embedder, shared_model
+from memsdk.shared_parts import shared_embedder
 from memsdk.sources import (
-    LIMIT_HINT,
-    CountedBlocks,
-    Skipped,
-    Source,
-    document_label,
-    first_block,
     resolve_sources,
 )
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import Backlog
-from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 from memsdk.timeline import TIME_KEY, parse_time, with_time
 
 __all__ = ["HybridMemory"]
@@ -145,29 +134,7 @@ class HybridMemory:
         self.weights: Consolidator | None = None
         if self.config.weight_memory:
             try:
-                model = shared_model(self.config.weights_model)
-                ttt_config = model.default_ttt
-                if self.config.weights_fast_params == "fisher_masked":
-                    ttt_config = dataclasses.replace(
-                        ttt_config, fast_params="fisher_masked", inner_lr=FISHER_MASKED_INNER_LR
-                    )
-                self.weights = Consolidator(
-                    self.notepad.sql,
-                    WeightDeltas(self.path),
-                    WeightSnapshots(self.path),
-                    model,
-                    ttt_config=ttt_config,
-                    delta_keep=self.config.weights_delta_keep,
-                    max_deltas=self.config.weights_max_deltas,
-                    batch_chunks=self.config.weights_batch_chunks,
-                    retention=RetentionConfig(
-                        method=self.config.weights_retention, max_slots=self.config.weights_slots
-                    ),
-                    save_interval_s=self.config.weights_save_interval_s,
-                    lease_s=self.config.weights_lease_s,
-                    max_loaded_states=self.config.weights_max_loaded_scopes,
-                    memory_id=self.notepad.memory_id,
-                )
+                self.weights = open_weight_memory(self.config, self.notepad)
             except BaseException:
                 self.embedding.close()
                 self.notepad.close()
@@ -366,57 +333,9 @@ class HybridMemory:
         sources = resolve_sources(source, name, follow_symlinks=follow_symlinks)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
-        sizes = [s.size for s in sources if isinstance(s, Source)]
-        total = sum(sizes) if None not in sizes else None  # type: ignore[arg-type]
-        documents, chunks, read, dups = [], 0, 0, 0
-        skipped: list[SkippedSource] = []
-        limit = self.config.max_document_bytes
-
-        def skip(src: Source | Skipped, reason: str) -> None:
-            skipped.append(
-                SkippedSource(source=document_label(src.name), reason=document_label(reason))
-            )
-            logger.info("skipping %s: %s", src.name, reason)
-
-        with progress_bar(progress, total=total, desc="ingest", unit="B", unit_scale=True) as bar:
-            for src in sources:
-                if isinstance(src, Skipped):
-                    skip(src, src.reason)
-                    continue
-                opened = first_block(src, limit=limit)
-                if isinstance(opened, str):
-                    skip(src, opened)
-                    bar.update(src.size or 0)
-                    continue
-                stream = CountedBlocks(*opened, bar.update, limit=limit)
-                ids: list[int] = []
-                doc_id, d = ingest_stream(
-                    self,
-                    scope_id,
-                    src.name,
-                    stream,
-                    meta,
-                    ids,
-                    cancel=cancel,
-                    defer_vectors=self.config.background_embedding,
-                )
-                if stream.cut:
-                    skip(src, f"cut after its first {limit} bytes ({LIMIT_HINT})")
-                read += stream.seen
-                chunks += len(ids)
-                dups += d
-                if doc_id is not None:
-                    documents.append(doc_id)
+        report = ingest_sources(self, scope_id, sources, meta, progress=progress, cancel=cancel)
         self.notepad.save_index(min_interval_s=self.config.index_save_interval_s)
-        return IngestReport(
-            documents=len(documents),
-            chunks=chunks,
-            bytes=read,
-            duplicates_skipped=dups,
-            seconds=time.perf_counter() - started,
-            document_ids=documents,
-            skipped=skipped,
-        )
+        return report.model_copy(update={"seconds": time.perf_counter() - started})
 
     @gated
     def update(
