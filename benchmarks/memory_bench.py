@@ -383,8 +383,9 @@ def anomaly(mem: HybridMemory, shared: Path) -> dict:
     out = {"lines": len(log) - half, "alerts": sum(labels[half:])}
     for weights in ("adapted", "initial"):
         surprise = mem.surprise("".join(log[half:]), scope=scope, weights=weights)
-        scores = [line.bits_per_byte for line in surprise.lines]
-        out[f"auroc_{weights}"] = auroc(scores, labels[half:])
+        for key, field in (("", "novelty"), ("_bits_per_byte", "bits_per_byte")):
+            scores = [getattr(line, field) for line in surprise.lines]
+            out[f"auroc_{weights}{key}"] = auroc(scores, labels[half:])
     return out
 
 

@@ -83,7 +83,7 @@ def main() -> int:
                 polls += 1
                 newest = complete.decode("utf-8", "replace").splitlines()[-1]
                 # Score, then store: once ingested, the worker may train on the line at once.
-                surprise = mem.surprise(complete, scope=scope).lines[-1].bits_per_byte
+                scored = mem.surprise(complete, scope=scope).lines[-1]
                 report = mem.ingest([complete], scope=scope, name=f"{log.name} poll {polls}")
                 print(f"poll {polls}: {report.chunks} new chunks, {len(complete)} bytes")
                 text = complete.decode("utf-8", "replace")
@@ -94,7 +94,10 @@ def main() -> int:
                     ans = mem.query(prompt, scope=scope, k=1, max_bytes=60)
                     print(f"  query {prompt!r} -> {ans.route.branch}: {ans.completion!r}")
                     print(f"    why: {ans.route.reason.split(': ', 1)[1][:150]}")
-                print(f"  newest line at {surprise:.2f} bits/byte: {newest[:70]!r}")
+                print(
+                    f"  newest line at {scored.bits_per_byte:.2f} bits/byte, novelty "
+                    f"{scored.novelty:.2f}: {newest[:70]!r}"
+                )
             if finished and not partial and offset == log.stat().st_size:
                 break
             time.sleep(0.1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from memsdk.chunking import decode_chunk
 from memsdk.encoding import encode_text
 from memsdk.engine import TTTState, byte_losses, generate
@@ -17,7 +19,7 @@ from memsdk.errors import InputError
 from memsdk.recall import MAX_COMPLETION_BYTES
 from memsdk.results import Surprise, SurpriseLine
 
-__all__ = ["complete", "surprise"]
+__all__ = ["complete", "letter_mask", "surprise"]
 
 
 def _stop_bytes(stop: object) -> bytes | None:
@@ -71,16 +73,39 @@ def complete(
     return out.decode("utf-8", "replace")
 
 
+def letter_mask(data: bytes) -> np.ndarray:
+    """(len(data),) bool: the bytes of letters, ASCII ``A-Z a-z`` and every byte of a
+    non-ASCII character (mostly letters of other scripts)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    lower = b | 0x20
+    return ((lower >= ord("a")) & (lower <= ord("z"))) | (b >= 0x80)
+
+
 def surprise(state: TTTState, data: bytes, weights: str) -> Surprise:
     """Bits per byte of each line of ``data`` (with its newline) under ``state``, scored in
-    one pass so every line sees the lines before it in the window."""
-    bits = byte_losses(state, data)
+    one pass so every line sees the lines before it in the window, and each line's novelty:
+    the mean over its letters only.
+
+    Why letters: in a log line the digits (times, counters, ids, addresses) and punctuation
+    are new in every line, so their bits rank lines by how many numbers they hold more than
+    by how new they are. Chosen on development lines (``benchmarks/anomaly_score.py``): among
+    nine line scores, the letters' mean ranked BGL's alert lines best (AUROC 0.957 against
+    0.901 for the mean over every byte), and on the held-out half it gives 0.781 (0.739)."""
+    bits = byte_losses(state, data).numpy()
+    letters = letter_mask(data)
     lines, start = [], 0
     for number, raw in enumerate(data.splitlines(keepends=True)):
         end = start + len(raw)
         text_line, _ = decode_chunk(raw.rstrip(b"\r\n"))
+        line_bits, line_letters = bits[start:end], letters[start:end]
+        novel = line_bits[line_letters] if line_letters.any() else line_bits
         lines.append(
-            SurpriseLine(line=number, text=text_line, bits_per_byte=float(bits[start:end].mean()))
+            SurpriseLine(
+                line=number,
+                text=text_line,
+                bits_per_byte=float(line_bits.mean()),
+                novelty=float(novel.mean()),
+            )
         )
         start = end
     return Surprise(bits_per_byte=float(bits.mean()), weights=weights, lines=lines)

@@ -283,6 +283,11 @@ class SurpriseLine(BaseModel):
     line: int = Field(description="0-based line number")
     text: str
     bits_per_byte: float = Field(description="mean bits per byte of the line and its newline")
+    novelty: float = Field(
+        description="mean bits per byte of the line's letters (of all its bytes when it has "
+        "none): the score to rank lines by when looking for anomalies, since digits, ids and "
+        "punctuation are a log line's variable fields, new in every line"
+    )
 
 
 class Surprise(BaseModel):

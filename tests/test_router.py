@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
+import string
 
 import pytest
 import torch
@@ -304,6 +306,28 @@ def test_surprise_scores_each_line_and_the_weights_learned_the_stream(routed, hd
         routed.surprise(later, scope=SCOPE, weights="frozen")
     with pytest.raises(InputError, match="text is empty"):
         routed.surprise("", scope=SCOPE)
+
+
+def test_novelty_ranks_new_words_above_new_numbers(routed, hdfs_lines):
+    # Unseen HDFS lines, each changed two ways: a long new number appended (more bits per
+    # byte, but digits are a log's variable fields), or one word replaced by a new word.
+    rng = random.Random(0)
+    later = [line.rstrip("\n") for line in hdfs_lines[1000:1040]]
+    numbers = [f"{line} {''.join(rng.choice('0123456789') for _ in range(60))}\n" for line in later]
+    words = [
+        line.replace("INFO", "".join(rng.sample(string.ascii_lowercase, 6)), 1) + "\n"
+        for line in later
+    ]
+
+    def mean(text: list[str], field: str) -> float:
+        lines = routed.surprise("".join(text), scope=SCOPE).lines
+        return sum(getattr(line, field) for line in lines) / len(lines)
+
+    assert mean(numbers, "bits_per_byte") > mean(words, "bits_per_byte")
+    assert mean(words, "novelty") > mean(numbers, "novelty") + 0.5
+    # A line without letters has no words to judge: its novelty is its mean over every byte.
+    (digits_only,) = routed.surprise("0812 3345 9921\n", scope=SCOPE).lines
+    assert digits_only.novelty == pytest.approx(digits_only.bits_per_byte)
 
 
 def test_calibration_fits_stores_and_isolates_the_scope_policy(tmp_path, hdfs_lines):

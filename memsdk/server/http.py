@@ -126,6 +126,7 @@ class SurpriseLineOut(BaseModel):
     line: int
     text: str
     bits_per_byte: float
+    novelty: float
 
 
 class SurpriseOut(BaseModel):
