@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, create_engine, delete, func, select, update
+from sqlalchemy import case, create_engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -719,38 +719,52 @@ def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[
 def _insert_rows(
     s: Session, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
 ) -> list[int | None]:
-    """:meth:`SQLStore.insert_chunks` inside the caller's transaction."""
+    """:meth:`SQLStore.insert_chunks` inside the caller's transaction.
+
+    Rows go in as one bulk INSERT ... RETURNING (batched multi-row statements, ids in the
+    order given) rather than as ORM objects: on an acknowledged ingest of logs the ORM's
+    per-object bookkeeping took about half of the writing thread's time."""
     taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
-    rows: list[ChunkRow | None] = []
+    now = utc_now()
+    values: list[dict[str, Any]] = []
+    fresh: list[bool] = []
     for c in chunks:
-        if c.content_hash in taken:
-            rows.append(None)
+        fresh.append(c.content_hash not in taken)
+        if not fresh[-1]:
             continue
         taken.add(c.content_hash)
-        row = ChunkRow(
-            scope_id=scope_id,
-            document_id=document_id,
-            seq=c.seq,
-            start_byte=c.start_byte,
-            end_byte=c.end_byte,
-            text=c.text,
-            raw=c.raw,
-            content_hash=c.content_hash,
-            meta=c.metadata,
-            embedding=np.asarray(c.embedding, dtype="<f4").tobytes(),
+        values.append(
+            {
+                "scope_id": scope_id,
+                "document_id": document_id,
+                "seq": c.seq,
+                "start_byte": c.start_byte,
+                "end_byte": c.end_byte,
+                "text": c.text,
+                "raw": c.raw,
+                "content_hash": c.content_hash,
+                "meta": c.metadata,
+                "embedding": np.asarray(c.embedding, dtype="<f4").tobytes(),
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-        s.add(row)
-        rows.append(row)
-    s.flush()
-    added = [r for r in rows if r is not None]
-    s.add_all(HistoryRow(chunk_id=r.id, scope_id=scope_id, event="ADD") for r in added)
-    if document_id is not None and added:
+    if not values:
+        return [None] * len(chunks)
+    stmt = insert(ChunkRow).returning(ChunkRow.id, sort_by_parameter_order=True)
+    added = [int(i) for i in s.scalars(stmt, values)]
+    s.execute(
+        insert(HistoryRow),
+        [{"chunk_id": i, "scope_id": scope_id, "event": "ADD", "created_at": now} for i in added],
+    )
+    if document_id is not None:
         s.execute(
             update(DocumentRow)
             .where(DocumentRow.id == document_id)
             .values(chunk_count=DocumentRow.chunk_count + len(added))
         )
-    return [r.id if r is not None else None for r in rows]
+    ids = iter(added)
+    return [next(ids) if new else None for new in fresh]
 
 
 def _delete_rows(s: Session, scope_id: int, ids: Sequence[int] | None) -> list[int]:
