@@ -63,18 +63,16 @@ BATCH = 256
 
 
 def fill(sql: SQLStore, scope_id: int, plan: list[Source], size: int) -> list[Source]:
-    """Write the plan's files as chunks until the scope holds ``size``; the files it holds.
+    """Write the plan's files as chunks until the scope holds ``size``; the files walked.
 
-    A file already stored by an earlier run is not read again."""
+    The files an earlier run wrote are not read again."""
     config = MemoryConfig()
     stored = stored_sources(sql, scope_id)
+    last = max((i for i, s in enumerate(plan) if str(s.path) in stored), default=-1)
+    walked = plan[: last + 1]  # what an earlier run wrote (files that added nothing included)
     held = sql.scope_counts().get(scope_id, (0, 0, 0))[1]
-    walked = []
     started = time.perf_counter()
-    for source in plan:
-        if str(source.path) in stored:
-            walked.append(source)
-            continue
+    for source in plan[last + 1 :]:
         if held >= size:
             break
         walked.append(source)
