@@ -43,9 +43,12 @@ from memsdk.stores.sql_records import (
     unpack_embeddings,
 )
 from memsdk.stores.sql_schema import (
+    CHUNK_META,
     PENDING_VECTOR_INDEX,
     POSTGRES_FTS,
     SQLITE_FTS,
+    SQLITE_METADATA_BACKFILL,
+    SQLITE_METADATA_INDEX,
     Base,
     ChunkRow,
     DocumentRow,
@@ -124,8 +127,22 @@ class SQLStore:
             ddl = [*(SQLITE_FTS if self.is_sqlite else POSTGRES_FTS), PENDING_VECTOR_INDEX]
             if self._write_engine.dialect.name in ("sqlite", "postgresql"):
                 with self._write_engine.begin() as conn:
+                    # Checked inside the write transaction, so of two processes opening a
+                    # memory written before the metadata index, one fills it, once.
+                    fill_meta = (
+                        self.is_sqlite
+                        and not conn.exec_driver_sql(
+                            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (CHUNK_META,),
+                        ).first()
+                    )
                     for statement in ddl:
                         conn.exec_driver_sql(statement)
+                    if self.is_sqlite:
+                        for statement in SQLITE_METADATA_INDEX:
+                            conn.exec_driver_sql(statement)
+                    if fill_meta:
+                        conn.exec_driver_sql(SQLITE_METADATA_BACKFILL)
 
     def close(self) -> None:
         self._read_engine.dispose()

@@ -40,10 +40,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "CHUNK_META",
     "COMMON_SHARE",
     "PENDING_VECTOR_INDEX",
     "POSTGRES_FTS",
     "SQLITE_FTS",
+    "SQLITE_METADATA_BACKFILL",
+    "SQLITE_METADATA_INDEX",
     "Base",
     "ChunkRow",
     "DocumentRow",
@@ -196,6 +199,37 @@ SQLITE_FTS = [
     "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
     "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
 ]
+# Metadata filters on SQLite (memsdk/filters.py): a comparison or in-list on one top-level key
+# reads this index instead of running json_extract over every chunk of the scope, which reads
+# every row of the table (about 50 ms per 100k chunks, whatever the filter keeps). One row per
+# scalar top-level value (json_each's type names: text, integer, real, true, false; null,
+# arrays and objects are not indexed), kept by triggers; the primary key serves the filters
+# (key, then value), the second index the deletes.
+CHUNK_META = "chunk_meta"
+SQLITE_METADATA_INDEX = [
+    "CREATE TABLE IF NOT EXISTS chunk_meta (key TEXT NOT NULL, value NOT NULL, "
+    "type TEXT NOT NULL, chunk_id INTEGER NOT NULL, PRIMARY KEY (key, value, chunk_id)) "
+    "WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS ix_chunk_meta_chunk ON chunk_meta (chunk_id)",
+    "CREATE TRIGGER IF NOT EXISTS chunk_meta_insert AFTER INSERT ON chunks BEGIN "
+    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT key, value, type, new.id "
+    "FROM json_each(new.metadata) WHERE type IN ('text', 'integer', 'real', 'true', 'false'); "
+    "END",
+    "CREATE TRIGGER IF NOT EXISTS chunk_meta_delete AFTER DELETE ON chunks BEGIN "
+    "DELETE FROM chunk_meta WHERE chunk_id = old.id; END",
+    "CREATE TRIGGER IF NOT EXISTS chunk_meta_update AFTER UPDATE OF metadata ON chunks BEGIN "
+    "DELETE FROM chunk_meta WHERE chunk_id = old.id; "
+    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT key, value, type, new.id "
+    "FROM json_each(new.metadata) WHERE type IN ('text', 'integer', 'real', 'true', 'false'); "
+    "END",
+]
+# Fills the index from the chunks written before it existed: run once, in the transaction that
+# creates the table (stores/sql.py).
+SQLITE_METADATA_BACKFILL = (
+    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT j.key, j.value, j.type, c.id "
+    "FROM chunks AS c, json_each(c.metadata) AS j "
+    "WHERE j.type IN ('text', 'integer', 'real', 'true', 'false')"
+)
 POSTGRES_FTS = [
     "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
 ]
