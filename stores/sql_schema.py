@@ -202,26 +202,30 @@ SQLITE_FTS = [
 # Metadata filters on SQLite (memsdk/filters.py): a comparison or in-list on one top-level key
 # reads this index instead of running json_extract over every chunk of the scope, which reads
 # every row of the table (about 50 ms per 100k chunks, whatever the filter keeps). One row per
-# scalar top-level value (json_each's type names: text, integer, real, true, false; null,
-# arrays and objects are not indexed), kept by triggers; the primary key serves the filters
-# (key, then value), the second index the deletes.
+# scalar top-level value (json_each's type names; null, arrays and objects are not indexed),
+# kept by triggers. The primary key serves the filters (key, then value) and the deletes, which
+# find a chunk's rows from its old metadata, so no second index costs the writes.
 CHUNK_META = "chunk_meta"
+_INDEXED = "FROM json_each({}.metadata) WHERE type IN ('text', 'integer', 'real', 'true', 'false')"
+_META_INSERT = (
+    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT key, value, type, new.id "
+    + _INDEXED.format("new")
+)
+_META_DELETE = (
+    "DELETE FROM chunk_meta WHERE (key, value, chunk_id) IN (SELECT key, value, old.id "
+    + _INDEXED.format("old")
+    + ")"
+)
 SQLITE_METADATA_INDEX = [
     "CREATE TABLE IF NOT EXISTS chunk_meta (key TEXT NOT NULL, value NOT NULL, "
     "type TEXT NOT NULL, chunk_id INTEGER NOT NULL, PRIMARY KEY (key, value, chunk_id)) "
     "WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS ix_chunk_meta_chunk ON chunk_meta (chunk_id)",
-    "CREATE TRIGGER IF NOT EXISTS chunk_meta_insert AFTER INSERT ON chunks BEGIN "
-    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT key, value, type, new.id "
-    "FROM json_each(new.metadata) WHERE type IN ('text', 'integer', 'real', 'true', 'false'); "
+    f"CREATE TRIGGER IF NOT EXISTS chunk_meta_insert AFTER INSERT ON chunks BEGIN {_META_INSERT}; "
     "END",
-    "CREATE TRIGGER IF NOT EXISTS chunk_meta_delete AFTER DELETE ON chunks BEGIN "
-    "DELETE FROM chunk_meta WHERE chunk_id = old.id; END",
+    f"CREATE TRIGGER IF NOT EXISTS chunk_meta_delete AFTER DELETE ON chunks BEGIN {_META_DELETE}; "
+    "END",
     "CREATE TRIGGER IF NOT EXISTS chunk_meta_update AFTER UPDATE OF metadata ON chunks BEGIN "
-    "DELETE FROM chunk_meta WHERE chunk_id = old.id; "
-    "INSERT INTO chunk_meta (key, value, type, chunk_id) SELECT key, value, type, new.id "
-    "FROM json_each(new.metadata) WHERE type IN ('text', 'integer', 'real', 'true', 'false'); "
-    "END",
+    f"{_META_DELETE}; {_META_INSERT}; END",
 ]
 # Fills the index from the chunks written before it existed: run once, in the transaction that
 # creates the table (stores/sql.py).
