@@ -400,33 +400,50 @@ class SQLStore:
             ``[(chunk_id, score)]``, best first; higher scores are better.
         """
         with self.reading() as s:
-            if self.is_sqlite:
-                found = keyword_select(
-                    self.dialect,
-                    query,
-                    doc_count=functools.partial(_fts_doc_count, s),
-                    indexed_chunks=_fts_rows(s),
-                )
-            else:
-                found = keyword_select(self.dialect, query)
-            if found is None:
-                return []
-            stmt, sign = found
-            stmt = stmt.where(ChunkRow.scope_id == scope_id).limit(limit)
-            if where is not None:
-                stmt = stmt.where(where)
-            return [(int(i), sign * float(r)) for i, r in s.execute(stmt)]
+            common = self._common_words(s, query)
+            rows = self._keyword_rows(s, scope_id, query, common, limit=limit, where=where)
+            if not rows and common:
+                # Only common words hold a match in this scope (the counts are the whole
+                # index's): rank by every word rather than return nothing.
+                rows = self._keyword_rows(s, scope_id, query, [], limit=limit, where=where)
+            return rows
+
+    def _keyword_rows(
+        self,
+        s: Session,
+        scope_id: int,
+        query: str,
+        common: list[list[str]],
+        *,
+        limit: int,
+        where: ColumnElement[bool] | None,
+    ) -> list[tuple[int, float]]:
+        found = keyword_select(self.dialect, query, scoring_only=common)
+        if found is None:
+            return []
+        stmt, sign = found
+        stmt = stmt.where(ChunkRow.scope_id == scope_id).limit(limit)
+        if where is not None:
+            stmt = stmt.where(where)
+        return [(int(i), sign * float(r)) for i, r in s.execute(stmt)]
+
+    def _common_words(self, s: Session, query: str) -> list[list[str]]:
+        """The words of ``query`` too common to select rows (``split_common``); none on
+        PostgreSQL, where every phrase selects."""
+        phrases = query_phrases(query)
+        if not self.is_sqlite or not phrases:
+            return []
+        doc_count = functools.partial(_fts_doc_count, s)
+        return split_common(phrases, doc_count, common_cutoff(_fts_rows(s)))[1]
 
     def keyword_phrases(self, query: str) -> tuple[list[list[str]], list[list[str]]]:
         """How :meth:`keyword_search` reads ``query`` now: ``(selecting, scoring_only)``, the
         phrases whose rows it ranks and the common words that only add to their scores
-        (``stores.sql_schema.COMMON_SHARE``; none on PostgreSQL, where every phrase selects)."""
-        phrases = query_phrases(query)
-        if not self.is_sqlite or not phrases:
-            return phrases, []
+        (``stores.sql_schema.COMMON_SHARE``). When no selecting phrase matches in the scope,
+        every phrase selects."""
         with self.reading() as s:
-            doc_count = functools.partial(_fts_doc_count, s)
-            return split_common(phrases, doc_count, common_cutoff(_fts_rows(s)))
+            common = self._common_words(s, query)
+        return [p for p in query_phrases(query) if p not in common], common
 
     def get_chunks(self, scope_id: int, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """The scope's chunks among ``ids``; ids of other scopes are simply absent."""

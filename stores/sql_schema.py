@@ -269,6 +269,8 @@ def query_phrases(query: str) -> list[list[str]]:
 # the rule did not exist) no longer selects rows: it only adds its BM25 weight to the rows a
 # rarer phrase selected. When every phrase is a common word, the KEEP_COMMON rarest select. A
 # phrase of several words (an identifier such as "blk 1608999687919862906") always selects.
+# The counts are the whole index's, so when no selecting phrase matches inside the searched
+# scope, the search runs again with every phrase selecting (SQLStore.keyword_search).
 # Measured on the notepad corpus at 100k chunks (benchmarks/README.md, keyword_search.py): a
 # 1% share cut the keyword side's p95 about five-fold, kept 82% of the natural-language top 10
 # (0.5% kept 70%, 2% kept 87% at half the gain), and the rank-1 needle hit rate rose (the
@@ -319,30 +321,22 @@ def fts_match(selecting: list[list[str]], scoring_only: Sequence[list[str]] = ()
 
 
 def keyword_select(
-    dialect: str,
-    query: str,
-    *,
-    doc_count: Callable[[str, int], int] | None = None,
-    indexed_chunks: int = 0,
+    dialect: str, query: str, *, scoring_only: Sequence[list[str]] = ()
 ) -> tuple[Select[Any], float] | None:
     """The exact-token query of ``query`` on ``dialect``'s full-text index: ``(statement,
     sign)``, the statement selecting ``(chunk id, rank)`` best first, and ``sign * rank``
     higher for better matches. None when the query has no word or the dialect no index.
 
-    On SQLite, ``doc_count`` (see :func:`split_common`) and ``indexed_chunks`` (the rows of
-    the index) make common words score without selecting (:data:`COMMON_SHARE`); without
-    ``doc_count`` every phrase selects.
+    On SQLite, the phrases in ``scoring_only`` (common words, :func:`split_common`) add to the
+    rank of the rows the query's other phrases select without selecting rows themselves.
     """
     query = query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
     phrases = query_phrases(query)
     if not phrases:
         return None
     if dialect == "sqlite":
-        scoring_only: list[list[str]] = []
-        if doc_count is not None:
-            cutoff = common_cutoff(indexed_chunks)
-            phrases, scoring_only = split_common(phrases, doc_count, cutoff)
-        match = fts_match(phrases, scoring_only)
+        selecting = [p for p in phrases if p not in scoring_only] or phrases
+        match = fts_match(selecting, [p for p in phrases if p not in selecting])
         fts = table("chunks_fts", column("rowid"))
         fts_ref = literal_column("chunks_fts")
         rank = func.bm25(fts_ref).label("rank")

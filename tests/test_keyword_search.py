@@ -49,6 +49,10 @@ def store(tmp_path_factory) -> Iterator[tuple[SQLStore, int, list[int]]]:
         rows.append(NewChunk(i, 0, len(text), text, None, digest, {}, np.empty(0, np.float32)))
     ids = [int(cid) for cid in sql.insert_chunks(scope_id, None, rows) if cid is not None]
     assert len(ids) == CHUNKS
+    other = sql.ensure_scope(("acme", "u2", "", ""))  # holds alpha, never zyxwvut
+    text = "alpha in another scope"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    sql.insert_chunks(other, None, [NewChunk(0, 0, 4, text, None, digest, {}, np.empty(0))])
     yield sql, scope_id, ids
     sql.close()
 
@@ -86,6 +90,14 @@ def test_when_every_word_is_common_the_two_rarest_select(store):
     ranked = [position[cid] for cid, _ in hits]
     assert sorted(ranked) == list(range(GAMMA))
     assert set(ranked[:BETA]) == set(range(BETA))
+
+
+def test_common_words_select_when_nothing_rarer_matches_in_the_scope(store):
+    sql, scope_id, _ = store
+    other = sql.ensure_scope(("acme", "u2", "", ""))
+    assert sql.keyword_phrases("alpha zyxwvut")[1] == [["alpha"]]
+    hits = sql.keyword_search(other, "alpha zyxwvut", limit=CHUNKS)
+    assert len(hits) == 1 and hits[0][0] not in sql.chunk_ids(scope_id)
 
 
 def test_words_below_the_cutoff_all_select(store):
