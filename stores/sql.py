@@ -394,7 +394,9 @@ class SQLStore:
     ) -> list[tuple[int, float]]:
         """Exact-token search (BM25 on SQLite FTS5, ts_rank on PostgreSQL) inside one scope.
 
-        The scope and ``where`` are part of the same SQL query, applied before ranking.
+        The scope and ``where`` are part of the same SQL query, applied before ranking. On
+        SQLite, common words only add to the rank of the rows rarer phrases select
+        (:meth:`keyword_phrases`).
 
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql import SQLStore, _fts_rows
 from memsdk.stores.sql_records import NewChunk
 from memsdk.stores.sql_schema import MIN_COMMON_DOCS, fts_match, query_phrases
 
@@ -98,6 +98,13 @@ def test_common_words_select_when_nothing_rarer_matches_in_the_scope(store):
     assert sql.keyword_phrases("alpha zyxwvut")[1] == [["alpha"]]
     hits = sql.keyword_search(other, "alpha zyxwvut", limit=CHUNKS)
     assert len(hits) == 1 and hits[0][0] not in sql.chunk_ids(scope_id)
+
+
+def test_the_share_counts_every_indexed_chunk(store):
+    """The cutoff's base, read from FTS5's averages record, is the number of indexed chunks."""
+    sql, _, _ = store
+    with sql.reading() as s:
+        assert _fts_rows(s) == CHUNKS + 1  # and the other scope's chunk
 
 
 def test_words_below_the_cutoff_all_select(store):
