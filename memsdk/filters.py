@@ -23,7 +23,7 @@ import json
 import math
 import operator
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -36,18 +36,20 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    column,
     false,
     func,
     not_,
     or_,
     select,
+    table,
     true,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
 from memsdk.encoding import check_text
 from memsdk.errors import FilterError, InputError
-from memsdk.stores.sql_schema import ChunkRow
+from memsdk.stores.sql_schema import CHUNK_META, ChunkRow
 from memsdk.timeline import TIME_KEY, to_time_text
 
 __all__ = ["compile_filters", "validate_metadata"]
@@ -175,18 +177,39 @@ class _Field:
         return func.json_extract(ChunkRow.meta, self.path)
 
     def member(self, kind: str, values: list[Any]) -> ColumnElement[bool]:
-        """The value is one of ``values`` (all of JSON type ``kind``), as one bound parameter."""
+        """The value is of JSON type ``kind`` and one of ``values`` (all of that type), as one
+        bound parameter."""
         if self.dialect == "postgresql":
             element = {"number": Float, "string": Text, "boolean": Boolean}[kind]
             if kind == "number":
                 values = [float(v) for v in values]  # psycopg binds no array of mixed types
-            return self.value(kind) == any_(bindparam(None, values, type_=ARRAY(element)))
+            return self.test(
+                kind, self.value(kind) == any_(bindparam(None, values, type_=ARRAY(element)))
+            )
         if kind == "boolean":
-            values = [int(v) for v in values]  # json_extract gives 1 / 0 for true / false
+            values = [int(v) for v in values]  # json_each gives 1 / 0 for true / false
         listed = func.json_each(bindparam(None, json.dumps(values), type_=Text)).table_valued(
             "value"
         )
-        return self.value(kind).in_(select(listed.c.value))
+        return self.holds(kind, lambda value: value.in_(select(listed.c.value)))
+
+    def holds(
+        self, kind: str, predicate: Callable[[ColumnElement[Any]], ColumnElement[bool]]
+    ) -> ColumnElement[bool]:
+        """The value is of JSON type ``kind`` and passes ``predicate``. On SQLite this reads
+        the metadata index (``chunk_meta``, see stores/sql_schema.py) by key and value instead
+        of parsing every chunk's metadata."""
+        if self.dialect == "postgresql":
+            return self.test(kind, predicate(self.value(kind)))
+        indexed = table(
+            CHUNK_META, column("key"), column("value"), column("type"), column("chunk_id")
+        )
+        matching = select(indexed.c.chunk_id).where(
+            indexed.c.key == self.key,
+            indexed.c.type.in_(self.kinds(kind)),
+            predicate(indexed.c.value),
+        )
+        return ChunkRow.id.in_(matching)
 
     def is_null(self) -> ColumnElement[bool]:
         """The key holds JSON null: false, never SQL NULL, when the key is absent, so that
@@ -254,9 +277,8 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
     kind = _kind(value, key, op)
     if kind == "boolean" and op != "eq":
         raise FilterError(f"filter {key!r} {op}: booleans can only be tested with eq / ne")
-    column = field.value(kind)
     if kind == "boolean" and field.dialect != "postgresql":
-        value = int(value)  # SQLite's json_extract gives 1 / 0 for true / false
+        value = int(value)  # SQLite's json_extract and json_each give 1 / 0 for true / false
     compare = {
         "eq": operator.eq,
         "gt": operator.gt,
@@ -264,7 +286,7 @@ def _compare(field: _Field, op: str, value: Any) -> ColumnElement[bool]:
         "lt": operator.lt,
         "lte": operator.le,
     }[op]
-    return field.test(kind, compare(column, value))
+    return field.holds(kind, lambda stored: compare(stored, value))
 
 
 def _membership(field: _Field, op: str, values: list[Any] | tuple[Any, ...]) -> ColumnElement[bool]:
@@ -276,7 +298,7 @@ def _membership(field: _Field, op: str, values: list[Any] | tuple[Any, ...]) -> 
             has_null = True
             continue
         by_kind.setdefault(_kind(v, field.key, op), []).append(v)
-    tests = [field.test(kind, field.member(kind, listed)) for kind, listed in by_kind.items()]
+    tests = [field.member(kind, listed) for kind, listed in by_kind.items()]
     if has_null:
         tests.append(field.is_null())
     return or_(*tests)

@@ -1,0 +1,118 @@
+"""The full-text ranking does not score every chunk holding a common word (issue 18).
+
+A real SQLite store (FTS5, triggers) holds 1,600 chunks, each with the common word "alpha";
+most also hold "beta" and "gamma". No vectors are needed: the keyword side is SQL alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from memsdk.stores.sql import SQLStore, _fts_rows
+from memsdk.stores.sql_records import NewChunk
+from memsdk.stores.sql_schema import MIN_COMMON_DOCS, fts_match, query_phrases
+
+CHUNKS = 1600
+BETA = 1100  # chunks 0..1099 hold "beta"
+GAMMA = 1200  # chunks 0..1199 hold "gamma"
+RARE = 77  # the only chunk holding "zyxwvut" and the id blk_-1608999687919862906
+IDENTIFIER = "blk_-1608999687919862906"
+
+
+def chunk_text(i: int) -> str:
+    words = [f"alpha line {i} filler{i}"]
+    if i < BETA:
+        words.append("beta")
+    if i < GAMMA:
+        words.append("gamma")
+    if i == RARE:
+        words.append(f"zyxwvut {IDENTIFIER}")
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Iterator[tuple[SQLStore, int, list[int]]]:
+    """The store, the scope's id, and chunk i's id at position i."""
+    assert CHUNKS > GAMMA > BETA > MIN_COMMON_DOCS  # all three words are common here
+    path = tmp_path_factory.mktemp("keyword") / "memory.db"
+    sql = SQLStore(f"sqlite:///{path}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    rows = []
+    for i in range(CHUNKS):
+        text = chunk_text(i)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        rows.append(NewChunk(i, 0, len(text), text, None, digest, {}, np.empty(0, np.float32)))
+    ids = [int(cid) for cid in sql.insert_chunks(scope_id, None, rows) if cid is not None]
+    assert len(ids) == CHUNKS
+    other = sql.ensure_scope(("acme", "u2", "", ""))  # holds alpha, never zyxwvut
+    text = "alpha in another scope"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    sql.insert_chunks(other, None, [NewChunk(0, 0, 4, text, None, digest, {}, np.empty(0))])
+    yield sql, scope_id, ids
+    sql.close()
+
+
+def test_a_rare_word_ranks_its_chunk_and_common_words_only_score(store):
+    sql, scope_id, ids = store
+    query = "alpha gamma zyxwvut"
+    selecting, scoring_only = sql.keyword_phrases(query)
+    assert selecting == [["zyxwvut"]]
+    assert scoring_only == [["alpha"], ["gamma"]]
+    hits = sql.keyword_search(scope_id, query, limit=CHUNKS)
+    # Only the rare word's chunk is scored, where every chunk holding alpha was before.
+    assert [cid for cid, _ in hits] == [ids[RARE]]
+
+
+def test_an_identifier_phrase_always_selects(store):
+    sql, scope_id, ids = store
+    query = f"what happened to {IDENTIFIER} alpha beta"
+    selecting, scoring_only = sql.keyword_phrases(query)
+    assert ["blk", "1608999687919862906"] in selecting
+    assert ["alpha"] in scoring_only and ["beta"] in scoring_only
+    hits = sql.keyword_search(scope_id, query, limit=CHUNKS)
+    assert hits and hits[0][0] == ids[RARE]
+    assert len(hits) == 1
+
+
+def test_when_every_word_is_common_the_two_rarest_select(store):
+    sql, scope_id, ids = store
+    selecting, scoring_only = sql.keyword_phrases("alpha gamma beta")
+    assert selecting == [["gamma"], ["beta"]] and scoring_only == [["alpha"]]
+    hits = sql.keyword_search(scope_id, "alpha gamma beta", limit=CHUNKS)
+    # The rows holding beta or gamma (0..1199), not the 400 holding alpha alone; the 1,100
+    # holding all three rank above the 100 holding gamma and alpha only.
+    position = {cid: i for i, cid in enumerate(ids)}
+    ranked = [position[cid] for cid, _ in hits]
+    assert sorted(ranked) == list(range(GAMMA))
+    assert set(ranked[:BETA]) == set(range(BETA))
+
+
+def test_common_words_select_when_nothing_rarer_matches_in_the_scope(store):
+    sql, scope_id, _ = store
+    other = sql.ensure_scope(("acme", "u2", "", ""))
+    assert sql.keyword_phrases("alpha zyxwvut")[1] == [["alpha"]]
+    hits = sql.keyword_search(other, "alpha zyxwvut", limit=CHUNKS)
+    assert len(hits) == 1 and hits[0][0] not in sql.chunk_ids(scope_id)
+
+
+def test_the_share_counts_every_indexed_chunk(store):
+    """The cutoff's base, read from FTS5's averages record, is the number of indexed chunks."""
+    sql, _, _ = store
+    with sql.reading() as s:
+        assert _fts_rows(s) == CHUNKS + 1  # and the other scope's chunk
+
+
+def test_words_below_the_cutoff_all_select(store):
+    sql, _, _ = store
+    query = "filler3 filler4 zyxwvut"
+    assert sql.keyword_phrases(query) == (query_phrases(query), [])
+
+
+def test_match_expression_scores_common_words_inside_the_rare_rows():
+    assert fts_match([["a"]]) == '"a"'
+    assert fts_match([["a", "b"]], [["c"]]) == '("a b") AND ("a b" OR "c")'
