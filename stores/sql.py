@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, create_engine, delete, func, insert, select, text, update
+from sqlalchemy import case, create_engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -32,6 +32,14 @@ from memsdk.stores.sql_connection import (
     corruption_named,
     out_of_storage,
     sqlite_engine,
+)
+from memsdk.stores.sql_keywords import (
+    common_cutoff,
+    fts_doc_count,
+    fts_rows,
+    keyword_select,
+    query_phrases,
+    split_common,
 )
 from memsdk.stores.sql_records import (
     ChunkRecord,
@@ -58,12 +66,9 @@ from memsdk.stores.sql_schema import (
     LedgerRow,
     OwedResetRow,
     ScopeRow,
-    common_cutoff,
-    keyword_select,
-    query_phrases,
-    split_common,
     utc_now,
 )
+from memsdk.stores.sql_writes import delete_rows, held_hashes, insert_rows
 
 __all__ = [
     "ChunkRecord",
@@ -322,7 +327,7 @@ class SQLStore:
         if not hashes:
             return set()
         with self.reading() as s:
-            return _held_hashes(s, scope_id, hashes)
+            return held_hashes(s, scope_id, hashes)
 
     def insert_chunks(
         self, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
@@ -333,7 +338,7 @@ class SQLStore:
         skipped. Returns the new ids in input order, None for a skipped chunk.
         """
         with self.writing() as s:
-            return _insert_rows(s, scope_id, document_id, chunks)
+            return insert_rows(s, scope_id, document_id, chunks)
 
     def replace_chunks(
         self,
@@ -356,11 +361,11 @@ class SQLStore:
         """
         old_ids = [i for i in old_ids if self._holdable(i)]
         with self.writing() as s:
-            _delete_rows(s, scope_id, old_ids)
+            delete_rows(s, scope_id, old_ids)
             doc = DocumentRow(scope_id=scope_id, source=source, meta=metadata)
             s.add(doc)
             s.flush()
-            ids = _insert_rows(s, scope_id, doc.id, chunks)
+            ids = insert_rows(s, scope_id, doc.id, chunks)
             if None in ids or not ids:
                 raise DuplicateError(
                     "the text repeats content this scope already holds (memsdk keeps one copy "
@@ -435,13 +440,13 @@ class SQLStore:
         phrases = query_phrases(query)
         if not self.is_sqlite or not phrases:
             return []
-        doc_count = functools.partial(_fts_doc_count, s)
-        return split_common(phrases, doc_count, common_cutoff(_fts_rows(s)))[1]
+        doc_count = functools.partial(fts_doc_count, s)
+        return split_common(phrases, doc_count, common_cutoff(fts_rows(s)))[1]
 
     def keyword_phrases(self, query: str) -> tuple[list[list[str]], list[list[str]]]:
         """How :meth:`keyword_search` reads ``query`` now: ``(selecting, scoring_only)``, the
         phrases whose rows it ranks and the common words that only add to their scores
-        (``stores.sql_schema.COMMON_SHARE``). When no selecting phrase matches in the scope,
+        (``stores.sql_keywords.COMMON_SHARE``). When no selecting phrase matches in the scope,
         every phrase selects."""
         with self.reading() as s:
             common = self._common_words(s, query)
@@ -546,14 +551,14 @@ class SQLStore:
             if not ids:
                 return []
         with self.writing() as s:
-            return _delete_rows(s, scope_id, ids)
+            return delete_rows(s, scope_id, ids)
 
     def delete_scope(self, scope_id: int) -> list[int]:
         """Delete every chunk of the scope and, in the same transaction, record that its
         weight memory and router policy owe a reset (:meth:`owed_resets`). Returns the
         deleted ids."""
         with self.writing() as s:
-            deleted = _delete_rows(s, scope_id, None)
+            deleted = delete_rows(s, scope_id, None)
             if s.get(OwedResetRow, scope_id) is None:
                 s.add(OwedResetRow(scope_id=scope_id))
             return deleted
@@ -766,127 +771,3 @@ class SQLStore:
         with self.reading() as s:
             row = s.get(LeaseRow, scope_id)
             return None if row is None else row.holder
-
-
-def _fts_doc_count(s: Session, word: str, limit: int) -> int:
-    """How many indexed chunks (of every scope) hold ``word``, counted up to ``limit``: FTS5
-    stores no document count, so reading one costs as much as the count, and the limit bounds
-    it (fts5vocab's count reads the word's whole doclist: 3 ms for "the" at 100k chunks)."""
-    stmt = text(
-        "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :m LIMIT :n)"
-    )
-    return int(s.execute(stmt, {"m": f'"{word}"', "n": limit}).scalar_one())
-
-
-def _fts_rows(s: Session) -> int:
-    """How many rows the FTS5 index holds, read from its averages record (row 1 of
-    ``chunks_fts_data``: a varint row count, then token totals): one row read where
-    ``count(*)`` would walk every chunk."""
-    block = s.execute(text("SELECT block FROM chunks_fts_data WHERE id = 1")).scalar()
-    if not block:
-        return 0
-    value = 0
-    for i, byte in enumerate(bytes(block[:9])):  # SQLite's varint, as FTS5 writes it
-        if i == 8:
-            return (value << 8) | byte
-        value = (value << 7) | (byte & 0x7F)
-        if byte < 0x80:
-            return value
-    return int(s.execute(select(func.count()).select_from(ChunkRow)).scalar_one())
-
-
-def _held_hashes(session: Session, scope_id: int, hashes: Sequence[str]) -> set[str]:
-    stmt = select(ChunkRow.content_hash).where(
-        ChunkRow.scope_id == scope_id, ChunkRow.content_hash.in_(set(hashes))
-    )
-    return set(session.scalars(stmt))
-
-
-def _insert_rows(
-    s: Session, scope_id: int, document_id: int | None, chunks: Sequence[NewChunk]
-) -> list[int | None]:
-    """:meth:`SQLStore.insert_chunks` inside the caller's transaction.
-
-    Rows go in as one bulk INSERT ... RETURNING (batched multi-row statements, ids in the
-    order given) rather than as ORM objects: on an acknowledged ingest of logs the ORM's
-    per-object bookkeeping took about half of the writing thread's time."""
-    taken = _held_hashes(s, scope_id, [c.content_hash for c in chunks])
-    now = utc_now()
-    values: list[dict[str, Any]] = []
-    fresh: list[bool] = []
-    for c in chunks:
-        fresh.append(c.content_hash not in taken)
-        if not fresh[-1]:
-            continue
-        taken.add(c.content_hash)
-        values.append(
-            {
-                "scope_id": scope_id,
-                "document_id": document_id,
-                "seq": c.seq,
-                "start_byte": c.start_byte,
-                "end_byte": c.end_byte,
-                "text": c.text,
-                "raw": c.raw,
-                "content_hash": c.content_hash,
-                "meta": c.metadata,
-                "embedding": np.asarray(c.embedding, dtype="<f4").tobytes(),
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-    if not values:
-        return [None] * len(chunks)
-    stmt = insert(ChunkRow).returning(ChunkRow.id, sort_by_parameter_order=True)
-    added = [int(i) for i in s.scalars(stmt, values)]
-    s.execute(
-        insert(HistoryRow),
-        [{"chunk_id": i, "scope_id": scope_id, "event": "ADD", "created_at": now} for i in added],
-    )
-    if document_id is not None:
-        s.execute(
-            update(DocumentRow)
-            .where(DocumentRow.id == document_id)
-            .values(chunk_count=DocumentRow.chunk_count + len(added))
-        )
-    ids = iter(added)
-    return [next(ids) if new else None for new in fresh]
-
-
-def _delete_rows(s: Session, scope_id: int, ids: Sequence[int] | None) -> list[int]:
-    """:meth:`SQLStore.delete_chunks` inside the caller's transaction."""
-    if ids is not None and not ids:
-        return []
-    # Only the columns the history needs: not the embeddings of a whole scope.
-    stmt = select(ChunkRow.id, ChunkRow.text, ChunkRow.meta, ChunkRow.document_id).where(
-        ChunkRow.scope_id == scope_id
-    )
-    if ids is not None:
-        stmt = stmt.where(ChunkRow.id.in_(list(ids)))
-    rows = s.execute(stmt).all()
-    if not rows:
-        return []
-    s.add_all(
-        HistoryRow(
-            chunk_id=r.id,
-            scope_id=scope_id,
-            event="DELETE",
-            old_text=r.text,
-            old_meta=dict(r.meta),
-        )
-        for r in rows
-    )
-    deleted = [r.id for r in rows]
-    docs = {r.document_id for r in rows if r.document_id is not None}
-    for start in range(0, len(deleted), 500):
-        s.execute(delete(ChunkRow).where(ChunkRow.id.in_(deleted[start : start + 500])))
-    for doc_id in docs:
-        left = s.scalar(select(func.count()).where(ChunkRow.document_id == doc_id))
-        if left:
-            s.execute(update(DocumentRow).where(DocumentRow.id == doc_id).values(chunk_count=left))
-        else:
-            s.execute(
-                update(LedgerRow).where(LedgerRow.document_id == doc_id).values(document_id=None)
-            )
-            s.execute(delete(DocumentRow).where(DocumentRow.id == doc_id))
-    return deleted

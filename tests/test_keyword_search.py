@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from memsdk.stores.sql import SQLStore, _fts_rows
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_keywords import MIN_COMMON_DOCS, fts_match, fts_rows, query_phrases
 from memsdk.stores.sql_records import NewChunk
-from memsdk.stores.sql_schema import MIN_COMMON_DOCS, fts_match, query_phrases
 
 CHUNKS = 1600
 BETA = 1100  # chunks 0..1099 hold "beta"
@@ -104,7 +104,7 @@ def test_the_share_counts_every_indexed_chunk(store):
     """The cutoff's base, read from FTS5's averages record, is the number of indexed chunks."""
     sql, _, _ = store
     with sql.reading() as s:
-        assert _fts_rows(s) == CHUNKS + 1  # and the other scope's chunk
+        assert fts_rows(s) == CHUNKS + 1  # and the other scope's chunk
 
 
 def test_words_below_the_cutoff_all_select(store):
