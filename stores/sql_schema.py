@@ -1,5 +1,6 @@
-"""The notepad's SQL schema: one ORM row class per table, the statements ``create_all`` does
-not make, and the exact-token query that reads the full-text index they build.
+"""The notepad's SQL schema: one ORM row class per table, and the statements ``create_all``
+does not make (the full-text indexes, the metadata index, the pending-vector index); the
+exact-token query that reads the full-text index is in ``stores/sql_keywords.py``.
 
 Tables: ``scopes``, ``documents``, ``chunks`` (text, byte offsets, content hash, metadata and the
 embedding, so the vector index can always be rebuilt without re-embedding), ``history``
@@ -9,7 +10,8 @@ and ``owed_resets`` (scopes emptied by a delete-all whose weights and router pol
 reset yet).
 
 Exact-token search uses SQLite FTS5 (BM25) kept in step by triggers, and PostgreSQL full-text
-search (``simple`` configuration) there.
+search (``simple`` configuration) there. Also kept by triggers on SQLite: ``chunk_meta``, the
+index metadata filters read.
 """
 
 from __future__ import annotations
