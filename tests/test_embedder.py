@@ -17,7 +17,7 @@ import multiprocessing
 import shutil
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -247,17 +247,25 @@ def test_order_is_preserved_under_length_batching(
 
 def test_embed_is_thread_safe(embedder: MiniLMEmbedder) -> None:
     texts = [f"{HDFS} {i}" for i in range(6)] + TEXTS[:8]
+    _check_from_threads(embedder, texts, embedder.embed)
+
+
+def _check_from_threads(
+    embedder: MiniLMEmbedder, texts: list[str], embed: Callable[[list[str]], np.ndarray]
+) -> None:
+    """Four threads embed ``texts``, each rotated, at once: each gets the batch's rows."""
     want = embedder.embed(texts)
     results: dict[int, np.ndarray] = {}
 
     def work(k: int) -> None:
-        results[k] = embedder.embed(texts[k:] + texts[:k])
+        results[k] = embed(texts[k:] + texts[:k])
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert sorted(results) == [0, 1, 2, 3]
     for k, got in results.items():
         assert np.abs(got - np.roll(want, -k, axis=0)).max() <= 1e-5
 
@@ -272,19 +280,9 @@ def test_queries_run_on_onnxruntime_by_default(embedder: MiniLMEmbedder) -> None
 
 def test_onnx_queries_are_thread_safe(embedder: MiniLMEmbedder) -> None:
     texts = [f"{BGL} {i}" for i in range(8)]
-    want = embedder.embed(texts)
-    results: dict[int, np.ndarray] = {}
-
-    def work(k: int) -> None:
-        results[k] = np.stack([embedder.embed_query(t) for t in texts[k:] + texts[:k]])
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for k, got in results.items():
-        assert np.abs(got - np.roll(want, -k, axis=0)).max() <= 1e-5
+    _check_from_threads(
+        embedder, texts, lambda batch: np.stack([embedder.embed_query(t) for t in batch])
+    )
 
 
 def _query_in_child(embedder: MiniLMEmbedder, conn: Any) -> None:
