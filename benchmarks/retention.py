@@ -464,14 +464,18 @@ def plot(record: dict, out: Path) -> list[str]:
 
     names = list(next(iter(methods.values()))["sources"])
     grid = [[methods[m]["summary"]["shared_over_own"][n] for m in methods] for n in names]
-    fig, ax = plt.subplots(figsize=(2 + 1.4 * len(methods), 0.5 * len(names) + 1.5))
-    image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    fig, ax = plt.subplots(figsize=(3.5 + 1.4 * len(methods), 0.5 * len(names) + 1.5))
+    # A fixed scale from 1 (no forgetting) up: a colour says how far from own scope, not how
+    # the sources rank among themselves when all are within a thousandth of it.
+    top = max(1.5, max(max(row) for row in grid))
+    image = ax.imshow(grid, cmap="viridis_r", aspect="auto", vmin=1.0, vmax=top)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=8)
+            ink = "black" if value < (1.0 + top) / 2 else "white"  # readable on light cells
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=ink, fontsize=8)
     ax.set_xticks(range(len(methods)), list(methods))
     ax.set_yticks(range(len(names)), names)
-    ax.set_title("shared scope / own scope, bits per byte of each tail", fontsize=9)
+    ax.set_title("shared scope / own scope,\nbits per byte of each tail", fontsize=9)
     fig.colorbar(image)
     fig.tight_layout()
     written.append(_save(fig, out / "retention_heatmap.png"))
