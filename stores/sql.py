@@ -34,6 +34,7 @@ from memsdk.stores.sql_connection import (
     sqlite_engine,
 )
 from memsdk.stores.sql_keywords import (
+    MIN_COMMON_DOCS,
     common_cutoff,
     fts_doc_count,
     fts_rows,
@@ -440,8 +441,11 @@ class SQLStore:
         phrases = query_phrases(query)
         if not self.is_sqlite or not phrases:
             return []
+        indexed = fts_rows(s)
+        if indexed <= MIN_COMMON_DOCS:
+            return []  # no word can be held by more chunks than there are: skip the counts
         doc_count = functools.partial(fts_doc_count, s)
-        return split_common(phrases, doc_count, common_cutoff(fts_rows(s)))[1]
+        return split_common(phrases, doc_count, common_cutoff(indexed))[1]
 
     def keyword_phrases(self, query: str) -> tuple[list[list[str]], list[list[str]]]:
         """How :meth:`keyword_search` reads ``query`` now: ``(selecting, scoring_only)``, the
