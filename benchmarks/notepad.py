@@ -3,7 +3,10 @@
 The memory grows from real text, in a fixed order (benchmarks/notepad_corpus.py), to each size
 of ``--sizes``:
 
-- a log stream: the Loghub samples in ``../shared/data/loghub`` (12 systems, 2,000 lines each);
+- a log stream: the Loghub samples in ``../shared/data/loghub`` (12 systems, 2,000 lines each),
+  then, with ``--replay-mb``, SYNTHETIC replayed logs (``log_replay.py``: those samples'
+  templates with field values resampled from the same samples; labelled in the JSON and in
+  each chunk's metadata), which is what lets the memory reach a million chunks;
 - a prose/code stream: the Python standard library (``.py`` files, then its text test data),
   then the plain-text files of ``/usr/share/doc``.
 
@@ -11,7 +14,13 @@ The streams are interleaved file by file, their byte counts kept level while log
 size holds both. At each size a seeded mix of queries is timed around ``HybridMemory.search``:
 exact identifiers taken from the ingested logs (block ids, node names, IPs, ...), natural-language
 questions, and searches with a metadata filter. Beside the latency stands a correctness gate, the
-needle hit rate: the fraction of identifier queries whose rank-1 hit holds the identifier.
+needle hit rate: the fraction of identifier queries whose rank-1 hit holds the identifier
+(identifiers are taken from the real logs only).
+
+``--vectors wait`` (the default) times the searches once every vector is stored; embedding runs
+at about 20 chunks/s on two cores, so a million chunks would take over half a day.
+``--vectors pending`` times them while the background stages are still behind, as a user's
+memory is during a large ingest, and reports each stage's lag and catch-up rate instead.
 
 One JSON line goes to stdout, progress and logs to stderr; ``--out`` also receives the JSON
 (rewritten after each size) and a PNG plot. The memory directory is kept between runs: running
@@ -22,6 +31,7 @@ Usage::
 
     python benchmarks/notepad.py                            # 10k and 100k: ~1.5 h on 2 cores
     python benchmarks/notepad.py --sizes 10000 --queries 300
+    python benchmarks/notepad.py --sizes 10000,100000,1000000 --replay-mb 256 --vectors pending
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import os
 import platform
 import random
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -195,9 +206,14 @@ def grow(mem: HybridMemory, build: Build, target: int) -> dict[str, Tally]:
     last_log = time.perf_counter()
     while build.walked_chunks < target or build.memory_chunks < target:
         if len(build.walked) == len(build.plan):
-            logger.warning("the data ran out at %d chunks (target %d)", build.memory_chunks, target)
+            logger.warning(
+                "the data ran out at %d chunks (target %d): add replayed logs (--replay-mb)",
+                build.memory_chunks,
+                target,
+            )
             break
         source = build.plan[len(build.walked)]
+        source.materialise()  # a replayed log is written on first use, outside the timing
         started = time.perf_counter()
         report = mem.ingest(source.path, scope=SCOPE, metadata=source.metadata(), progress=progress)
         seconds = time.perf_counter() - started
@@ -250,9 +266,9 @@ class Query:
 
 
 def find_needles(sources: list[Source]) -> dict[str, list[Needle]]:
-    """Identifiers of the ingested logs by type, in order of first occurrence (Python names and
-    hex constants of the ingested code when no log was ingested)."""
-    pool = [s for s in sources if s.stream == LOG_STREAM]
+    """Identifiers of the ingested real logs by type, in order of first occurrence (Python names
+    and hex constants of the ingested code when no log was ingested)."""
+    pool = [s for s in sources if s.stream == LOG_STREAM and s.replay_seed is None]
     patterns = LOG_IDENTIFIERS
     if not pool:
         pool = [s for s in sources if s.kind == "code"][:MAX_CODE_FILES_SCANNED]
@@ -345,6 +361,7 @@ class Timed:
 
     query: Query
     ms: float
+    cpu_ms: float  # CPU time of the calling thread (SQL, FAISS; not ONNX Runtime's own threads)
     hit: bool | None  # the needle is in the rank-1 hit; None for a query without a needle
     top_source: str | None
 
@@ -359,13 +376,14 @@ def time_queries(mem: HybridMemory, queries: list[Query], *, k: int, warmup: int
         mem.search(query.text, scope=SCOPE, k=k, filters=query.filters)
     timed = []
     for query in queries:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         hits = mem.search(query.text, scope=SCOPE, k=k, filters=query.filters)
         ms = (time.perf_counter() - started) * 1e3
+        cpu_ms = (time.thread_time() - cpu_started) * 1e3
         hit = None
         if query.needle is not None:
             hit = bool(hits) and _holds(hits[0].text, query.needle.text)
-        timed.append(Timed(query, ms, hit, hits[0].source if hits else None))
+        timed.append(Timed(query, ms, cpu_ms, hit, hits[0].source if hits else None))
     return timed
 
 
@@ -437,8 +455,13 @@ def measure(
         "warmup_queries": min(args.warmup, len(queries)),
         "latency": {"overall": latency([t.ms for t in timed])}
         | {kind: latency([t.ms for t in timed if t.query.kind == kind]) for kind in kinds},
+        "thread_cpu": {"overall": latency([t.cpu_ms for t in timed])}
+        | {kind: latency([t.cpu_ms for t in timed if t.query.kind == kind]) for kind in kinds},
         "needle_hit_rate": needle_hit_rate(timed),
         "load_average_before": load,
+        "load_average_after": _load_average(),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "disk_bytes": _disk_bytes(mem.path),
     }
     if held_before > target and build.memory_chunks > 1.25 * target:
         result["note"] = (
@@ -446,6 +469,19 @@ def measure(
             f"target {target}: point --memory at a fresh directory to measure this size"
         )
     return result
+
+
+def measure_stopped(
+    mem: HybridMemory, build: Build, target: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same queries again once the background stages are stopped (closed: what they had
+    stored is kept, the rest waits for the next open): the search alone on the two cores."""
+    mem.embedding.close()
+    if mem.weights is not None:
+        mem.weights.close()
+    size = measure(mem, build, target, args, held_before=build.memory_chunks)
+    keep = ("latency", "thread_cpu", "needle_hit_rate", "load_average_before", "index_vectors")
+    return {key: size[key] for key in keep} | {"stage_lags": stage_lags(mem)}
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -478,6 +514,22 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _disk_bytes(directory: Path) -> int:
+    """Bytes of the memory directory's files (SQL, its WAL, the index, the weights)."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def stage_lags(mem: HybridMemory) -> dict[str, Any]:
+    """How far the background stages are behind in the benchmark's scope."""
+    scope = next((s for s in mem.stats().scopes if s.scope == SCOPE), None)
+    if scope is None:
+        return {}
+    lags = {"vectors": scope.vectors_lag.model_dump()}
+    if scope.weights_lag is not None:
+        lags["weights"] = scope.weights_lag.model_dump()
+    return lags | {"scope_bytes": scope.bytes}
 
 
 def _load_average() -> list[float] | None:
@@ -630,6 +682,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where notepad.json and notepad.png are written (default: benchmarks/out/)",
     )
     parser.add_argument(
+        "--replay-mb",
+        type=_at_least(0),
+        default=0,
+        help="MB of SYNTHETIC replayed logs after the real ones (log_replay.py), written on "
+        "first use under benchmarks/out/log-replay; the real text reaches about 570k chunks "
+        "(default: 0)",
+    )
+    parser.add_argument(
+        "--vectors",
+        choices=("wait", "pending"),
+        default="wait",
+        help="wait: time the searches once every vector is stored (the catch-up time is "
+        "reported); pending: time them while the background stages are behind, reporting "
+        "their lags (default: wait)",
+    )
+    parser.add_argument(
         "--shared",
         type=Path,
         default=DEFAULT_SHARED,
@@ -641,7 +709,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Grow the memory to each size and measure it, rewriting the outputs after each size."""
-    plan, result["data"] = build_plan(args.shared)
+    plan, result["data"] = build_plan(args.shared, replay_mb=args.replay_mb)
+    run_started = time.perf_counter()
     with HybridMemory.open(args.memory) as mem:
         result["config"] = config_info(mem)
         build = Build(plan, memory_chunks=scope_chunks(mem))
@@ -651,14 +720,21 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             for target in args.sizes:
                 held_before = build.memory_chunks
                 phase = grow(mem, build, target)
-                # ingest returns once SQL holds the chunks; searches are timed on a memory
-                # whose vectors have caught up, and the wait is the vector catch-up time.
-                started = time.perf_counter()
-                mem.embedding.flush()
-                vectors_s = time.perf_counter() - started
+                # ingest returns once SQL holds the chunks; with --vectors wait, searches are
+                # timed on a memory whose vectors have caught up, and the wait is the vector
+                # catch-up time.
+                lags = stage_lags(mem) | {"s_since_start": time.perf_counter() - run_started}
+                vectors_s = None
+                if args.vectors == "wait":
+                    started = time.perf_counter()
+                    mem.embedding.flush()
+                    vectors_s = time.perf_counter() - started
                 size = measure(mem, build, target, args, held_before=held_before)
                 size["ingest_phase"] = tally_summary(phase)
                 size["vectors_catch_up_s"] = vectors_s
+                size["stage_lags_after_ingest"] = lags
+                if args.vectors == "pending" and target == args.sizes[-1]:
+                    size["stages_stopped"] = measure_stopped(mem, build, target, args)
                 result["sizes"].append(size)
                 result["ingest"] = _ingest_section(build)
                 write_outputs(result, args.out)
