@@ -37,6 +37,7 @@ from sqlalchemy import (
     case,
     cast,
     column,
+    exists,
     false,
     func,
     not_,
@@ -151,8 +152,8 @@ def validate_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
 class _Field:
     """Typed access to one top-level metadata key, for SQLite and PostgreSQL."""
 
-    def __init__(self, key: str, dialect: str) -> None:
-        self.key, self.dialect = key, dialect
+    def __init__(self, key: str, dialect: str, *, correlated: bool = False) -> None:
+        self.key, self.dialect, self.correlated = key, dialect, correlated
         if dialect == "postgresql":
             self.type = func.json_typeof(ChunkRow.meta[key])
         else:
@@ -209,6 +210,11 @@ class _Field:
             indexed.c.type.in_(self.kinds(kind)),
             predicate(indexed.c.value),
         )
+        if self.correlated:
+            # One index probe per row the rest of the query selects, for checking a few
+            # candidates; the IN form lists every match first (610k ids for a broad filter at
+            # 1M chunks), which is what a query driven by the filter itself needs.
+            return exists(matching.where(indexed.c.chunk_id == ChunkRow.id))
         return ChunkRow.id.in_(matching)
 
     def is_null(self) -> ColumnElement[bool]:
@@ -329,7 +335,9 @@ class _Budget:
             )
 
 
-def _node(node: Any, dialect: str, where: str, depth: int, budget: _Budget) -> ColumnElement[bool]:
+def _node(
+    node: Any, dialect: str, where: str, depth: int, budget: _Budget, correlated: bool
+) -> ColumnElement[bool]:
     if depth > MAX_FILTER_DEPTH:
         raise FilterError(
             f"filters nest deeper than {MAX_FILTER_DEPTH} levels (at {where[:200]}...): "
@@ -345,7 +353,9 @@ def _node(node: Any, dialect: str, where: str, depth: int, budget: _Budget) -> C
         if logic == "NOT":
             parts = cond if isinstance(cond, list | tuple) else [cond]
             budget.spend(len(parts), f"{where}.NOT")
-            compiled = [_node(p, dialect, f"{where}.NOT", depth + 1, budget) for p in parts]
+            compiled = [
+                _node(p, dialect, f"{where}.NOT", depth + 1, budget, correlated) for p in parts
+            ]
             clauses.append(not_(and_(true(), *compiled)))
         elif logic is not None:
             if not isinstance(cond, list | tuple) or not cond:
@@ -355,12 +365,12 @@ def _node(node: Any, dialect: str, where: str, depth: int, budget: _Budget) -> C
                 )
             budget.spend(len(cond), f"{where}.{key}")
             parts = [
-                _node(p, dialect, f"{where}.{key}[{i}]", depth + 1, budget)
+                _node(p, dialect, f"{where}.{key}[{i}]", depth + 1, budget, correlated)
                 for i, p in enumerate(cond)
             ]
             clauses.append(and_(*parts) if logic == "AND" else or_(*parts))
         else:
-            clauses.append(_field_condition(key, cond, dialect, where, budget))
+            clauses.append(_field_condition(key, cond, dialect, where, budget, correlated))
     return and_(true(), *clauses)
 
 
@@ -387,7 +397,7 @@ def _time_condition(cond: Any) -> Any:
 
 
 def _field_condition(
-    key: Any, cond: Any, dialect: str, where: str, budget: _Budget
+    key: Any, cond: Any, dialect: str, where: str, budget: _Budget, correlated: bool
 ) -> ColumnElement[bool]:
     try:
         key = _check_key(key, what="filter")
@@ -395,7 +405,7 @@ def _field_condition(
         raise FilterError(str(e)) from None
     if key == TIME_KEY:
         cond = _time_condition(cond)
-    field = _Field(key, dialect)
+    field = _Field(key, dialect, correlated=correlated)
     if not isinstance(cond, Mapping):
         if isinstance(cond, list | tuple | set | dict):
             raise FilterError(
@@ -424,9 +434,15 @@ def _field_condition(
 
 
 def compile_filters(
-    filters: Mapping[str, Any] | None, *, dialect: str = "sqlite"
+    filters: Mapping[str, Any] | None, *, dialect: str = "sqlite", correlated: bool = False
 ) -> ColumnElement[bool] | None:
     """Compile a mem0-style filter dict into a SQL condition over chunk metadata.
+
+    On SQLite the indexed comparisons read ``chunk_meta`` in one of two forms: by default as
+    ``id IN (the matching ids)``, which suits a query the filter drives (listing the ids that
+    pass it); with ``correlated`` as one ``EXISTS`` probe per row, which suits checking a few
+    candidate rows that something else selected (a broad filter's id list is costly to build
+    for them). Both select the same rows.
 
     Returns:
         None for no filter (None or ``{}``).
@@ -446,4 +462,4 @@ def compile_filters(
         )
     if not filters:
         return None
-    return _node(filters, dialect, "filters", 1, _Budget())
+    return _node(filters, dialect, "filters", 1, _Budget(), correlated)

@@ -683,11 +683,13 @@ class HybridMemory:
         """
         check_query(query, k, max_query_bytes=self.config.max_query_bytes)
         asked = parse_time(now, "now") if now is not None else datetime.now(UTC)
-        where = compile_filters(filters, dialect=self.notepad.sql.dialect)
+        dialect = self.notepad.sql.dialect
+        where = compile_filters(filters, dialect=dialect)
+        probe = compile_filters(filters, dialect=dialect, correlated=True)
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
-        return hybrid_search(self, query, scope, scope_id, k, where, now=asked)
+        return hybrid_search(self, query, scope, scope_id, k, where, probe=probe, now=asked)
 
     @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:

@@ -20,7 +20,7 @@ from memsdk.results import SearchHit
 from memsdk.router import identifier_spans, whole_word
 from memsdk.scope import Scope
 from memsdk.stores.sql import ChunkRecord
-from memsdk.stores.vector_backlog import backlog, pending_among
+from memsdk.stores.vector_backlog import pending_among, pending_count
 from memsdk.timeline import named_period, stored_time
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ __all__ = [
 
 MAX_K = 1000
 MAX_IDENTIFIERS = 8  # identifier pieces of one query looked up on their own
+PENDING_COUNT_LIMIT = 10_000  # a hit's vectors_pending counts at most this many
 
 # Words a question is made of rather than about. The keyword ranking ORs the query's words, so
 # "When did Caroline go to the support group?" also ranked every turn holding "did", "the" or
@@ -238,10 +239,14 @@ def hybrid_search(
     k: int,
     where: ColumnElement[bool] | None,
     *,
+    probe: ColumnElement[bool] | None = None,
     now: datetime | None = None,
 ) -> list[SearchHit]:
     """Rank the scope's chunks that pass ``where`` (SQL, on chunk columns) for ``query``, asked
-    at ``now`` (relative times in the query are read against it; None reads none).
+    at ``now`` (relative times in the query are read against it; None reads none). ``probe``
+    is the same filter in the form that checks given rows (``compile_filters(...,
+    correlated=True)``), which lets the vector side check its nearest candidates instead of
+    listing every chunk the filter keeps.
 
     See :meth:`HybridMemory.search <memsdk.memory.HybridMemory.search>` for the ranking.
     """
@@ -249,7 +254,9 @@ def hybrid_search(
     n = max(k, memory.config.search_candidates)
     config = memory.config
     keyword = notepad.sql.keyword_search(scope_id, keyword_query(query), limit=n, where=where)
-    vector = notepad.vector_search(scope_id, memory.embedder.embed_query(query), k=n, where=where)
+    vector = notepad.vector_search(
+        scope_id, memory.embedder.embed_query(query), k=n, where=where, probe=probe
+    )
     rrf = config.rrf_k
     scores: dict[int, float] = {}
     keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
@@ -266,12 +273,15 @@ def hybrid_search(
         for cid, r in ranks.items():
             scores[cid] = scores.get(cid, 0.0) + weight / (rrf + r)
     # Each identifier of the query is also looked up on its own, so a chunk that holds it
-    # is a candidate even when the rest of the query's words flood the keyword ranking.
+    # is a candidate even when the rest of the query's words flood the keyword ranking. An
+    # identifier matches few chunks, so the filter checks those (probe) rather than listing
+    # every chunk it keeps (170 ms for a filter keeping 610k chunks).
     spans = identifier_spans(query)[:MAX_IDENTIFIERS]
     for span in spans:
         if span == query.strip():
             continue  # the whole query is this id: its keyword ranking is already in
-        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where):
+        check = probe if probe is not None else where
+        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=check):
             scores.setdefault(cid, 0.0)
     records = notepad.sql.get_chunks(scope_id, list(scores))
     period = named_period(query, now)
@@ -291,7 +301,7 @@ def hybrid_search(
     order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
     # Chunks a bulk ingest stored moments ago may still wait for their vector
     # (memsdk.embedding_stage): exact-token search found them, vector search could not.
-    waiting = backlog(notepad.sql, scope_id).get(scope_id)
+    waiting = pending_count(notepad.sql, scope_id, limit=PENDING_COUNT_LIMIT)
     unembedded = pending_among(notepad.sql, scope_id, order) if waiting else set()
     return [
         SearchHit(
@@ -302,7 +312,7 @@ def hybrid_search(
             keyword_rank=keyword_rank.get(cid),
             exact_match=exact[cid],
             vector_pending=cid in unembedded,
-            vectors_pending=waiting.chunks if waiting else 0,
+            vectors_pending=waiting,
         )
         for cid in order
     ]

@@ -395,6 +395,27 @@ class SQLStore:
         with self.reading() as s:
             return np.fromiter(s.scalars(stmt), dtype=np.int64)
 
+    def chunk_scopes(self, ids: np.ndarray, *, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """The scope of each existing chunk among ``ids``: ``(ids (n,) int64, scope ids (n,))``."""
+        found: list[tuple[int, int]] = []
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        for start in range(0, len(wanted), batch):
+            part = wanted[start : start + batch].tolist()
+            with self.reading() as s:
+                found += s.execute(
+                    select(ChunkRow.id, ChunkRow.scope_id).where(ChunkRow.id.in_(part))
+                ).all()
+        pairs = np.array(found, dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    def passing(self, ids: np.ndarray, where: ColumnElement[bool]) -> set[int]:
+        """Which of the chunks ``ids`` pass ``where``."""
+        if len(ids) == 0:
+            return set()
+        stmt = select(ChunkRow.id).where(ChunkRow.id.in_(np.asarray(ids).tolist()), where)
+        with self.reading() as s:
+            return set(s.scalars(stmt))
+
     def keyword_search(
         self, scope_id: int, query: str, *, limit: int, where: ColumnElement[bool] | None = None
     ) -> list[tuple[int, float]]:

@@ -86,6 +86,15 @@ def backlog(sql: SQLStore, scope_id: int | None = None) -> dict[int, Backlog]:
     return {int(r[0]): Backlog(int(r[1]), int(r[2] or 0)) for r in rows}
 
 
+def pending_count(sql: SQLStore, scope_id: int, *, limit: int) -> int:
+    """How many of the scope's chunks have no vector yet, counting at most ``limit`` (the
+    partial index's entries only: a search asks this, and counting 970k pending chunks with
+    their sizes took 0.46 s)."""
+    stmt = select(ChunkRow.id).where(ChunkRow.scope_id == scope_id, _pending).limit(limit)
+    with sql.reading() as s:
+        return int(s.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
 def pending_among(sql: SQLStore, scope_id: int, ids: Sequence[int]) -> set[int]:
     """Which of the scope's chunks ``ids`` have no vector yet."""
     if not ids:

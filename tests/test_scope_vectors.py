@@ -1,0 +1,109 @@
+"""The notepad's vector search inside one scope, on real parts (SQLite, FAISS, MiniLM vectors of
+real Loghub messages): the in-memory scope of each indexed vector follows every change, and a
+filtered search that checks its nearest candidates returns what an exact search over the
+filter's chunks returns."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from memsdk.filters import compile_filters
+from memsdk.stores.embedder import MiniLMEmbedder
+from memsdk.stores.notepad import Notepad
+from memsdk.stores.sql import NewChunk
+
+K = 50
+
+
+@pytest.fixture(scope="module")
+def messages(shared) -> tuple[list[str], np.ndarray]:
+    """300 distinct real log messages (HDFS, BGL, OpenStack) and their MiniLM vectors."""
+    texts: list[str] = []
+    for system in ("HDFS", "BGL", "OpenStack"):
+        lines = shared("data", "loghub", system, f"{system}_2k.log").read_text(errors="replace")
+        found = dict.fromkeys(line.split(": ", 1)[-1][:96] for line in lines.splitlines())
+        texts += [m for m in found if m.strip()][:100]
+    return texts, MiniLMEmbedder().embed(texts)
+
+
+def _chunks(texts: list[str], vectors: np.ndarray, kinds: list[str] | None = None) -> list:
+    return [
+        NewChunk(
+            seq,
+            0,
+            len(text),
+            text,
+            None,
+            hashlib.sha256(text.encode()).hexdigest(),
+            {"kind": kinds[seq]} if kinds else {},
+            vector.astype(np.float32),
+        )
+        for seq, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+    ]
+
+
+def _exact(vectors: dict[int, np.ndarray], query: np.ndarray, k: int) -> list[int]:
+    """Exact top-k ids by inner product, ties by id."""
+    ranked = sorted(vectors, key=lambda i: (-float(vectors[i] @ query), i))
+    return ranked[:k]
+
+
+def _notepad(path, dim: int) -> Notepad:
+    return Notepad(path, database_url=None, embedder_name="test-minilm", dim=dim)
+
+
+def test_scope_vectors_follow_adds_and_deletes_in_every_scope(messages, tmp_path) -> None:
+    texts, vectors = messages
+    notepad = _notepad(tmp_path / "memory", vectors.shape[1])
+    a = notepad.sql.ensure_scope(("a", "", "", ""))
+    b = notepad.sql.ensure_scope(("b", "", "", ""))
+    a_ids = notepad.sql.insert_chunks(a, None, _chunks(texts[:150], vectors[:150]))
+    held = {a: dict(zip(a_ids, vectors[:150], strict=True)), b: {}}
+    query = vectors[140]
+
+    def check() -> None:
+        for scope in (a, b):
+            got = [i for i, _ in notepad.vector_search(scope, query, k=K)]
+            assert got == _exact(held[scope], query, K)
+
+    check()  # the scope map is built here
+    # The newest chunks of a go, and b's chunks take ids past the map built for a.
+    gone = a_ids[-40:]
+    notepad.sql.delete_chunks(a, gone)
+    for i in gone:
+        del held[a][i]
+    b_ids = notepad.sql.insert_chunks(b, None, _chunks(texts[150:300], vectors[150:300]))
+    held[b] = dict(zip(b_ids, vectors[150:300], strict=True))
+    check()
+    more = notepad.sql.insert_chunks(a, None, _chunks(texts[100:140], vectors[100:140] * -1))
+    held[a] |= dict(zip(more, vectors[100:140] * -1, strict=True))
+    check()
+    notepad.close()
+
+
+def test_a_filtered_search_checking_candidates_equals_the_exact_filtered_search(
+    messages, tmp_path
+) -> None:
+    texts, vectors = messages
+    notepad = _notepad(tmp_path / "memory", vectors.shape[1])
+    scope = notepad.sql.ensure_scope(("a", "", "", ""))
+    other = notepad.sql.ensure_scope(("b", "", "", ""))
+    # Most chunks are "common"; a few are "rare": the first round of candidates serves the
+    # broad filter, the narrow one needs every vector of the scope as a candidate.
+    kinds = ["rare" if i % 20 == 0 else "common" for i in range(len(texts))]
+    ids = notepad.sql.insert_chunks(scope, None, _chunks(texts, vectors, kinds))
+    notepad.sql.insert_chunks(other, None, _chunks(texts[:50], vectors[:50], kinds[:50]))
+    for kind in ("common", "rare"):
+        filters = {"kind": {"eq": kind}}
+        where = compile_filters(filters)
+        probe = compile_filters(filters, correlated=True)
+        kept = {i: v for i, v, x in zip(ids, vectors, kinds, strict=True) if x == kind}
+        for query in vectors[::37]:
+            got = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where, probe=probe)]
+            assert got == _exact(kept, query, K)
+            listed = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where)]
+            assert listed == got
+    notepad.close()
