@@ -253,7 +253,9 @@ def hybrid_search(
     notepad = memory.notepad
     n = max(k, memory.config.search_candidates)
     config = memory.config
-    keyword = notepad.sql.keyword_search(scope_id, keyword_query(query), limit=n, where=where)
+    keyword = notepad.sql.keyword_search(
+        scope_id, keyword_query(query), limit=n, where=where, probe=probe
+    )
     vector = notepad.vector_search(
         scope_id, memory.embedder.embed_query(query), k=n, where=where, probe=probe
     )
@@ -273,15 +275,12 @@ def hybrid_search(
         for cid, r in ranks.items():
             scores[cid] = scores.get(cid, 0.0) + weight / (rrf + r)
     # Each identifier of the query is also looked up on its own, so a chunk that holds it
-    # is a candidate even when the rest of the query's words flood the keyword ranking. An
-    # identifier matches few chunks, so the filter checks those (probe) rather than listing
-    # every chunk it keeps (170 ms for a filter keeping 610k chunks).
+    # is a candidate even when the rest of the query's words flood the keyword ranking.
     spans = identifier_spans(query)[:MAX_IDENTIFIERS]
     for span in spans:
         if span == query.strip():
             continue  # the whole query is this id: its keyword ranking is already in
-        check = probe if probe is not None else where
-        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=check):
+        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
             scores.setdefault(cid, 0.0)
     records = notepad.sql.get_chunks(scope_id, list(scores))
     period = named_period(query, now)

@@ -21,11 +21,16 @@ __all__ = [
     "common_cutoff",
     "fts_doc_count",
     "fts_match",
+    "fts_match_count",
     "fts_rows",
     "keyword_select",
     "query_phrases",
+    "selecting_match",
     "split_common",
 ]
+# A filtered keyword query whose selecting phrases match at most this many chunks checks the
+# filter on those rows (one EXISTS probe each) instead of listing every chunk the filter keeps.
+PROBE_ROWS = 20_000
 
 # Words of a query for exact-token search: runs of letters and digits, the same split the
 # FTS tokenizers make, so `blk_-1608999687919862906` becomes the phrase "blk 1608999687919862906".
@@ -146,14 +151,29 @@ def keyword_select(
     return stmt, sign
 
 
+def selecting_match(query: str, scoring_only: Sequence[list[str]] = ()) -> str | None:
+    """The FTS5 MATCH expression of the rows :func:`keyword_select` ranks on SQLite (its
+    selecting phrases alone); None when the query has no word."""
+    phrases = query_phrases(query.replace("\x00", "\ufffd"))
+    if not phrases:
+        return None
+    return fts_match([p for p in phrases if p not in scoring_only] or phrases)
+
+
+def fts_match_count(s: Session, match: str, limit: int) -> int:
+    """How many indexed chunks (of every scope) match the FTS5 expression ``match``, counted
+    up to ``limit``."""
+    stmt = text(
+        "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :m LIMIT :n)"
+    )
+    return int(s.execute(stmt, {"m": match, "n": limit}).scalar_one())
+
+
 def fts_doc_count(s: Session, word: str, limit: int) -> int:
     """How many indexed chunks (of every scope) hold ``word``, counted up to ``limit``: FTS5
     stores no document count, so reading one costs as much as the count, and the limit bounds
     it (fts5vocab's count reads the word's whole doclist: 3 ms for "the" at 100k chunks)."""
-    stmt = text(
-        "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :m LIMIT :n)"
-    )
-    return int(s.execute(stmt, {"m": f'"{word}"', "n": limit}).scalar_one())
+    return fts_match_count(s, f'"{word}"', limit)
 
 
 def fts_rows(s: Session) -> int:

@@ -116,3 +116,39 @@ def test_words_below_the_cutoff_all_select(store):
 def test_match_expression_scores_common_words_inside_the_rare_rows():
     assert fts_match([["a"]]) == '"a"'
     assert fts_match([["a", "b"]], [["c"]]) == '("a b") AND ("a b" OR "c")'
+
+
+@pytest.mark.parametrize("probe_rows", [0, 20_000])
+def test_a_filter_checked_row_by_row_keeps_the_same_rows(tmp_path, monkeypatch, probe_rows):
+    """A filtered query whose selecting words match few chunks checks the filter on each of
+    them (EXISTS), one matching many lists the filter's chunks (IN): the same rows either way,
+    equal to the rows holding the word that pass the filter."""
+    from memsdk.filters import compile_filters
+    from memsdk.stores import sql as sql_module
+
+    monkeypatch.setattr(sql_module, "PROBE_ROWS", probe_rows)
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    colours = ["red", "green", "blue"]
+    rows = []
+    for i in range(300):
+        text = f"event {i} {'disk' if i % 2 else 'network'} fault"
+        meta = {"colour": colours[i % 3], "n": i}
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        rows.append(NewChunk(i, 0, len(text), text, None, digest, meta, np.empty(0, np.float32)))
+    ids = sql.insert_chunks(scope_id, None, rows)
+    filters = [
+        {"colour": {"eq": "red"}},
+        {"colour": {"in": ["green", "blue"]}, "n": {"gte": 100}},
+        {"OR": [{"n": {"lt": 10}}, {"colour": {"ne": "red"}}]},
+    ]
+    for f in filters:
+        where, probe = compile_filters(f), compile_filters(f, correlated=True)
+        kept = {int(i) for i in sql.chunk_ids(scope_id, where)}
+        for word, parity in (("disk", 1), ("network", 0)):
+            want = {int(ids[i]) for i in range(300) if i % 2 == parity} & kept
+            got = sql.keyword_search(scope_id, word, limit=500, where=where, probe=probe)
+            assert {cid for cid, _ in got} == want
+            assert got == sql.keyword_search(scope_id, word, limit=500, where=where)
+    sql.close()

@@ -1,0 +1,108 @@
+"""The reads the vector index makes of the SQL store: ids by scope and filter, the scope of
+given chunks, stored embeddings, and the history events it has not replayed yet.
+
+A mixin of :class:`memsdk.stores.sql.SQLStore` (which provides ``reading()``), kept apart so
+that the store's module holds its writes and its text search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.stores.sql_records import unpack_embeddings
+from memsdk.stores.sql_schema import ChunkRow, HistoryRow
+
+__all__ = ["IndexReads"]
+
+
+class IndexReads:
+    """Reads for :class:`memsdk.stores.notepad.Notepad`'s vector index."""
+
+    if TYPE_CHECKING:
+
+        def reading(self) -> AbstractContextManager[Session]: ...  # SQLStore's
+
+    def chunk_ids(self, scope_id: int, where: ColumnElement[bool] | None = None) -> np.ndarray:
+        """Ids of the scope's chunks that pass ``where``, (n,) int64."""
+        stmt = select(ChunkRow.id).where(ChunkRow.scope_id == scope_id)
+        if where is not None:
+            stmt = stmt.where(where)
+        with self.reading() as s:
+            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+    def chunk_scopes(self, ids: np.ndarray, *, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """The scope of each existing chunk among ``ids``: ``(ids (n,) int64, scope ids (n,))``."""
+        found: list[tuple[int, int]] = []
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        for start in range(0, len(wanted), batch):
+            part = wanted[start : start + batch].tolist()
+            with self.reading() as s:
+                found += s.execute(
+                    select(ChunkRow.id, ChunkRow.scope_id).where(ChunkRow.id.in_(part))
+                ).all()
+        pairs = np.array(found, dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    def passing(self, ids: np.ndarray, where: ColumnElement[bool]) -> set[int]:
+        """Which of the chunks ``ids`` pass ``where``."""
+        if len(ids) == 0:
+            return set()
+        stmt = select(ChunkRow.id).where(ChunkRow.id.in_(np.asarray(ids).tolist()), where)
+        with self.reading() as s:
+            return set(s.scalars(stmt))
+
+    def embeddings(
+        self, ids: np.ndarray | None = None, *, batch: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stored embeddings as ``(ids (n,), vectors (n, dim))`` batches in id order: of every
+        chunk, or of the chunks among ``ids`` that exist; chunks whose vector is still pending
+        (an empty embedding, stores/vector_backlog.py) are left out."""
+        embedded = func.length(ChunkRow.embedding) > 0
+        if ids is not None:
+            wanted = np.unique(np.asarray(ids, dtype=np.int64))
+            for start in range(0, len(wanted), batch):
+                part = wanted[start : start + batch].tolist()
+                stmt = select(ChunkRow.id, ChunkRow.embedding).where(
+                    ChunkRow.id.in_(part), embedded
+                )
+                with self.reading() as s:
+                    rows = s.execute(stmt.order_by(ChunkRow.id)).all()
+                if rows:
+                    yield unpack_embeddings(rows)
+            return
+        last = 0
+        while True:
+            stmt = select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.id > last, embedded)
+            with self.reading() as s:
+                rows = s.execute(stmt.order_by(ChunkRow.id).limit(batch)).all()
+            if not rows:
+                return
+            out = unpack_embeddings(rows)
+            last = int(out[0][-1])
+            yield out
+
+    def max_history_id(self) -> int:
+        with self.reading() as s:
+            return int(s.scalar(select(func.max(HistoryRow.id))) or 0)
+
+    def touched_since(self, history_id: int) -> tuple[int, np.ndarray]:
+        """Chunks changed (added, updated, deleted) by history events after ``history_id``.
+
+        Returns:
+            ``(newest event id seen, unique chunk ids (n,) int64)``.
+        """
+        with self.reading() as s:
+            rows = s.execute(
+                select(HistoryRow.id, HistoryRow.chunk_id).where(HistoryRow.id > history_id)
+            ).all()
+        if not rows:
+            return history_id, np.empty(0, np.int64)
+        newest = max(r[0] for r in rows)
+        return newest, np.unique(np.fromiter((r[1] for r in rows), dtype=np.int64))
