@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,9 +57,11 @@ from memsdk.stores.sql_records import (
 )
 from memsdk.stores.sql_schema import (
     CHUNK_META,
+    FTS_TOKENIZER,
     PENDING_VECTOR_INDEX,
     POSTGRES_FTS,
     SQLITE_FTS,
+    SQLITE_FTS_REBUILD,
     SQLITE_METADATA_BACKFILL,
     SQLITE_METADATA_INDEX,
     Base,
@@ -91,6 +94,9 @@ __all__ = [
 ]
 
 ScopeKey = tuple[str, str, str, str]  # (tenant, user, agent, run); "" where unset
+
+
+logger = logging.getLogger(__name__)
 
 
 class SQLStore(IndexReads):
@@ -145,8 +151,21 @@ class SQLStore(IndexReads):
                             (CHUNK_META,),
                         ).first()
                     )
+                    fts = (
+                        conn.exec_driver_sql(
+                            "SELECT sql FROM sqlite_master WHERE name = 'chunks_fts'"
+                        ).scalar()
+                        if self.is_sqlite
+                        else None
+                    )
+                    restem = fts is not None and FTS_TOKENIZER not in fts
+                    if restem:
+                        logger.info("rebuilding the full-text index with word stemming (once)")
+                        conn.exec_driver_sql("DROP TABLE chunks_fts")
                     for statement in ddl:
                         conn.exec_driver_sql(statement)
+                    if restem:
+                        conn.exec_driver_sql(SQLITE_FTS_REBUILD)
                     if self.is_sqlite:
                         for statement in SQLITE_METADATA_INDEX:
                             conn.exec_driver_sql(statement)

@@ -152,3 +152,58 @@ def test_a_filter_checked_row_by_row_keeps_the_same_rows(tmp_path, monkeypatch, 
             assert {cid for cid, _ in got} == want
             assert got == sql.keyword_search(scope_id, word, limit=500, where=where)
     sql.close()
+
+
+def _store_with(path, texts: list[str]) -> tuple[SQLStore, int, list[int]]:
+    sql = SQLStore(f"sqlite:///{path}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    rows = [
+        NewChunk(i, 0, len(t), t, None, hashlib.sha256(t.encode()).hexdigest(), {}, np.empty(0))
+        for i, t in enumerate(texts)
+    ]
+    return sql, scope_id, [int(c) for c in sql.insert_chunks(scope_id, None, rows)]
+
+
+STEMMED = ["Caroline painted a sunrise last week", "the datanode received blk_-42 twice"]
+
+
+def test_words_match_their_other_forms_and_identifiers_stay_exact(tmp_path):
+    sql, scope_id, ids = _store_with(tmp_path / "memory.db", STEMMED)
+    assert [c for c, _ in sql.keyword_search(scope_id, "paintings", limit=5)] == [ids[0]]
+    assert [c for c, _ in sql.keyword_search(scope_id, "receiving", limit=5)] == [ids[1]]
+    assert [c for c, _ in sql.keyword_search(scope_id, "blk_-42", limit=5)] == [ids[1]]
+    assert sql.keyword_search(scope_id, "blk_-421", limit=5) == []
+    sql.close()
+
+
+def test_a_memory_indexed_without_stemming_is_reindexed_once_on_open(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "memory.db"
+    sql, scope_id, ids = _store_with(path, STEMMED)
+    sql.close()
+    # The full-text index as memories were made before stemming.
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE chunks_fts")
+    con.execute(
+        "CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', "
+        "content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
+    )
+    con.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+    con.commit()
+    con.close()
+    old = SQLStore(f"sqlite:///{path}")  # not migrated until create_schema runs
+    assert old.keyword_search(scope_id, "paintings", limit=5) == []
+    old.close()
+    sql = SQLStore(f"sqlite:///{path}")
+    sql.create_schema()
+    assert [c for c, _ in sql.keyword_search(scope_id, "paintings", limit=5)] == [ids[0]]
+    assert [c for c, _ in sql.keyword_search(scope_id, "blk_-42", limit=5)] == [ids[1]]
+    assert fts_rows_of(sql) == len(STEMMED)
+    sql.close()
+
+
+def fts_rows_of(sql: SQLStore) -> int:
+    with sql.reading() as s:
+        return fts_rows(s)
