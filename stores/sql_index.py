@@ -22,6 +22,13 @@ from memsdk.stores.sql_schema import ChunkRow, HistoryRow
 __all__ = ["IndexReads"]
 
 
+def _id_batches(ids: np.ndarray, batch: int) -> Iterator[list[int]]:
+    """The distinct ``ids`` in ascending order, ``batch`` at a time (one IN list each)."""
+    wanted = np.unique(np.asarray(ids, dtype=np.int64))
+    for start in range(0, len(wanted), batch):
+        yield wanted[start : start + batch].tolist()
+
+
 class IndexReads:
     """Reads for :class:`memsdk.stores.notepad.Notepad`'s vector index."""
 
@@ -40,9 +47,7 @@ class IndexReads:
     def chunk_scopes(self, ids: np.ndarray, *, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """The scope of each existing chunk among ``ids``: ``(ids (n,) int64, scope ids (n,))``."""
         found: list[tuple[int, int]] = []
-        wanted = np.unique(np.asarray(ids, dtype=np.int64))
-        for start in range(0, len(wanted), batch):
-            part = wanted[start : start + batch].tolist()
+        for part in _id_batches(ids, batch):
             with self.reading() as s:
                 found += s.execute(
                     select(ChunkRow.id, ChunkRow.scope_id).where(ChunkRow.id.in_(part))
@@ -66,9 +71,7 @@ class IndexReads:
         (an empty embedding, stores/vector_backlog.py) are left out."""
         embedded = func.length(ChunkRow.embedding) > 0
         if ids is not None:
-            wanted = np.unique(np.asarray(ids, dtype=np.int64))
-            for start in range(0, len(wanted), batch):
-                part = wanted[start : start + batch].tolist()
+            for part in _id_batches(ids, batch):
                 stmt = select(ChunkRow.id, ChunkRow.embedding).where(
                     ChunkRow.id.in_(part), embedded
                 )

@@ -118,12 +118,12 @@ def keyword_select(
     On SQLite, the phrases in ``scoring_only`` (common words, :func:`split_common`) add to the
     rank of the rows the query's other phrases select without selecting rows themselves.
     """
-    query = query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
+    query = _as_stored(query)
     phrases = query_phrases(query)
     if not phrases:
         return None
     if dialect == "sqlite":
-        selecting = [p for p in phrases if p not in scoring_only] or phrases
+        selecting = _selecting(phrases, scoring_only)
         match = fts_match(selecting, [p for p in phrases if p not in selecting])
         fts = table("chunks_fts", column("rowid"))
         fts_ref = literal_column("chunks_fts")
@@ -154,10 +154,17 @@ def keyword_select(
 def selecting_match(query: str, scoring_only: Sequence[list[str]] = ()) -> str | None:
     """The FTS5 MATCH expression of the rows :func:`keyword_select` ranks on SQLite (its
     selecting phrases alone); None when the query has no word."""
-    phrases = query_phrases(query.replace("\x00", "\ufffd"))
-    if not phrases:
-        return None
-    return fts_match([p for p in phrases if p not in scoring_only] or phrases)
+    phrases = query_phrases(_as_stored(query))
+    return fts_match(_selecting(phrases, scoring_only)) if phrases else None
+
+
+def _as_stored(query: str) -> str:
+    return query.replace("\x00", "\ufffd")  # stored text shows NUL bytes as U+FFFD
+
+
+def _selecting(phrases: list[list[str]], scoring_only: Sequence[list[str]]) -> list[list[str]]:
+    """The phrases that select rows: all but ``scoring_only``, or all when none is left."""
+    return [p for p in phrases if p not in scoring_only] or phrases
 
 
 def fts_match_count(s: Session, match: str, limit: int) -> int:
