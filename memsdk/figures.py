@@ -60,6 +60,7 @@ def memory_stats(memory: HybridMemory) -> MemoryStats:
         index_nlist=index.nlist,
         index_nprobe=index.nprobe,
         index_recall=index.recall,
+        index_training=index.training,
         weights_model=memory.weights.model_name() if memory.weights is not None else None,
         scopes=scopes,
     )

@@ -202,8 +202,10 @@ class HybridMemory:
     @gated
     def flush(self, *, progress: bool = False) -> None:
         """Wait until every stored chunk has its vector (:mod:`memsdk.embedding_stage`) and
-        the weight memory has absorbed it, then write everything pending to disk (the vector
-        index file, the weight deltas). ``progress`` shows a bar per stage, in bytes.
+        the weight memory has absorbed it, and until an IVF layout the vector index is training
+        in the background is in use (:mod:`memsdk.stores.vector_index`), then write everything
+        pending to disk (the vector index file, the weight deltas). ``progress`` shows a bar
+        per stage, in bytes.
 
         Raises:
             MemsdkError: the memory was closed meanwhile.
@@ -219,6 +221,8 @@ class HybridMemory:
             stages.append(("weights", weights.flush, lambda: weight_lag(sql, weights)))
         for name, wait, lag in stages:
             wait_showing(wait, lambda lag=lag: lag().bytes, progress=progress, desc=name)
+        while not self.notepad.wait_for_layout(timeout=0.25):
+            self._gate.check("flush()")  # close() abandons the training; stop waiting for it
         self.notepad.save_index()
 
     def _live(self) -> None:

@@ -215,6 +215,12 @@ class MemoryStats(BaseModel):
         description="recall@10 of the IVF index against exact search, measured when it was "
         "trained (stored vectors as queries, each with its own list left out)",
     )
+    index_training: bool = Field(
+        False,
+        description="an IVF layout is being trained in the background (past the threshold, or "
+        "grown 4x past the last training); the current index serves searches meanwhile, and "
+        "flush() waits for it",
+    )
     weights_model: str | None = Field(None, description="name and fingerprint of the model")
     scopes: list[ScopeStats]
 
