@@ -303,23 +303,30 @@ def test_the_notepad_syncs_deletes_reopens_and_rebuilds_an_ivf_index(
 
 
 def test_the_memory_config_sets_the_threshold_and_stats_show_the_ivf(real, tmp_path) -> None:
-    """stats() shows the training while it runs; flush() waits for it and saves the IVF."""
+    """stats() shows a training while it runs; flush() waits for the one in flight (here a
+    retraining, the index grown 4x) and saves the IVF it swapped in."""
     texts, vectors = real
-    config = MemoryConfig(weight_memory=False, vector_ivf_threshold=300)
+    config = MemoryConfig(weight_memory=False, vector_ivf_threshold=256)
     with HybridMemory.open(tmp_path / "m", config=config) as mem:
         assert mem.stats().index_kind == "flat" and mem.stats().index_recall is None
         scope = mem.notepad.sql.ensure_scope(("ops", "", "", ""))
-        mem.notepad.sql.insert_chunks(scope, None, _chunks(texts[:301], vectors[:301]))
+        mem.notepad.sql.insert_chunks(scope, None, _chunks(texts[:257], vectors[:257]))
         with mem.notepad.index._lock:
             mem.notepad.sync()
             stats = mem.stats()
         assert (stats.index_kind, stats.index_training) == ("flat", True)
-        mem.flush()
+        assert mem.notepad.wait_for_layout(timeout=300)
         stats = mem.stats()
-    assert (stats.index_kind, stats.index_vectors, stats.index_training) == ("ivf", 301, False)
-    assert stats.index_recall >= TARGET_RECALL and 1 <= stats.index_nprobe <= stats.index_nlist
-    saved = VectorIndex.load(tmp_path / "m" / "notepad.faiss", dim=384, ivf_threshold=300)
-    assert saved.kind == "ivf" and not saved.training
+        assert (stats.index_kind, stats.index_vectors, stats.index_training) == ("ivf", 257, False)
+        assert stats.index_recall >= TARGET_RECALL
+        assert 1 <= stats.index_nprobe <= stats.index_nlist
+        more = _chunks(texts[257:1100], vectors[257:1100])
+        mem.notepad.sql.insert_chunks(scope, None, more)
+        mem.notepad.sync()  # past 4 x 257: retrained in the background
+        mem.flush()
+        assert mem.notepad.index.trained_on == 1100 and not mem.stats().index_training
+    saved = VectorIndex.load(tmp_path / "m" / "notepad.faiss", dim=384, ivf_threshold=256)
+    assert (saved.kind, saved.trained_on, len(saved)) == ("ivf", 1100, 1100)
 
 
 # Run in a child process, past a generous ceiling: a save or close that waited for the held
