@@ -168,10 +168,10 @@ class MemoryConfig(BaseModel):
         10.0,
         gt=0,
         le=3600,
-        description="how long a process's claim to train a scope's weight memory lasts without "
-        "renewal (renewed every batch): when several processes share the memory, another "
-        "takes over after it lapses, or at once if the holder was a process of this machine "
-        "that has ended",
+        description="how long a process's claim to train a scope's weight memory, or to run "
+        "the memory's embedding stage, lasts without renewal (renewed while it works): when "
+        "several processes share the memory, another takes over after it lapses, or at once "
+        "if the holder was a process of this machine that has ended",
     )
     weights_fast_params: Literal["dynamic_mlp", "fisher_masked"] = Field(
         "dynamic_mlp",

@@ -127,6 +127,7 @@ class HybridMemory:
                 self.embedder.embed,
                 batch_chunks=self.config.embed_batch_chunks,
                 share_templates=self.config.share_template_vectors,
+                lease_s=self.config.weights_lease_s,
             )
         except BaseException:
             self.notepad.close()
@@ -209,7 +210,9 @@ class HybridMemory:
 
         Raises:
             MemsdkError: the memory was closed meanwhile.
-            BusyError: another process kept a scope's weight lease (see ``Consolidator``).
+            BusyError: another process kept a scope's weight lease (see ``Consolidator``), or
+                the embedding lease without storing a vector for a minute
+                (:mod:`memsdk.embedding_stage`).
         """
         self._live()
         settle_owed_resets(self)
