@@ -197,7 +197,7 @@ SHARING_WRITER = textwrap.dedent(
 )
 
 
-def test_two_processes_sharing_a_memory_embed_each_chunk_once(tmp_path, shared) -> None:
+def test_two_processes_sharing_a_memory_embed_each_chunk_once(tmp_path, shared, figures) -> None:
     """Two processes ingest real logs into one memory at once: only the holder of the
     embedding lease embeds, so the chunks the two embedded add up to the memory's chunks (each
     once); both flushes return with every vector stored and in their own index."""
@@ -231,10 +231,16 @@ def test_two_processes_sharing_a_memory_embed_each_chunk_once(tmp_path, shared) 
         chunks = len(mem.notepad.sql.all_chunk_ids())
         assert mem.stats().embedding_holder is None  # given up when idle and at close
     assert sum(r["embedded"] for r in results) == chunks, results
+    figures.record(
+        "embedding_shared",
+        chunks=chunks,
+        embedded_by_first=results[0]["embedded"],
+        embedded_by_second=results[1]["embedded"],
+    )
 
 
 def test_a_process_waiting_for_the_embedding_lease_takes_over_from_a_killed_holder(
-    tmp_path, shared
+    tmp_path, shared, figures
 ) -> None:
     """A process that opened the memory while another embeds it does not embed; once the
     holder is killed with SIGKILL it takes over at once (the lease would last an hour: the
@@ -265,10 +271,14 @@ def test_a_process_waiting_for_the_embedding_lease_takes_over_from_a_killed_hold
             _agree(mem)
             assert 0 < mem.embedding.embedded <= before  # what the holder left, not more
             assert mem.stats().embedding_holder is None
+            embedded = mem.embedding.embedded
     finally:
         child.kill()
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
+    figures.record(
+        "embedding_takeover", chunks=chunks, pending_at_kill=left, embedded=embedded, lost=0
+    )
 
 
 def test_a_flush_waiting_for_a_holder_that_makes_no_progress_names_it(tmp_path) -> None:
