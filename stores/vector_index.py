@@ -319,7 +319,8 @@ class VectorIndex:
         exact_limit: int = EXACT_SEARCH_LIMIT,
     ) -> VectorIndex:
         """Read an index written by :meth:`save` (any format version); a flat index past
-        ``ivf_threshold`` becomes an IVF index (and is marked dirty, to be saved so).
+        ``ivf_threshold`` starts training an IVF index in the background, which is marked
+        dirty (to be saved so) once it is swapped in (:meth:`wait_for_layout`).
 
         Raises:
             IndexCorruptedError: the file is missing, truncated, forged, of another format
