@@ -140,6 +140,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             f"           IVF: probes {stats.index_nprobe} of {stats.index_nlist} lists, "
             f"recall@10 {stats.index_recall:.3f} against exact search"
         )
+    if stats.index_training:
+        print("           an IVF layout is being trained in the background")
+    if stats.embedding_holder:
+        print(f"embedding  vectors computed by process {stats.embedding_holder}")
     print(f"weights    {stats.weights_model or 'off (weight_memory=False)'}")
     for s in stats.scopes:
         print(f"scope      {s.scope}: {s.documents} documents, {s.chunks} chunks, {s.bytes} bytes")

@@ -111,8 +111,10 @@ class MemoryConfig(BaseModel):
         description="vectors past which the vector index turns from an exact flat scan into an "
         "IVF index (about 4*sqrt(n) lists, trained on a sample of the stored vectors, probing "
         "the fewest lists that reach recall@10 >= 0.99 against exact search, measured on "
-        "stored vectors; stats() shows it). Scopes and filters of up to 50,000 vectors are "
-        "still searched exactly (benchmarks/README.md has flat and IVF latency by size)",
+        "stored vectors; stats() shows it). The training runs in the background (minutes at "
+        "1M vectors) while the flat index keeps serving; flush() waits for it. Scopes and "
+        "filters of up to 50,000 vectors are still searched exactly (benchmarks/README.md has "
+        "flat and IVF latency by size)",
     )
     busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
     index_save_interval_s: float = Field(
@@ -168,10 +170,10 @@ class MemoryConfig(BaseModel):
         10.0,
         gt=0,
         le=3600,
-        description="how long a process's claim to train a scope's weight memory lasts without "
-        "renewal (renewed every batch): when several processes share the memory, another "
-        "takes over after it lapses, or at once if the holder was a process of this machine "
-        "that has ended",
+        description="how long a process's claim to train a scope's weight memory, or to run "
+        "the memory's embedding stage, lasts without renewal (renewed while it works): when "
+        "several processes share the memory, another takes over after it lapses, or at once "
+        "if the holder was a process of this machine that has ended",
     )
     weights_fast_params: Literal["dynamic_mlp", "fisher_masked"] = Field(
         "dynamic_mlp",

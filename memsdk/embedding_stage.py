@@ -19,8 +19,20 @@ stores its vectors in one transaction, each with an ``EMBED`` history event that
 replays like any other change. A process killed mid-batch loses only that batch's unsaved work:
 the chunks are still pending and the next open (of any process) embeds them. A vector is stored
 only while its chunk exists with the same content and no vector, so a chunk deleted or updated
-meanwhile never comes back through a late vector, and two processes embedding the same chunks
-(each open memory runs a stage) store each vector once; the loser's work is wasted, not wrong.
+meanwhile never comes back through a late vector.
+
+One process embeds at a time. Every open memory runs a stage, and two processes that open one
+memory directory used to embed the same pending chunks (the loser's work wasted, half the
+throughput on two cores). Now a stage embeds only while it holds the memory's embedding lease
+in SQL (:class:`memsdk.lease.MemoryLease`, the weight leases' table and rules): it takes the
+lease when it finds work, renews it while it embeds (between batches and between slices of a
+batch), and gives it up when nothing is pending and at close. The others poll SQL and take the
+lease over once it is free, lapsed (``lease_s`` without renewal), or held by a process of this
+machine that has ended (SIGKILL): no wait then. Should a holder stall past ``lease_s`` and
+another take over, the vectors are still stored once (the rule above): work wasted, not wrong.
+A flush in a process that does not hold the lease waits for the holder's progress and then
+syncs its own index; it raises :class:`~memsdk.errors.BusyError` only when ``wait_s`` pass
+without a chunk getting its vector while another process keeps the lease.
 
 Template-shared vectors (:mod:`memsdk.templates`) apply here as they did inline: one cache per
 scope, so a vector computed from one scope's text never lands in another scope.
@@ -33,12 +45,14 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 
-from memsdk.errors import MemsdkError
+from memsdk.errors import BusyError, MemsdkError
+from memsdk.lease import EMBEDDING_LEASE, MemoryLease
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
 from memsdk.templates import TemplateVectors
@@ -47,6 +61,15 @@ from memsdk.worker import Command, closed_error, fail_queued, stop_and_join
 __all__ = ["EmbeddingStage"]
 
 logger = logging.getLogger(__name__)
+
+# Chunks embedded between two looks at the lease inside a batch. The embedder's own batches of
+# 512-byte chunks hold 16 to 32 (4,096 tokens), so slicing costs no throughput.
+RENEW_SLICE = 16
+FLUSH_POLL_S = 0.25  # how often a flush checks the progress of another process's stage
+
+
+class _LeaseLost(Exception):
+    """Another process took the embedding lease over (this one stalled past ``lease_s``)."""
 
 
 class EmbeddingStage:
@@ -61,6 +84,9 @@ class EmbeddingStage:
         share_templates: chunks equal once their variable fields are masked share a vector.
         poll_interval_s: how often an idle worker looks in SQL for pending chunks (written by
             another process, or left by one that was killed).
+        lease_s: how long the memory's embedding lease lasts without renewal.
+        wait_s: how long :meth:`flush` waits without progress while another process holds
+            the lease.
     """
 
     def __init__(
@@ -71,12 +97,17 @@ class EmbeddingStage:
         batch_chunks: int = 64,
         share_templates: bool = True,
         poll_interval_s: float = 1.0,
+        lease_s: float = 10.0,
+        wait_s: float = 60.0,
     ) -> None:
         self.notepad = notepad
         self.embed = embed
         self.batch_chunks = batch_chunks
         self.share_templates = share_templates
         self.poll_interval_s = poll_interval_s
+        self.wait_s = wait_s
+        self.lease = MemoryLease(notepad.sql, EMBEDDING_LEASE, lease_s=lease_s)
+        self.embedded = 0  # chunks this process embedded (and stored, unless raced)
         self._templates: tuple[int, TemplateVectors] | None = None  # (scope id, its cache)
         self._stopping = threading.Event()
         self._accept_lock = threading.Lock()
@@ -101,10 +132,13 @@ class EmbeddingStage:
 
     def flush(self) -> None:
         """Wait until every pending chunk of the memory (this process's and others') has its
-        vector in SQL and in the index.
+        vector in SQL and in the index, embedding them here or, while another process holds
+        the embedding lease, waiting for that process.
 
         Raises:
             MemsdkError: the memory was closed meanwhile (what was embedded is kept).
+            BusyError: another process kept the lease and ``wait_s`` passed without a chunk
+                getting its vector.
         """
         command = Command("finish")
         with self._accept_lock:
@@ -137,11 +171,15 @@ class EmbeddingStage:
                 with self._accept_lock:
                     self._woken = False
             if command.kind == "stop":
+                self._release()
                 command.done.set()
                 fail_queued(self._queue)
                 return
             try:
-                self._drain()
+                if command.kind == "finish":
+                    self._finish()
+                else:
+                    self._drain()
                 if command.kind == "finish" and self._stopping.is_set():
                     raise MemsdkError(
                         "the memory was closed while flush() waited for the embedding stage: "
@@ -153,28 +191,83 @@ class EmbeddingStage:
             finally:
                 command.done.set()
 
-    def _drain(self) -> None:
-        """Embed every pending chunk of every scope, oldest scope first, batch by batch."""
+    def _drain(self) -> int:
+        """Embed every pending chunk of every scope, oldest scope first, batch by batch, while
+        this process holds the embedding lease; returns how many chunks are still pending (0
+        when done; the lease is then given up)."""
         sql = self.notepad.sql
         while not self._stopping.is_set():
-            scopes = sorted(backlog(sql))
-            if not scopes:
-                return
-            for scope_id in scopes:
+            pending = backlog(sql)
+            if not pending:
+                self._release()  # idle: the next process with work takes it at once
+                return 0
+            left = sum(b.chunks for b in pending.values())
+            for scope_id in sorted(pending):
                 while not self._stopping.is_set():
+                    # The lease before the read: chunks read while another process held it
+                    # could be the ones it is embedding.
+                    if not self.lease.keep():
+                        return left  # another process embeds; it is polled
                     chunks = pending_chunks(sql, scope_id, limit=self.batch_chunks)
                     if not chunks:
                         break
-                    vectors = self._vectors(scope_id, [c.text for c in chunks])
+                    try:
+                        vectors = self._vectors(scope_id, [c.text for c in chunks])
+                    except _LeaseLost:
+                        return left
                     store_vectors(sql, scope_id, chunks, vectors)
+                    self.embedded += len(chunks)
                     self.notepad.sync()
+        return sum(b.chunks for b in backlog(sql).values())
+
+    def _finish(self) -> None:
+        """A flush: drain; while another process holds the lease, wait for its progress (and
+        take over when it is gone), then sync the index with the vectors it stored."""
+        deadline, last = time.monotonic() + self.wait_s, None
+        while (left := self._drain()) and not self._stopping.is_set():
+            if last is not None and left < last:
+                deadline = time.monotonic() + self.wait_s  # the holder is getting on
+            last = left
+            if time.monotonic() > deadline:
+                holder = self.lease.current_holder()
+                raise BusyError(
+                    f"the vectors of memory {self.notepad.directory} are computed by another "
+                    f"process ({holder or 'unknown'}), and {self.wait_s:.0f} s passed without "
+                    f"a chunk getting its vector ({left} pending): flush again once that "
+                    "process is idle or closed. A holder that has ended is taken over at once "
+                    "if it ran on this machine, otherwise when its lease lapses "
+                    f"(MemoryConfig.weights_lease_s, {self.lease.lease_s:g} s)"
+                )
+            self._stopping.wait(FLUSH_POLL_S)
+        self.notepad.sync()
+
+    def _release(self) -> None:
+        try:
+            self.lease.release()
+        except Exception:  # it lapses after lease_s
+            logger.exception("giving up the embedding lease failed")
 
     def _vectors(self, scope_id: int, texts: list[str]) -> np.ndarray:
         if not self.share_templates:
-            return self.embed(texts)
+            return self._embed(texts)
         if self._templates is None or self._templates[0] != scope_id:
-            self._templates = (scope_id, TemplateVectors(self.embed))
+            self._templates = (scope_id, TemplateVectors(self._embed))
         return self._templates[1].vectors(texts)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """The embedder's call in slices, the lease renewed between them: a batch on a busy
+        machine can take longer than ``lease_s``, and a lapsed lease lets another process
+        embed the same chunks.
+
+        Raises:
+            _LeaseLost: another process took the lease over meanwhile.
+        """
+        parts = []
+        for start in range(0, len(texts), RENEW_SLICE):
+            if start and not self.lease.keep():
+                raise _LeaseLost
+            parts.append(self.embed(texts[start : start + RENEW_SLICE]))
+        return np.concatenate(parts) if parts else self.embed(texts)
 
 
 def _stopper(stage: weakref.ref[EmbeddingStage]) -> Callable[[], None]:

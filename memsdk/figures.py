@@ -60,6 +60,8 @@ def memory_stats(memory: HybridMemory) -> MemoryStats:
         index_nlist=index.nlist,
         index_nprobe=index.nprobe,
         index_recall=index.recall,
+        index_training=index.training,
+        embedding_holder=memory.embedding.lease.current_holder(),
         weights_model=memory.weights.model_name() if memory.weights is not None else None,
         scopes=scopes,
     )

@@ -1,10 +1,15 @@
-"""The cross-process lease of a scope's weight memory: one writer per scope.
+"""Cross-process leases: one writer per scope's weight memory, one embedding stage per memory.
 
 Several processes may open one memory (a SQLite directory, or workers sharing a PostgreSQL
 database and the memory directory), so a scope's weight memory is trained and saved only by the
 process holding the scope's *lease* in SQL (``weight_leases``). A lease expires ``lease_s`` after
 its last renewal, or at once when its holder was a process of this machine that no longer runs
 (killed mid-ingest): another process may then take it over.
+
+The embedding stage (:mod:`memsdk.embedding_stage`) holds one lease for the whole memory, in
+the same table under the key :data:`EMBEDDING_LEASE`: the rows are keyed by scope id, and scope
+ids are positive, so no schema changes, a memory written before opens as it was, and a
+release that predates this lease never reads its row.
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ from memsdk.errors import BusyError
 from memsdk.files import process_running
 from memsdk.stores.sql import SQLStore
 
-__all__ = ["WeightLeases", "process_gone"]
+__all__ = ["EMBEDDING_LEASE", "MemoryLease", "WeightLeases", "process_gone"]
 
 logger = logging.getLogger(__name__)
 
 WAIT_RETRY_S = 0.05  # how often a wait for another process's lease tries again
+EMBEDDING_LEASE = -1  # the embedding stage's key in the lease table (scope ids are positive)
+
+
+def _holder_name() -> str:
+    """A lease holder's name, ``host:pid:id``: the host and pid tell whether it still runs, the
+    random id keeps two opens of one memory in one process apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def process_gone(holder: str) -> bool:
@@ -49,7 +61,7 @@ class WeightLeases:
         self.sql = sql
         self.lease_s = lease_s
         self.wait_s = wait_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.holder = _holder_name()
         # Scopes whose lease this process holds; kept by the caller, under the caller's lock.
         self.held: set[int] = set()
 
@@ -90,3 +102,49 @@ class WeightLeases:
             except Exception:  # it lapses after lease_s
                 logger.exception("giving up the weight lease of scope %s failed", scope_id)
         self.held.clear()
+
+
+class MemoryLease:
+    """This process's lease of a task of the whole memory (the embedding stage's, under
+    :data:`EMBEDDING_LEASE`), with the weight leases' expiry and take-over.
+
+    Args:
+        sql: the memory's SQL store.
+        key: the lease's key (not a scope id).
+        lease_s: how long the lease lasts without renewal.
+    """
+
+    def __init__(self, sql: SQLStore, key: int, *, lease_s: float) -> None:
+        self.sql = sql
+        self.key = key
+        self.lease_s = lease_s
+        self.holder = _holder_name()
+        self.held = False  # as of the last acquire
+        self._renewed_at = 0.0
+
+    def acquire(self) -> bool:
+        """Take or renew the lease, taking it over from a holder that is gone; returns whether
+        this process holds it now."""
+        self.held = self.sql.acquire_lease(
+            self.key, self.holder, ttl_s=self.lease_s, stale=process_gone
+        )
+        self._renewed_at = time.monotonic()
+        return self.held
+
+    def keep(self) -> bool:
+        """Hold the lease: take it if not held, renew it once a third of ``lease_s`` has passed
+        since the last renewal (one SQL write per few seconds, not per call); returns whether
+        this process holds it."""
+        if self.held and time.monotonic() - self._renewed_at < self.lease_s / 3:
+            return True
+        return self.acquire()
+
+    def release(self) -> None:
+        """Give the lease up, if this process holds it."""
+        if self.held:
+            self.held = False
+            self.sql.release_lease(self.key, self.holder)
+
+    def current_holder(self) -> str | None:
+        """Who holds the lease (it may have lapsed), or None when nobody does."""
+        return self.sql.lease_holder(self.key)

@@ -127,6 +127,7 @@ class HybridMemory:
                 self.embedder.embed,
                 batch_chunks=self.config.embed_batch_chunks,
                 share_templates=self.config.share_template_vectors,
+                lease_s=self.config.weights_lease_s,
             )
         except BaseException:
             self.notepad.close()
@@ -202,12 +203,16 @@ class HybridMemory:
     @gated
     def flush(self, *, progress: bool = False) -> None:
         """Wait until every stored chunk has its vector (:mod:`memsdk.embedding_stage`) and
-        the weight memory has absorbed it, then write everything pending to disk (the vector
-        index file, the weight deltas). ``progress`` shows a bar per stage, in bytes.
+        the weight memory has absorbed it, and until an IVF layout the vector index is training
+        in the background is in use (:mod:`memsdk.stores.vector_index`), then write everything
+        pending to disk (the vector index file, the weight deltas). ``progress`` shows a bar
+        per stage, in bytes.
 
         Raises:
             MemsdkError: the memory was closed meanwhile.
-            BusyError: another process kept a scope's weight lease (see ``Consolidator``).
+            BusyError: another process kept a scope's weight lease (see ``Consolidator``), or
+                the embedding lease without storing a vector for a minute
+                (:mod:`memsdk.embedding_stage`).
         """
         self._live()
         settle_owed_resets(self)
@@ -219,6 +224,8 @@ class HybridMemory:
             stages.append(("weights", weights.flush, lambda: weight_lag(sql, weights)))
         for name, wait, lag in stages:
             wait_showing(wait, lambda lag=lag: lag().bytes, progress=progress, desc=name)
+        while not self.notepad.wait_for_layout(timeout=0.25):
+            self._gate.check("flush()")  # close() abandons the training; stop waiting for it
         self.notepad.save_index()
 
     def _live(self) -> None:

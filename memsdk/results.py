@@ -215,6 +215,18 @@ class MemoryStats(BaseModel):
         description="recall@10 of the IVF index against exact search, measured when it was "
         "trained (stored vectors as queries, each with its own list left out)",
     )
+    index_training: bool = Field(
+        False,
+        description="an IVF layout is being trained in the background (past the threshold, or "
+        "grown 4x past the last training); the current index serves searches meanwhile, and "
+        "flush() waits for it",
+    )
+    embedding_holder: str | None = Field(
+        None,
+        description="the process (host:pid:id) whose embedding stage holds the memory's "
+        "embedding lease: the one computing vectors now (None when none is; a holder that "
+        "was killed shows until another process takes over)",
+    )
     weights_model: str | None = Field(None, description="name and fingerprint of the model")
     scopes: list[ScopeStats]
 

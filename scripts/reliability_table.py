@@ -103,6 +103,25 @@ ROWS = [
         "tests/test_embedding_stage.py::test_a_kill_during_background_embedding_loses_nothing",
     ),
     (
+        "embedding_shared",
+        "two processes ingesting real logs (HDFS, BGL; Loghub) into one memory at once, each "
+        "running its embedding stage",
+        "{chunks} chunks, {embedded_by_first} embedded by one process and "
+        "{embedded_by_second} by the other (each once, by the holder of the embedding lease); "
+        "both flushes returned with every vector in SQL and in their own index",
+        "tests/test_embedding_stage.py::test_two_processes_sharing_a_memory_embed_each_chunk_once",
+    ),
+    (
+        "embedding_takeover",
+        "the process holding a memory's embedding lease (an hour long) killed with SIGKILL "
+        "while another process that had the memory open waited",
+        "{chunks} chunks, {pending_at_kill} still without a vector at the kill; taken over at "
+        "once (the holder was a process of this machine), {embedded} embedded by the other "
+        "process, {lost} lost; SQL and index ids equal",
+        "tests/test_embedding_stage.py::"
+        "test_a_process_waiting_for_the_embedding_lease_takes_over_from_a_killed_holder",
+    ),
+    (
         "delete_all_kill",
         "a process killed with SIGKILL right after delete_all's SQL commit, then reopened",
         "the deleted scope scores its old text at {after_bits:.2f} bits per byte, an empty "

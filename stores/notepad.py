@@ -293,8 +293,20 @@ class Notepad:
             self.index.save(self.index_path)
             self._saved_at = time.monotonic()
 
+    def wait_for_layout(self, timeout: float | None = None) -> bool:
+        """Wait until the index has no IVF training in flight (it trains in the background;
+        see :mod:`memsdk.stores.vector_index`); False if ``timeout`` seconds passed first."""
+        return self.index.wait_for_layout(timeout)
+
     def rebuild_index(self, *, on_batch: Callable[[int], None] | None = None) -> int:
-        """Rebuild the index from the embeddings stored in SQL and save it; returns its size."""
+        """Rebuild the index from the embeddings stored in SQL and save it; returns its size.
+
+        A rebuild past the IVF threshold waits for the training (minutes at a million vectors)
+        before it saves: it is a repair that runs once, shows its progress and is often the
+        last call of a process (``memsdk rebuild-index``), and the saved file should then be
+        the IVF that later opens load without training again. The index it replaces keeps
+        serving searches until then.
+        """
         with self._sync_lock:
             newest = self.sql.max_history_id()
             # Filled flat and given its layout once at the end: an IVF index is trained on
@@ -307,8 +319,10 @@ class Notepad:
                     on_batch(len(ids))
             index.ivf_threshold = self.ivf_threshold
             index.choose_layout()
+            index.wait_for_layout()
             index.synced_to = newest
             index.dirty = True
+            self.index.abandon_layout()
             self.index = index
             self._scope_of = None
         self.sync()
@@ -373,7 +387,11 @@ class Notepad:
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 
     def close(self) -> None:
+        """Save the index and release the database. A training in flight is abandoned, not
+        waited for (minutes at a million vectors): the file saved is the index in use, and
+        the next open trains again."""
         try:
+            self.index.abandon_layout()
             self.save_index()
         finally:
             self.sql.close()

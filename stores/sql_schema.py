@@ -148,7 +148,8 @@ class LedgerRow(Base):
 
 class LeaseRow(Base):
     """A scope's weight-memory lease: only ``holder`` may train and save the scope's weights
-    until ``expires_at`` (seconds since the epoch)."""
+    until ``expires_at`` (seconds since the epoch). The row of ``scope_id`` -1, which no scope
+    has, is the embedding stage's lease of the whole memory (``memsdk.lease.EMBEDDING_LEASE``)."""
 
     __tablename__ = "weight_leases"
 

@@ -18,6 +18,21 @@ Two layouts, chosen by size:
   searched exactly over its own vectors instead of through the probed lists, where a small scope
   could lose results that sit in unprobed lists.
 
+Training runs off the write path. It takes about 2.5 minutes at 1M vectors on two cores
+(benchmarks/README.md), and it used to run inside the write that crossed the threshold (or the
+open that loaded a large flat file), with every search waiting on the index lock meanwhile.
+Now that write only copies the vectors (the flat storage is a view that later adds may
+reallocate, and removes compact it) and starts one named daemon thread per index, which trains
+on the copy while the current index keeps serving searches and taking adds and removes; each
+change made meanwhile logs its ids. When the new index is ready, the thread replays the logged
+ids into it (the vectors the current index holds for them now, or their absence), in rounds
+outside the lock while many came in, the last round under the lock, and then swaps it in and
+marks the index dirty, so the next save writes it. One training runs at a time; a training
+abandoned meanwhile (:meth:`VectorIndex.abandon_layout`: a close, or a rebuild that replaced
+the index) drops its result at its next step. :meth:`VectorIndex.wait_for_layout` waits for
+it (a flush, a rebuild, the benchmarks). Until the swap the saved file is the flat one, so a
+crash or a close mid-training loses nothing: the next open trains again.
+
 On disk the index is one file: an 8-byte magic, a format version, the id of the last history
 event the index reflects (``synced_to``), the SHA-256 of the payload, the identity of the memory
 it belongs to (16 bytes of a UUID; version 2, zero when unknown) and the FAISS serialisation.
@@ -30,12 +45,14 @@ or forged file is rejected with a clear error instead of reaching the C++ reader
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import struct
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +63,8 @@ from memsdk.errors import IndexCorruptedError, InputError
 from memsdk.files import atomic_write_bytes
 
 __all__ = ["EXACT_SEARCH_LIMIT", "INDEX_NAME", "IVF_THRESHOLD", "TARGET_RECALL", "VectorIndex"]
+
+logger = logging.getLogger(__name__)
 
 INDEX_NAME = "notepad.faiss"
 _MAGIC = b"MEMSDKIX"
@@ -65,6 +84,14 @@ _RECALL_QUERIES = 200
 _TRAIN_PER_LIST = 40  # FAISS asks for at least 39 training points per list
 _RETRAIN_GROWTH = 4  # retrain once the index holds this many times what it was trained at
 _SEED = 1234
+_ADD_BLOCK = 1 << 16  # vectors added to a new IVF index between two checks for abandonment
+# Changes made during a training replayed under the lock at the swap; more are replayed first
+# in rounds outside it (adding 100k vectors to a 4,000-list IVF takes seconds).
+_REPLAY_UNDER_LOCK = 4096
+
+
+class _Abandoned(Exception):
+    """The training's result is no longer wanted (the index was closed or replaced)."""
 
 
 @contextmanager
@@ -137,10 +164,12 @@ def _exact_kth_scores(
 
 
 def _train_ivf(
-    ids: np.ndarray, vectors: np.ndarray, dim: int
+    ids: np.ndarray, vectors: np.ndarray, dim: int, *, abandoned: Callable[[], bool]
 ) -> tuple[faiss.IndexIVFFlat, int, float]:
     """An ``IndexIVFFlat`` holding ``vectors`` under ``ids``, with ``nprobe`` set to the
     smallest that reaches :data:`TARGET_RECALL`; returns it, ``nprobe`` and that recall.
+    ``abandoned()`` is checked between steps (k-means itself cannot be stopped), raising
+    :class:`_Abandoned`.
 
     The queries are stored vectors (a seeded sample), each searched with its whole list left
     out, in both the exact and the probed ranking. Left in, a stored vector finds its near
@@ -161,7 +190,10 @@ def _train_ivf(
     sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
     index.train(np.ascontiguousarray(vectors[sample]))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    index.add_with_ids(vectors, ids)
+    for start in range(0, n, _ADD_BLOCK):
+        if abandoned():
+            raise _Abandoned
+        index.add_with_ids(vectors[start : start + _ADD_BLOCK], ids[start : start + _ADD_BLOCK])
     queries = np.ascontiguousarray(vectors[rng.choice(n, size=min(n, _RECALL_QUERIES))])
     lists = quantizer.search(queries, 1)[1][:, 0]
     order = np.argsort(ids)
@@ -174,6 +206,8 @@ def _train_ivf(
     truth = _exact_kth_scores(vectors, queries, left_out_positions)
 
     def recall(nprobe: int) -> float:
+        if abandoned():
+            raise _Abandoned
         index.nprobe = nprobe
         return _recall_at_k(index, queries, left_out_ids, truth)
 
@@ -188,6 +222,17 @@ def _train_ivf(
         else:
             low = middle
     return index, high, recall(high)
+
+
+def _replay(
+    index: faiss.IndexIVFFlat, changed: np.ndarray, held: np.ndarray, vectors: np.ndarray | None
+) -> None:
+    """Bring ``index`` to the current state of the ``changed`` ids: each removed, then those
+    ``held`` now added back with their current ``vectors``."""
+    if len(changed):
+        index.remove_ids(faiss.IDSelectorArray(len(changed), faiss.swig_ptr(changed)))
+    if vectors is not None:
+        index.add_with_ids(vectors, held)
 
 
 class VectorIndex:
@@ -218,6 +263,12 @@ class VectorIndex:
         # replays later events to catch up with writes it did not see (crash, other process).
         self.synced_to = 0
         self.memory_id = ""  # the memory the index belongs to (UUID hex); "" when unknown
+        # The background training (see the module docstring): its thread, the ids changed
+        # since its snapshot (None when none runs), and a count bumped to abandon it.
+        self._training: threading.Thread | None = None
+        self._changes: list[np.ndarray] | None = None
+        self._generation = 0
+        self._failed_at = 0  # size at which the last training failed; retried past twice that
 
     @property
     def kind(self) -> str:
@@ -233,6 +284,11 @@ class VectorIndex:
     def nlist(self) -> int | None:
         """Lists of the IVF index (None for a flat index)."""
         return int(self._index.nlist) if self.kind == "ivf" else None
+
+    @property
+    def training(self) -> bool:
+        """Whether a new IVF layout is being trained in the background."""
+        return self._training is not None
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -263,7 +319,8 @@ class VectorIndex:
         exact_limit: int = EXACT_SEARCH_LIMIT,
     ) -> VectorIndex:
         """Read an index written by :meth:`save` (any format version); a flat index past
-        ``ivf_threshold`` becomes an IVF index (and is marked dirty, to be saved so).
+        ``ivf_threshold`` starts training an IVF index in the background, which is marked
+        dirty (to be saved so) once it is swapped in (:meth:`wait_for_layout`).
 
         Raises:
             IndexCorruptedError: the file is missing, truncated, forged, of another format
@@ -356,31 +413,123 @@ class VectorIndex:
         """Past the threshold while flat, or grown well past what the IVF was trained at (its
         lists were sized for fewer vectors and grow long)."""
         n = int(self._index.ntotal)
+        if n <= 2 * self._failed_at:
+            return False
         if self.kind == "flat":
             return n > self.ivf_threshold
         return n > _RETRAIN_GROWTH * self.trained_on
 
     def choose_layout(self) -> None:
-        """Become an IVF index if past ``ivf_threshold`` (or retrain one grown well past its
-        training size); :meth:`add` does this itself, a bulk load calls it once at the end."""
+        """Start training an IVF index in the background if past ``ivf_threshold`` (or a new
+        one for an IVF grown well past its training size), unless a training runs already;
+        :meth:`add` does this itself, a bulk load calls it once at the end, and
+        :meth:`wait_for_layout` waits for the result."""
         with self._lock:
-            if self._grown():
-                self._retrain()
-                self.dirty = True
+            if self._training is None and self._grown():
+                self._start_training()
 
-    def _retrain(self) -> None:
-        """Replace the index by an IVF index trained on every vector it holds."""
+    def wait_for_layout(self, timeout: float | None = None) -> bool:
+        """Wait until no training runs (one that finishes may start the next, if the index
+        grew past its retraining size meanwhile); returns False if ``timeout`` seconds passed
+        first. A flush waits here in short slices, so that a close can stop it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                thread = self._training
+            if thread is None:
+                return True
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+            if thread.is_alive():
+                return False
+
+    def abandon_layout(self) -> None:
+        """Drop the training in flight: its thread stops at its next step (k-means cannot be
+        interrupted) and keeps nothing, and the index stays as it is. Called at close (the
+        saved file stays the flat one, and the next open trains again) and when a rebuild
+        replaces the index."""
+        with self._lock:
+            self._generation += 1
+            self._training = None
+            self._changes = None
+
+    def _start_training(self) -> None:
+        """Snapshot every vector (a copy) and train on it in a new thread. Under the lock."""
         if self.kind == "flat":
             flat = faiss.downcast_index(self._index.index)
             n = int(flat.ntotal)
-            # A view of the flat index's storage: no copy of the largest array.
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+            # Copied: the flat storage is a view that later adds may reallocate and removes
+            # compact.
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()
             ids = faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
         else:
             ids, vectors = _lists(self._index)
-        index, nprobe, recall = _train_ivf(ids, vectors, self.dim)
-        index.nprobe = nprobe
-        self._index, self.trained_on, self.recall = index, len(ids), recall
+        self._changes = []
+        thread = threading.Thread(
+            target=self._train,
+            # In a list the thread empties, so the copy is freed once the index is built.
+            args=([(ids, vectors)], self._generation),
+            name="memsdk-ivf-training",
+            daemon=True,
+        )
+        self._training = thread
+        logger.info("training an IVF index on %d vectors in the background", len(ids))
+        thread.start()
+
+    def _train(self, snapshot: list[tuple[np.ndarray, np.ndarray]], generation: int) -> None:
+        """The training thread: train on the snapshot, catch up with the changes, swap in."""
+        started = time.perf_counter()
+        ids, vectors = snapshot.pop()
+        try:
+            index, nprobe, recall = _train_ivf(
+                ids, vectors, self.dim, abandoned=lambda: self._generation != generation
+            )
+            index.nprobe = nprobe
+            del vectors
+            if self._swap_in(index, len(ids), recall, generation):
+                logger.info(
+                    "IVF index of %d lists (nprobe %d, recall@10 %.3f) in use after %.1f s",
+                    index.nlist,
+                    nprobe,
+                    recall,
+                    time.perf_counter() - started,
+                )
+        except _Abandoned:
+            logger.info("IVF training abandoned (index closed or replaced)")
+        except Exception:
+            # The flat (or older IVF) index keeps serving; retried once it has doubled.
+            logger.exception("training an IVF index on %d vectors failed", len(ids))
+            with self._lock:
+                if self._generation == generation:
+                    self._failed_at = len(ids)
+        finally:
+            with self._lock:
+                if self._training is threading.current_thread():
+                    self._training = None
+                    self._changes = None
+
+    def _swap_in(
+        self, index: faiss.IndexIVFFlat, trained_on: int, recall: float, generation: int
+    ) -> bool:
+        """Replay into ``index`` the ids changed since the snapshot, then make it the index;
+        False if the training was abandoned meanwhile."""
+        while True:
+            with self._lock:
+                if self._generation != generation or self._changes is None:
+                    return False
+                changed = np.unique(np.concatenate(self._changes or [np.empty(0, np.int64)]))
+                self._changes = []
+                held = self._held(changed)
+                vectors = self._index.reconstruct_batch(held) if len(held) else None
+                if len(changed) <= _REPLAY_UNDER_LOCK:
+                    _replay(index, changed, held, vectors)
+                    self._index, self.trained_on, self.recall = index, trained_on, recall
+                    self.dirty = True
+                    self._training = None
+                    self._changes = None
+                    self.choose_layout()  # grown past its retraining size meanwhile
+                    return True
+            _replay(index, changed, held, vectors)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add ``vectors`` (N, dim) float32, rows L2-normalised, under ``ids`` (N,) int64; an id
@@ -399,6 +548,8 @@ class VectorIndex:
             self.remove(self._held(ids))
             self._index.add_with_ids(vectors, ids)
             self._mark(ids, True)
+            if self._changes is not None:
+                self._changes.append(ids.copy())
             self.dirty = True
             self.choose_layout()
 
@@ -421,6 +572,8 @@ class VectorIndex:
             else:
                 selector = faiss.IDSelectorBatch(ids)
             removed = int(self._index.remove_ids(selector))
+            if self._changes is not None and removed:
+                self._changes.append(self._held(ids))
             self._mark(self._held(ids), False)
             self.dirty = self.dirty or removed > 0
         return removed

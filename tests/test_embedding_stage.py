@@ -1,27 +1,33 @@
 """The background embedding stage (memsdk/embedding_stage.py) on real parts: SQLite, FAISS, the
-MiniLM embedder, real Loghub logs, and a writer killed with SIGKILL while it embeds."""
+MiniLM embedder, real Loghub logs, processes sharing one memory, and a writer killed with
+SIGKILL while it embeds."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
-from memsdk import HybridMemory, MemoryConfig, Scope
+from memsdk import BusyError, HybridMemory, MemoryConfig, Scope
+from memsdk.lease import EMBEDDING_LEASE
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
 
 CONFIG = MemoryConfig(weight_memory=False)
 HDFS_NEEDLE = "blk_1441315972355360459"  # on one line near the end of HDFS_2k.log
 
 
-def _log_tail(shared, tmp_path, lines: int = 500):
-    """The last ``lines`` lines of the real HDFS log (about 170 chunks), as a file."""
-    path = tmp_path / "HDFS_tail.log"
-    text = shared("data", "loghub", "HDFS", "HDFS_2k.log").read_bytes()
+def _log_tail(shared, tmp_path, lines: int = 500, system: str = "HDFS"):
+    """The last ``lines`` lines of a real Loghub log (of HDFS: 500 make about 170 chunks), as a
+    file."""
+    path = tmp_path / f"{system}_tail.log"
+    text = shared("data", "loghub", system, f"{system}_2k.log").read_bytes()
     path.write_bytes(b"".join(text.splitlines(keepends=True)[-lines:]))
     return path
 
@@ -112,7 +118,12 @@ KILLED_WRITER = textwrap.dedent(
     from memsdk import HybridMemory, MemoryConfig, Scope
     from memsdk.stores.vector_backlog import backlog
 
-    config = MemoryConfig(weight_memory=False, embed_batch_chunks=8)
+    config = MemoryConfig(
+        weight_memory=False,
+        embed_batch_chunks=8,
+        share_template_vectors=False,
+        weights_lease_s=float(sys.argv[3]),
+    )
     mem = HybridMemory.open(sys.argv[1], config=config)
     report = mem.ingest(sys.argv[2], scope=Scope(tenant="ops"))
     print("ingested", report.chunks, flush=True)
@@ -134,7 +145,7 @@ def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figu
     path = _log_tail(shared, tmp_path)
     memory = tmp_path / "m"
     child = subprocess.Popen(
-        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path)],
+        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path), "10"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -158,3 +169,135 @@ def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figu
             path.read_bytes()
         )
     figures.record("embedding_kill", chunks=chunks, pending_at_kill=left, lost=0)
+
+
+# A process sharing a memory with another: both open before either ingests, so that both
+# stages see the pending chunks of both.
+SHARING_WRITER = textwrap.dedent(
+    """
+    import json, sys
+    from memsdk import HybridMemory, MemoryConfig, Scope
+    from memsdk.stores.vector_backlog import backlog
+
+    # A long lease: this test is about which process embeds, not about lapses on a slow day.
+    config = MemoryConfig(weight_memory=False, embed_batch_chunks=8, weights_lease_s=600)
+    mem = HybridMemory.open(sys.argv[1], config=config)
+    print("open", flush=True)
+    sys.stdin.readline()
+    mem.ingest(sys.argv[2], scope=Scope(tenant="ops"))
+    mem.flush()  # the process without the lease waits for the other one
+    sql = mem.notepad.sql
+    print(json.dumps({
+        "embedded": mem.embedding.embedded,
+        "pending": sum(b.chunks for b in backlog(sql).values()),
+        "index_is_sql": mem.notepad.index.ids().tolist() == sorted(sql.all_chunk_ids().tolist()),
+    }), flush=True)
+    mem.close()
+    """
+)
+
+
+def test_two_processes_sharing_a_memory_embed_each_chunk_once(tmp_path, shared, figures) -> None:
+    """Two processes ingest real logs into one memory at once: only the holder of the
+    embedding lease embeds, so the chunks the two embedded add up to the memory's chunks (each
+    once); both flushes return with every vector stored and in their own index."""
+    memory = tmp_path / "m"
+    HybridMemory.open(memory, config=CONFIG).close()  # made before two processes open it
+    paths = [_log_tail(shared, tmp_path, 300, system) for system in ("HDFS", "BGL")]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-P", "-c", SHARING_WRITER, str(memory), str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for path in paths
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "open"
+        for child in children:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        results = [json.loads(child.stdout.readline()) for child in children]
+        assert [child.wait(timeout=120) for child in children] == [0, 0]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait(timeout=60)
+    assert all(r["pending"] == 0 and r["index_is_sql"] for r in results), results
+    with HybridMemory.open(memory, config=CONFIG) as mem:
+        _agree(mem)
+        chunks = len(mem.notepad.sql.all_chunk_ids())
+        assert mem.stats().embedding_holder is None  # given up when idle and at close
+    assert sum(r["embedded"] for r in results) == chunks, results
+    figures.record(
+        "embedding_shared",
+        chunks=chunks,
+        embedded_by_first=results[0]["embedded"],
+        embedded_by_second=results[1]["embedded"],
+    )
+
+
+def test_a_process_waiting_for_the_embedding_lease_takes_over_from_a_killed_holder(
+    tmp_path, shared, figures
+) -> None:
+    """A process that opened the memory while another embeds it does not embed; once the
+    holder is killed with SIGKILL it takes over at once (the lease would last an hour: the
+    holder is known gone because it was a process of this machine), and every vector gets
+    stored, SQL and index in agreement."""
+    path = _log_tail(shared, tmp_path, 700)
+    memory = tmp_path / "m"
+    config = MemoryConfig(weight_memory=False, weights_lease_s=3600)
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path), "3600"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        chunks = int(child.stdout.readline().split()[1])
+        assert child.stdout.readline().strip() == "embedding", "the stage never stored a batch"
+        with HybridMemory.open(memory, config=config) as mem:
+            holder = mem.stats().embedding_holder
+            assert holder is not None and holder.split(":")[1] == str(child.pid)
+            before = backlog(mem.notepad.sql)[1].chunks  # the holder goes on until the kill
+            assert mem.embedding.embedded == 0  # this process waits while the holder runs
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=60)
+            left = backlog(mem.notepad.sql)[1].chunks
+            assert 0 < left <= before < chunks, "the holder finished before it was killed"
+            mem.flush()
+            _agree(mem)
+            assert 0 < mem.embedding.embedded <= before  # what the holder left, not more
+            assert mem.stats().embedding_holder is None
+            embedded = mem.embedding.embedded
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    figures.record(
+        "embedding_takeover", chunks=chunks, pending_at_kill=left, embedded=embedded, lost=0
+    )
+
+
+def test_a_flush_waiting_for_a_holder_that_makes_no_progress_names_it(tmp_path) -> None:
+    """Another live process holds the embedding lease and stores nothing: flush() gives up
+    after the stage's wait with a BusyError naming the holder and what to do."""
+    lines = [f"job {i} on node-{i % 5} finished\n" for i in range(40)]
+    with HybridMemory.open(tmp_path / "m", config=CONFIG) as mem:
+        # A holder of this machine that still runs (this process, under another name), its
+        # lease good for an hour.
+        other = f"{socket.gethostname()}:{os.getpid()}:stalled"
+        assert mem.notepad.sql.acquire_lease(EMBEDDING_LEASE, other, ttl_s=3600)
+        mem.embedding.wait_s = 0.5
+        mem.ingest(lines, scope=Scope(tenant="ops"), name="jobs")
+        with pytest.raises(BusyError, match=f"computed by another process \\({other}\\)") as exc:
+            mem.flush()
+        assert "flush again once that process is idle or closed" in str(exc.value)
+        assert "MemoryConfig.weights_lease_s, 10 s" in str(exc.value)
+        assert mem.embedding.embedded == 0 and mem.stats().embedding_holder == other
+        mem.notepad.sql.release_lease(EMBEDDING_LEASE, other)  # the holder closes
+        mem.flush()
+        _agree(mem)
+        assert mem.embedding.embedded > 0

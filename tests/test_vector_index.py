@@ -1,9 +1,16 @@
 """The vector index past its IVF threshold, on real parts: FAISS, SQLite, and MiniLM embeddings
-of real Loghub log messages (the threshold is set low so the switch happens in seconds)."""
+of real Loghub log messages (the threshold is set low so the switch happens in seconds).
+
+The IVF index is trained on a background thread. To look at the index while a training runs,
+without timing, a test holds the index's lock (reentrant, so the test's own adds, removes and
+searches still run): the real training runs meanwhile, but cannot swap its result in before
+the test lets go."""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,23 +57,89 @@ def _ivf(real, *, n: int, exact_limit: int = 50_000) -> tuple[VectorIndex, np.nd
     ids = np.arange(n, dtype=np.int64) * 7 + 3
     index = VectorIndex(384, ivf_threshold=THRESHOLD, exact_limit=exact_limit)
     index.add(ids, vectors)
+    assert index.wait_for_layout()
     return index, ids
 
 
-def test_the_index_turns_into_ivf_past_the_threshold_and_records_its_recall(real) -> None:
+def test_the_write_that_crosses_the_threshold_returns_flat_and_the_ivf_follows(real) -> None:
+    """The crossing write only starts the training: the index stays flat, searchable and
+    writable until the trained IVF is swapped in; waiting returns it with its recall."""
     vectors = real[1]
     ids = np.arange(len(vectors), dtype=np.int64) + 1
     index = VectorIndex(384, ivf_threshold=THRESHOLD)
     index.add(ids[:THRESHOLD], vectors[:THRESHOLD])
-    assert index.kind == "flat" and index.nprobe is None and index.recall is None
-    index.add(ids[THRESHOLD : THRESHOLD + 1], vectors[THRESHOLD : THRESHOLD + 1])
-    assert index.kind == "ivf"
+    assert index.kind == "flat" and not index.training and index.recall is None
+    with index._lock:
+        index.add(ids[THRESHOLD : THRESHOLD + 1], vectors[THRESHOLD : THRESHOLD + 1])
+        assert index.kind == "flat" and index.training
+        assert index.nprobe is None and index.recall is None and index.trained_on == 0
+        for row in (0, 299, THRESHOLD):  # exact search of the flat index meanwhile
+            got, _ = index.search(vectors[row], k=1, allowed_ids=ids)
+            assert got.tolist() == [ids[row]]
+    assert index.wait_for_layout(timeout=300)
+    assert index.kind == "ivf" and not index.training and index.dirty
     assert index.trained_on == THRESHOLD + 1
     assert 1 <= index.nprobe <= index.nlist
     assert index.recall >= TARGET_RECALL
     assert index.ids().tolist() == ids[: THRESHOLD + 1].tolist()
     index.add(ids[THRESHOLD + 1 :], vectors[THRESHOLD + 1 :])  # later adds go to its lists
-    assert index.kind == "ivf" and len(index) == len(ids)
+    assert index.kind == "ivf" and len(index) == len(ids) and not index.training
+
+
+@pytest.mark.parametrize("start", ["flat", "ivf"])
+def test_changes_made_during_training_are_in_the_index_swapped_in(real, start) -> None:
+    """Adds, replacements and removes made while a training runs (from a flat index past the
+    threshold, or an IVF index grown 4x past its training size) are all in the new index:
+    each held id has its current vector and is found by it, removed ids never come back."""
+    vectors = real[1]
+    rows = {}  # id -> row of the vector it should hold
+    index = VectorIndex(384, ivf_threshold=THRESHOLD if start == "flat" else 150, exact_limit=0)
+
+    def add(id_rows: range, from_row: int | None = None) -> None:
+        ids = np.array(list(id_rows), dtype=np.int64) * 7 + 3
+        chosen = np.array(list(id_rows)) if from_row is None else from_row + np.arange(len(ids))
+        index.add(ids, vectors[chosen])
+        rows.update(zip(ids.tolist(), chosen.tolist(), strict=True))
+
+    def remove(id_rows: range) -> list[int]:
+        ids = np.array(list(id_rows), dtype=np.int64) * 7 + 3
+        index.remove(ids)
+        for i in ids.tolist():
+            rows.pop(i, None)
+        return ids.tolist()
+
+    if start == "flat":
+        add(range(THRESHOLD))
+        crossing = range(THRESHOLD, THRESHOLD + 1)
+    else:
+        add(range(151))  # trained at 151 vectors, retrained past 604
+        assert index.wait_for_layout(timeout=300) and index.trained_on == 151
+        add(range(151, 604))
+        crossing = range(604, 605)
+    assert not index.training
+    with index._lock:
+        add(crossing)
+        assert index.training
+        trained_at = len(index)
+        add(range(crossing.stop, 900))  # added after the snapshot
+        add(range(10, 20), from_row=1000)  # replaced: other vectors under the same ids
+        gone = remove(range(100, 160)) + remove(range(850, 860))  # old ones and new ones
+        add(range(120, 125))  # removed, then added back
+        assert index.kind == start  # the old layout serves until the swap
+    assert index.wait_for_layout(timeout=300)
+    assert index.kind == "ivf" and index.trained_on == trained_at
+    want = np.array(sorted(rows), dtype=np.int64)
+    assert index.ids().tolist() == want.tolist() and len(index) == len(want)
+    held = index._index.reconstruct_batch(want)
+    np.testing.assert_array_equal(held, vectors[[rows[i] for i in want.tolist()]])
+    gone = sorted(set(gone) - set(rows))
+    for i in want.tolist():
+        got, scores = index.search(vectors[rows[i]], k=K, allowed_ids=want)
+        assert scores[0] >= 1 - 1e-5 and i in got.tolist()
+    for i in gone:
+        row = (i - 3) // 7
+        got, _ = index.search(vectors[row], k=K, allowed_ids=np.append(want, gone))
+        assert not set(got.tolist()) & set(gone)
 
 
 def test_ivf_recall_against_flat_search_on_real_vectors(real) -> None:
@@ -80,6 +153,7 @@ def test_ivf_recall_against_flat_search_on_real_vectors(real) -> None:
     flat.add(ids, base)
     ivf = VectorIndex(384, ivf_threshold=THRESHOLD, exact_limit=0)
     ivf.add(ids, base)
+    assert ivf.wait_for_layout(timeout=300)
     assert flat.kind == "flat" and ivf.kind == "ivf" and ivf.nprobe < ivf.nlist
     hits = 0
     for query in queries:
@@ -164,6 +238,7 @@ def test_a_flat_file_past_the_threshold_loads_as_ivf(real, tmp_path) -> None:
     flat.save(path)
     assert int.from_bytes(path.read_bytes()[8:12], "little") == 2  # older readers keep it
     loaded = VectorIndex.load(path, dim=384, ivf_threshold=THRESHOLD)
+    assert loaded.wait_for_layout(timeout=300)  # the open trains in the background
     assert loaded.kind == "ivf" and loaded.dirty and loaded.recall >= TARGET_RECALL
     assert loaded.ids().tolist() == ids.tolist()
 
@@ -199,6 +274,7 @@ def test_the_notepad_syncs_deletes_reopens_and_rebuilds_an_ivf_index(
     big_ids = notepad.sql.insert_chunks(big, None, _chunks(texts[:900], vectors[:900]))
     small_ids = notepad.sql.insert_chunks(small, None, _chunks(texts[900:930], vectors[900:930]))
     notepad.sync()
+    assert notepad.wait_for_layout(timeout=300)
     assert notepad.index.kind == "ivf" and len(notepad.index) == 930
     query = vectors[0]  # a message of the big scope: the small one is far from it
 
@@ -217,8 +293,9 @@ def test_the_notepad_syncs_deletes_reopens_and_rebuilds_an_ivf_index(
     notepad = open_notepad()  # the saved IVF index, loaded
     assert notepad.index.kind == "ivf" and len(notepad.index) == 630
     assert small_top() == want_small
-    assert notepad.rebuild_index() == 630
+    assert notepad.rebuild_index() == 630  # waits for its training
     assert notepad.index.kind == "ivf" and notepad.index.trained_on == 630
+    assert not notepad.index.training and not notepad.index.dirty
     assert notepad.index.recall >= TARGET_RECALL
     assert small_top() == want_small
     assert not {i for i, _ in notepad.vector_search(big, query, k=50)} & set(deleted)
@@ -226,13 +303,90 @@ def test_the_notepad_syncs_deletes_reopens_and_rebuilds_an_ivf_index(
 
 
 def test_the_memory_config_sets_the_threshold_and_stats_show_the_ivf(real, tmp_path) -> None:
+    """stats() shows a training while it runs; flush() waits for the one in flight (here a
+    retraining, the index grown 4x) and saves the IVF it swapped in."""
     texts, vectors = real
-    config = MemoryConfig(weight_memory=False, vector_ivf_threshold=300)
+    config = MemoryConfig(weight_memory=False, vector_ivf_threshold=256)
     with HybridMemory.open(tmp_path / "m", config=config) as mem:
         assert mem.stats().index_kind == "flat" and mem.stats().index_recall is None
         scope = mem.notepad.sql.ensure_scope(("ops", "", "", ""))
-        mem.notepad.sql.insert_chunks(scope, None, _chunks(texts[:301], vectors[:301]))
-        mem.notepad.sync()
+        mem.notepad.sql.insert_chunks(scope, None, _chunks(texts[:257], vectors[:257]))
+        with mem.notepad.index._lock:
+            mem.notepad.sync()
+            stats = mem.stats()
+        assert (stats.index_kind, stats.index_training) == ("flat", True)
+        assert mem.notepad.wait_for_layout(timeout=300)
         stats = mem.stats()
-    assert (stats.index_kind, stats.index_vectors) == ("ivf", 301)
-    assert stats.index_recall >= TARGET_RECALL and 1 <= stats.index_nprobe <= stats.index_nlist
+        assert (stats.index_kind, stats.index_vectors, stats.index_training) == ("ivf", 257, False)
+        assert stats.index_recall >= TARGET_RECALL
+        assert 1 <= stats.index_nprobe <= stats.index_nlist
+        more = _chunks(texts[257:1100], vectors[257:1100])
+        mem.notepad.sql.insert_chunks(scope, None, more)
+        mem.notepad.sync()  # past 4 x 257: retrained in the background
+        mem.flush()
+        assert mem.notepad.index.trained_on == 1100 and not mem.stats().index_training
+    saved = VectorIndex.load(tmp_path / "m" / "notepad.faiss", dim=384, ivf_threshold=256)
+    assert (saved.kind, saved.trained_on, len(saved)) == ("ivf", 1100, 1100)
+
+
+# Run in a child process, past a generous ceiling: a save or close that waited for the held
+# training would never return (the training waits for the lock the caller holds).
+SAVE_AND_CLOSE = """
+import shutil, sys
+from pathlib import Path
+import numpy as np
+from memsdk.stores.notepad import Notepad
+from memsdk.stores.sql import NewChunk
+directory, vectors = Path(sys.argv[1]), np.load(sys.argv[2])
+notepad = Notepad(directory / "m", database_url=None, embedder_name=sys.argv[3], dim=384,
+                  ivf_threshold=int(sys.argv[4]))
+scope = notepad.sql.ensure_scope(("ops", "", "", ""))
+chunks = [NewChunk(seq, 0, 9, f"chunk {seq:03d}", None, f"{seq:064x}", {}, vector)
+          for seq, vector in enumerate(vectors)]
+with notepad.index._lock:
+    notepad.sql.insert_chunks(scope, None, chunks)
+    notepad.sync()
+    assert notepad.index.training and notepad.index.kind == "flat"
+    notepad.save_index()
+    shutil.copy(notepad.index_path, directory / "during.faiss")
+    notepad.close()
+    print("closed", flush=True)
+"""
+
+
+def test_save_and_close_during_training_write_the_flat_index_without_waiting(
+    real, embedder, tmp_path
+) -> None:
+    """A save during training writes the flat index, valid and complete; a close abandons the
+    training instead of waiting for it (and the process exits cleanly with it in flight);
+    the next open trains again. Nothing is lost: until the swap the saved file is flat."""
+    n = THRESHOLD + 100
+    np.save(tmp_path / "vectors.npy", real[1][:n])
+    args = [str(tmp_path), str(tmp_path / "vectors.npy"), embedder.name, str(THRESHOLD)]
+    child = subprocess.run(
+        [sys.executable, "-P", "-c", SAVE_AND_CLOSE, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,  # importing torch on a loaded machine; the calls take milliseconds
+    )
+    assert child.returncode == 0 and child.stdout.split() == ["closed"], child.stderr
+    for name in ("during.faiss", "m/notepad.faiss"):
+        blob = (tmp_path / name).read_bytes()
+        assert int.from_bytes(blob[8:12], "little") == 2  # the flat format
+        flat = VectorIndex.load(tmp_path / name, dim=384, ivf_threshold=10 * n)
+        assert flat.kind == "flat" and len(flat) == n and not flat.training
+        got, _ = flat.search(real[1][n - 1], k=1, allowed_ids=flat.ids())
+        assert got.tolist() == [flat.ids()[-1]]
+    notepad = Notepad(
+        tmp_path / "m",
+        database_url=None,
+        embedder_name=embedder.name,
+        dim=384,
+        ivf_threshold=THRESHOLD,
+    )
+    try:
+        assert notepad.wait_for_layout(timeout=300)
+        assert notepad.index.kind == "ivf" and len(notepad.index) == n
+        assert notepad.index.recall >= TARGET_RECALL
+    finally:
+        notepad.close()
