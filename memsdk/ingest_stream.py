@@ -58,7 +58,8 @@ def ingest_stream(
     ``new_ids``), the batch in progress is dropped, the document is closed as failed (and
     removed if it holds no chunk), and the exception propagates. So it is when ``cancel``
     is set or the memory is closing: the stream stops before its next block. ``context``
-    is embedded with every chunk (:mod:`memsdk.context`); it needs inline vectors."""
+    is embedded with every chunk and stored beside it for full-text search
+    (:mod:`memsdk.context`); it needs inline vectors."""
     if context is not None and defer_vectors:
         raise ValueError("a context is blended into inline vectors: defer_vectors must be False")
     config = memory.config
@@ -110,7 +111,7 @@ def ingest_stream(
             if context_vector is not None:
                 vectors = blend(vectors, context_vector)
         rows = [
-            NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec)
+            NewChunk(c.seq, c.start_byte, c.end_byte, text, raw, h, metadata, vec, context)
             for (h, c), (text, raw), vec in zip(fresh, decoded, vectors, strict=True)
         ]
         ids = sql.insert_chunks(scope_id, doc_id, rows)

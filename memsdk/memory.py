@@ -258,8 +258,9 @@ class HybridMemory:
         ranks memories of a period the query names ("in May 2023") higher.
 
         ``context`` is text the memory should be found by without being part of it, such as
-        the previous turn of a chat: it is embedded with the text (:mod:`memsdk.context`) and
-        not stored. :meth:`update` with new text embeds the new text alone.
+        the previous turn of a chat: it is embedded with the text and stored beside it for
+        full-text search at a lower weight (:mod:`memsdk.context`); a hit is still the text
+        alone. :meth:`update` with new text stores and embeds the new text alone.
 
         A str is stored as its UTF-8 bytes; U+DC80..U+DCFF stand for the raw bytes 0x80..0xFF
         (``surrogateescape``), so text decoded that way round-trips exactly (see
@@ -275,12 +276,14 @@ class HybridMemory:
         if context is not None:
             if not isinstance(context, str):
                 raise InputError(f"context must be a str, got {type(context).__name__}")
-            size = len(encode_text(context, "context"))
-            if size > self.config.max_text_bytes:
+            encoded = encode_text(context, "context")
+            if len(encoded) > self.config.max_text_bytes:
                 raise InputError(
-                    f"context is {size} bytes, add() takes at most {self.config.max_text_bytes}: "
-                    "pass the few sentences around the text, not a whole document"
+                    f"context is {len(encoded)} bytes, add() takes at most "
+                    f"{self.config.max_text_bytes}: pass the few sentences around the text, "
+                    "not a whole document"
                 )
+            context = decode_chunk(encoded)[0]  # as SQL text holds it (no NUL, valid UTF-8)
         scope_id = self._scope_id(scope, create=True)
         assert scope_id is not None
         ids: list[int] = []

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, create_engine, delete, func, select, update
+from sqlalchemy import case, create_engine, delete, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -36,6 +36,7 @@ from memsdk.stores.sql_connection import (
 )
 from memsdk.stores.sql_index import IndexReads
 from memsdk.stores.sql_keywords import (
+    CONTEXT_RANK_WEIGHT,
     MIN_COMMON_DOCS,
     PROBE_ROWS,
     common_cutoff,
@@ -56,11 +57,13 @@ from memsdk.stores.sql_records import (
     record_select,
 )
 from memsdk.stores.sql_schema import (
+    ADD_CONTEXT_COLUMN,
     CHUNK_META,
-    FTS_TOKENIZER,
+    FTS_COLUMNS,
     PENDING_VECTOR_INDEX,
     POSTGRES_FTS,
     SQLITE_FTS,
+    SQLITE_FTS_DROP,
     SQLITE_FTS_REBUILD,
     SQLITE_METADATA_BACKFILL,
     SQLITE_METADATA_INDEX,
@@ -73,6 +76,7 @@ from memsdk.stores.sql_schema import (
     LedgerRow,
     OwedResetRow,
     ScopeRow,
+    fts_is_current,
     utc_now,
 )
 from memsdk.stores.sql_writes import delete_rows, held_hashes, insert_rows
@@ -158,10 +162,13 @@ class SQLStore(IndexReads):
                         if self.is_sqlite
                         else None
                     )
-                    restem = fts is not None and FTS_TOKENIZER not in fts
+                    if "context" not in {c["name"] for c in inspect(conn).get_columns("chunks")}:
+                        conn.exec_driver_sql(ADD_CONTEXT_COLUMN)
+                    restem = fts is not None and not fts_is_current(fts)
                     if restem:
-                        logger.info("rebuilding the full-text index with word stemming (once)")
-                        conn.exec_driver_sql("DROP TABLE chunks_fts")
+                        logger.info("rebuilding the full-text index (once): %s", FTS_COLUMNS)
+                        for statement in SQLITE_FTS_DROP:
+                            conn.exec_driver_sql(statement)
                     for statement in ddl:
                         conn.exec_driver_sql(statement)
                     if restem:
@@ -417,6 +424,7 @@ class SQLStore(IndexReads):
         limit: int,
         where: ColumnElement[bool] | None = None,
         probe: ColumnElement[bool] | None = None,
+        context_weight: float = CONTEXT_RANK_WEIGHT,
     ) -> list[tuple[int, float]]:
         """Exact-token search (BM25 on SQLite FTS5, ts_rank on PostgreSQL) inside one scope.
 
@@ -425,7 +433,8 @@ class SQLStore(IndexReads):
         (:meth:`keyword_phrases`). ``probe`` is ``where`` compiled to check given rows
         (``compile_filters(..., correlated=True)``): used when the query's selecting phrases
         match few chunks (``PROBE_ROWS``), where listing every chunk a broad filter keeps would
-        cost more than the ranking (170 ms for 610k chunks).
+        cost more than the ranking (170 ms for 610k chunks). A word of a chunk's context
+        counts ``context_weight`` as much as one of its text (0: the context is not searched).
 
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.
@@ -433,12 +442,14 @@ class SQLStore(IndexReads):
         with self.reading() as s:
             common = self._common_words(s, query)
             check = self._filter_form(s, query, common, where, probe)
-            rows = self._keyword_rows(s, scope_id, query, common, limit=limit, where=check)
+            ranked = functools.partial(
+                self._keyword_rows, s, scope_id, query, limit=limit, weight=context_weight
+            )
+            rows = ranked(common, where=check)
             if not rows and common:
                 # Only common words hold a match in this scope (the counts are the whole
                 # index's): rank by every word rather than return nothing.
-                check = self._filter_form(s, query, [], where, probe)
-                rows = self._keyword_rows(s, scope_id, query, [], limit=limit, where=check)
+                rows = ranked([], where=self._filter_form(s, query, [], where, probe))
             return rows
 
     def _filter_form(
@@ -467,8 +478,9 @@ class SQLStore(IndexReads):
         *,
         limit: int,
         where: ColumnElement[bool] | None,
+        weight: float,
     ) -> list[tuple[int, float]]:
-        found = keyword_select(self.dialect, query, scoring_only=common)
+        found = keyword_select(self.dialect, query, scoring_only=common, context_weight=weight)
         if found is None:
             return []
         stmt, sign = found
@@ -540,7 +552,8 @@ class SQLStore(IndexReads):
         metadata: dict[str, Any] | None,
     ) -> bool:
         """Change a chunk's text (with its exact bytes when the text cannot hold them, its hash
-        and embedding) and/or metadata; records UPDATE.
+        and embedding) and/or metadata; records UPDATE. A new text drops the context the old
+        one was added with.
 
         Returns:
             False when the scope holds no chunk ``chunk_id``.
@@ -568,7 +581,7 @@ class SQLStore(IndexReads):
                         f"memory {other} of this scope already holds this exact text: "
                         f"delete memory {chunk_id} instead, or update memory {other}"
                     )
-                row.text, row.raw = text_value, raw
+                row.text, row.raw, row.context = text_value, raw, None
                 row.content_hash = content_hash  # type: ignore[assignment]
                 row.embedding = np.asarray(embedding, dtype="<f4").tobytes()
             if metadata is not None:

@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import Select, column, func, literal_column, select, table, text
 from sqlalchemy.orm import Session
 
-from memsdk.stores.sql_schema import ChunkRow
+from memsdk.stores.sql_schema import POSTGRES_TSVECTOR, ChunkRow
 
 __all__ = [
     "COMMON_SHARE",
+    "CONTEXT_RANK_WEIGHT",
     "common_cutoff",
     "fts_doc_count",
     "fts_match",
@@ -28,6 +29,13 @@ __all__ = [
     "selecting_match",
     "split_common",
 ]
+# A word found in a chunk's context (``add(context=...)``: the previous turn of a chat) counts
+# this much as one found in its text, in BM25 (FTS5 column weights) and in ts_rank_cd. Chosen
+# before the fused run, on the LoCoMo development split's keyword ranking alone, by leaving one
+# conversation out: 0.5 won two folds of three, and every weight from 0.1 to 1.0 beat leaving
+# the context out in every conversation (benchmarks/README.md has the fused figures).
+CONTEXT_RANK_WEIGHT = 0.5
+
 # A filtered keyword query whose selecting phrases match at most this many chunks checks the
 # filter on those rows (one EXISTS probe each) instead of listing every chunk the filter keeps.
 PROBE_ROWS = 20_000
@@ -109,7 +117,11 @@ def fts_match(selecting: list[list[str]], scoring_only: Sequence[list[str]] = ()
 
 
 def keyword_select(
-    dialect: str, query: str, *, scoring_only: Sequence[list[str]] = ()
+    dialect: str,
+    query: str,
+    *,
+    scoring_only: Sequence[list[str]] = (),
+    context_weight: float = CONTEXT_RANK_WEIGHT,
 ) -> tuple[Select[Any], float] | None:
     """The exact-token query of ``query`` on ``dialect``'s full-text index: ``(statement,
     sign)``, the statement selecting ``(chunk id, rank)`` best first, and ``sign * rank``
@@ -117,6 +129,8 @@ def keyword_select(
 
     On SQLite, the phrases in ``scoring_only`` (common words, :func:`split_common`) add to the
     rank of the rows the query's other phrases select without selecting rows themselves.
+    A word of a chunk's context counts ``context_weight`` as much as one of its text; at 0
+    the context neither ranks nor selects (the benchmark's ablation).
     """
     query = _as_stored(query)
     phrases = query_phrases(query)
@@ -125,9 +139,11 @@ def keyword_select(
     if dialect == "sqlite":
         selecting = _selecting(phrases, scoring_only)
         match = fts_match(selecting, [p for p in phrases if p not in selecting])
+        if context_weight == 0:
+            match = f"{{text}} : ({match})"
         fts = table("chunks_fts", column("rowid"))
         fts_ref = literal_column("chunks_fts")
-        rank = func.bm25(fts_ref).label("rank")
+        rank = func.bm25(fts_ref, 1.0, context_weight).label("rank")
         stmt = (
             select(ChunkRow.id, rank)
             .select_from(fts.join(ChunkRow, ChunkRow.id == fts.c.rowid))
@@ -142,9 +158,15 @@ def keyword_select(
         q = func.phraseto_tsquery("simple", pieces[0])
         for piece in pieces[1:]:
             q = q.op("||")(func.phraseto_tsquery("simple", piece))
-        vector = func.to_tsvector("simple", ChunkRow.text)
-        rank = func.ts_rank_cd(vector, q).label("rank")
+        # The index's own expression (literal, so the planner matches it); ts_rank_cd's
+        # weights are {D, C, B, A}: the text is A, the context B.
+        vector = literal_column(POSTGRES_TSVECTOR.format(t="chunks."))
+        weights = literal_column(f"'{{0.1, 0.2, {float(context_weight)}, 1.0}}'")
+        rank = func.ts_rank_cd(weights, vector, q).label("rank")
         stmt = select(ChunkRow.id, rank).where(vector.op("@@")(q)).order_by(rank.desc())
+        if context_weight == 0:
+            text_only = func.to_tsvector(literal_column("'simple'"), ChunkRow.text)
+            stmt = stmt.where(text_only.op("@@")(q))
         sign = 1.0
     else:
         return None

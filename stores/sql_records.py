@@ -38,6 +38,7 @@ class NewChunk:
     content_hash: str
     metadata: dict[str, Any]
     embedding: np.ndarray  # (dim,) float32
+    context: str | None = None  # found by, not part of, the text (ChunkRow.context)
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ADD_CONTEXT_COLUMN",
     "CHUNK_META",
+    "FTS_COLUMNS",
     "FTS_TOKENIZER",
     "PENDING_VECTOR_INDEX",
     "POSTGRES_FTS",
+    "POSTGRES_TSVECTOR",
     "SQLITE_FTS",
+    "SQLITE_FTS_DROP",
     "SQLITE_FTS_REBUILD",
     "SQLITE_METADATA_BACKFILL",
     "SQLITE_METADATA_INDEX",
@@ -52,6 +56,7 @@ __all__ = [
     "OwedResetRow",
     "ScopeRow",
     "as_utc",
+    "fts_is_current",
     "utc_now",
 ]
 
@@ -110,6 +115,9 @@ class ChunkRow(Base):
     end_byte: Mapped[int] = mapped_column(BigInteger)
     text: Mapped[str] = mapped_column(Text)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    # Text the chunk is found by without being part of it (``add(context=...)``, such as the
+    # previous turn of a chat): full-text indexed beside ``text`` at a lower weight.
+    context: Mapped[str | None] = mapped_column(Text, default=None)
     content_hash: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
@@ -184,21 +192,43 @@ class OwedResetRow(Base):
 # raised evidence recall@10 from 0.660 to 0.684 and recall@5 from 0.572 to 0.596, with no
 # parameter to fit. Identifiers are unchanged: porter rewrites only runs of letters, and a
 # query is tokenized the same way. PostgreSQL keeps its "simple" configuration (no stemming).
+# Two columns: the chunk's text and its context (``ChunkRow.context``), ranked at
+# ``CONTEXT_RANK_WEIGHT`` (stores/sql_keywords.py).
 FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"
+FTS_COLUMNS = "text, context"
+_FTS_TRIGGERS = ("chunks_fts_insert", "chunks_fts_delete", "chunks_fts_update")
+_FTS_ADD = "INSERT INTO chunks_fts(rowid, text, context) VALUES (new.id, new.text, new.context)"
+_FTS_REMOVE = (
+    "INSERT INTO chunks_fts(chunks_fts, rowid, text, context) "
+    "VALUES ('delete', old.id, old.text, old.context)"
+)
 SQLITE_FTS = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
-    f"text, content='chunks', content_rowid='id', tokenize='{FTS_TOKENIZER}')",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN "
-    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN "
-    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END",
-    "CREATE TRIGGER IF NOT EXISTS chunks_fts_update AFTER UPDATE OF text ON chunks BEGIN "
-    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
-    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+    f"{FTS_COLUMNS}, content='chunks', content_rowid='id', tokenize='{FTS_TOKENIZER}')",
+    f"CREATE TRIGGER IF NOT EXISTS {_FTS_TRIGGERS[0]} AFTER INSERT ON chunks BEGIN {_FTS_ADD}; END",
+    f"CREATE TRIGGER IF NOT EXISTS {_FTS_TRIGGERS[1]} AFTER DELETE ON chunks BEGIN "
+    f"{_FTS_REMOVE}; END",
+    f"CREATE TRIGGER IF NOT EXISTS {_FTS_TRIGGERS[2]} AFTER UPDATE OF text, context ON chunks "
+    f"BEGIN {_FTS_REMOVE}; {_FTS_ADD}; END",
 ]
-# A memory written before stemming has its full-text index made again with the stemmer, once,
-# from the chunks it indexes (an external-content table: 'rebuild' reads them).
+# A memory written before stemming or before the context column has its full-text index made
+# again, once, from the chunks it indexes (an external-content table: 'rebuild' reads them).
+# The old triggers go with the old table, since they name its columns.
+SQLITE_FTS_DROP = [
+    "DROP TABLE chunks_fts",
+    *(f"DROP TRIGGER IF EXISTS {name}" for name in _FTS_TRIGGERS),
+]
 SQLITE_FTS_REBUILD = "INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')"
+
+
+def fts_is_current(definition: str) -> bool:
+    """Whether a stored ``chunks_fts`` definition (``sqlite_master.sql``) is today's."""
+    return FTS_TOKENIZER in definition and f"fts5({FTS_COLUMNS}," in definition
+
+
+# Adds the context column to a chunks table made before it (both dialects; nullable, so old
+# rows need no rewrite).
+ADD_CONTEXT_COLUMN = "ALTER TABLE chunks ADD COLUMN context TEXT"
 # Metadata filters on SQLite (memsdk/filters.py): a comparison or in-list on one top-level key
 # reads this index instead of running json_extract over every chunk of the scope, which reads
 # every row of the table (about 50 ms per 100k chunks, whatever the filter keeps). One row per
@@ -234,8 +264,19 @@ SQLITE_METADATA_BACKFILL = (
     "FROM chunks AS c, json_each(c.metadata) AS j "
     "WHERE j.type IN ('text', 'integer', 'real', 'true', 'false')"
 )
+# PostgreSQL: one GIN index over the text (weight A) and the context (weight B); the keyword
+# query (stores/sql_keywords.py) repeats this expression so the planner uses the index (a
+# bitmap index scan, checked with EXPLAIN). A memory made before the context column has its old
+# text-only index dropped and this one built on its first open, which reads every chunk once.
+# ``{t}`` is the table prefix: empty in the index, "chunks." in a query.
+POSTGRES_TSVECTOR = (
+    "setweight(to_tsvector('simple', {t}text), 'A') || "
+    "setweight(to_tsvector('simple', coalesce({t}context, '')), 'B')"
+)
 POSTGRES_FTS = [
-    "CREATE INDEX IF NOT EXISTS ix_chunks_tsv ON chunks USING gin (to_tsvector('simple', text))",
+    "DROP INDEX IF EXISTS ix_chunks_tsv",
+    "CREATE INDEX IF NOT EXISTS ix_chunks_tsv_context ON chunks USING gin "
+    f"(({POSTGRES_TSVECTOR.format(t='')}))",
 ]
 # Chunks whose vector is still pending (stores/vector_backlog.py): a partial index holding only
 # them, made on every open, so databases written before the embedding stage get it too.

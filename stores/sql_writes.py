@@ -50,6 +50,7 @@ def insert_rows(
                 "end_byte": c.end_byte,
                 "text": c.text,
                 "raw": c.raw,
+                "context": c.context,
                 "content_hash": c.content_hash,
                 "meta": c.metadata,
                 "embedding": np.asarray(c.embedding, dtype="<f4").tobytes(),

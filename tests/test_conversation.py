@@ -208,7 +208,7 @@ def test_turns_of_a_session_with_a_good_candidate_rise_with_it(tmp_path):
     assert order.index(there) < order.index(alone)
 
 
-def test_context_is_embedded_with_the_turn_and_not_stored(tmp_path):
+def test_context_is_embedded_with_the_turn_and_kept_out_of_its_text(tmp_path):
     with _open(tmp_path / "memory", keyword_weight=0.0) as memory:
         hiking = memory.add(
             "Caroline: Yes, last weekend!",
@@ -227,6 +227,25 @@ def test_context_is_embedded_with_the_turn_and_not_stored(tmp_path):
         ):
             hits = memory.search(query, scope=SCOPE, k=2)
             assert hits[0].id == expected.ids[0], query
+
+
+def test_keyword_search_finds_a_turn_by_its_context(chat):
+    answer = chat.add(
+        "Caroline: Yes, last weekend!",
+        scope=SCOPE,
+        context="Melanie: Did you go hiking in the mountains?\x00",
+    )
+    chat.add("Caroline: the weekend was long", scope=SCOPE)
+
+    def by_keywords(query: str) -> list[tuple[int, str]]:
+        hits = chat.search(query, scope=SCOPE, k=5)
+        return [(h.id, h.text) for h in hits if h.keyword_rank is not None]
+
+    assert by_keywords("mountains") == [(answer.ids[0], "Caroline: Yes, last weekend!")]
+    # A new text drops the context the old one was added with.
+    chat.update(answer.ids[0], scope=SCOPE, text="Caroline: No, not yet.")
+    assert by_keywords("mountains") == []
+    assert by_keywords("yet") == [(answer.ids[0], "Caroline: No, not yet.")]
 
 
 def test_langchain_metadata_carries_and_filters_the_time(chat):

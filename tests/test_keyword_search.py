@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_keywords import MIN_COMMON_DOCS, fts_match, fts_rows, query_phrases
@@ -154,13 +155,17 @@ def test_a_filter_checked_row_by_row_keeps_the_same_rows(tmp_path, monkeypatch, 
     sql.close()
 
 
-def _store_with(path, texts: list[str]) -> tuple[SQLStore, int, list[int]]:
-    sql = SQLStore(f"sqlite:///{path}")
+def _store_with(
+    url, texts: list[str], contexts: list[str | None] | None = None
+) -> tuple[SQLStore, int, list[int]]:
+    """A store at ``url`` (a SQLite path, or a database URL) holding ``texts`` in one scope."""
+    sql = SQLStore(url if isinstance(url, str) else f"sqlite:///{url}")
     sql.create_schema()
     scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    contexts = contexts or [None] * len(texts)
     rows = [
-        NewChunk(i, 0, len(t), t, None, hashlib.sha256(t.encode()).hexdigest(), {}, np.empty(0))
-        for i, t in enumerate(texts)
+        NewChunk(i, 0, len(t), t, None, hashlib.sha256(t.encode()).hexdigest(), {}, np.empty(0), c)
+        for i, (t, c) in enumerate(zip(texts, contexts, strict=True))
     ]
     return sql, scope_id, [int(c) for c in sql.insert_chunks(scope_id, None, rows)]
 
@@ -177,19 +182,65 @@ def test_words_match_their_other_forms_and_identifiers_stay_exact(tmp_path):
     sql.close()
 
 
+# A turn that means little alone, stored with the turn before it as its context.
+TURNS = ["Caroline: Yes, last weekend!", "Melanie: I love hiking", "Caroline: I painted a lake"]
+CONTEXTS = ["Melanie: Did you go hiking in the mountains?", None, "Melanie: what is new?"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'memory.db'}"
+    return request.getfixturevalue("postgres").create()
+
+
+def test_a_word_of_the_context_finds_the_chunk_below_one_of_its_text(database_url):
+    sql, scope_id, (weekend, hiking, lake) = _store_with(database_url, TURNS, CONTEXTS)
+
+    def found(query: str, **kwargs: float) -> list[int]:
+        return [c for c, _ in sql.keyword_search(scope_id, query, limit=5, **kwargs)]
+
+    assert found("hiking") == [hiking, weekend]
+    assert found("mountains") == [weekend]
+    assert found("hiking", context_weight=0) == [hiking]
+    assert found("mountains", context_weight=0) == []
+    assert found("new") == [lake]
+    sql.delete_chunks(scope_id, [weekend])
+    assert found("mountains") == []
+    assert found("hiking") == [hiking]
+    if sql.is_sqlite:
+        with sql.writing() as s:  # the triggers removed the context's entries too
+            s.execute(text("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')"))
+    sql.close()
+
+
 def test_a_memory_indexed_without_stemming_is_reindexed_once_on_open(tmp_path):
     import sqlite3
 
     path = tmp_path / "memory.db"
     sql, scope_id, ids = _store_with(path, STEMMED)
     sql.close()
-    # The full-text index as memories were made before stemming.
+    # The full-text index as memories were made before stemming and before the context
+    # column: one indexed column, its triggers, and no context in the chunks table.
     con = sqlite3.connect(path)
+    for trigger in ("chunks_fts_insert", "chunks_fts_delete", "chunks_fts_update"):
+        con.execute(f"DROP TRIGGER {trigger}")
     con.execute("DROP TABLE chunks_fts")
+    con.execute("ALTER TABLE chunks DROP COLUMN context")
     con.execute(
         "CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', "
         "content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
     )
+    old_insert = "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text)"
+    old_delete = (
+        "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text)"
+    )
+    for trigger, event, body in (
+        ("chunks_fts_insert", "INSERT", old_insert),
+        ("chunks_fts_delete", "DELETE", old_delete),
+        ("chunks_fts_update", "UPDATE OF text", f"{old_delete}; {old_insert}"),
+    ):
+        con.execute(f"CREATE TRIGGER {trigger} AFTER {event} ON chunks BEGIN {body}; END")
     con.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
     con.commit()
     con.close()
@@ -201,6 +252,19 @@ def test_a_memory_indexed_without_stemming_is_reindexed_once_on_open(tmp_path):
     assert [c for c, _ in sql.keyword_search(scope_id, "paintings", limit=5)] == [ids[0]]
     assert [c for c, _ in sql.keyword_search(scope_id, "blk_-42", limit=5)] == [ids[1]]
     assert fts_rows_of(sql) == len(STEMMED)
+    # The new column and triggers: a chunk is found by its context, and deleting it or an
+    # old chunk (no context) keeps the index whole.
+    turn = "Caroline: Yes, last weekend!"
+    digest = hashlib.sha256(turn.encode()).hexdigest()
+    (new,) = sql.insert_chunks(
+        scope_id, None, [NewChunk(0, 0, 1, turn, None, digest, {}, np.empty(0), CONTEXTS[0])]
+    )
+    assert [c for c, _ in sql.keyword_search(scope_id, "mountains", limit=5)] == [new]
+    sql.delete_chunks(scope_id, [ids[0], new])
+    assert sql.keyword_search(scope_id, "mountains", limit=5) == []
+    with sql.writing() as s:
+        s.execute(text("INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')"))
+    assert fts_rows_of(sql) == len(STEMMED) - 1
     sql.close()
 
 
