@@ -34,6 +34,7 @@ calling thread's CPU time, p50 and p95, with the load average, into ``conversati
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -138,13 +139,25 @@ ABLATION = (
     "+ keyword weight 3, RRF k=20",
     "+ contextual embeddings (previous turn, weight 0.3)",
     "+ period boost",
-    "+ grouping by session (0.3 of the session's best other candidate; = memsdk search)",
+    "+ grouping by session (0.3 of the session's best other candidate)",
+    "+ previous turn in the keyword index (weight 0.5; = memsdk search)",
 )
 
 
-def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
-    """Store every conversation, ask every question under each system, and score them."""
+# The context's keyword weight (stores.sql_keywords.CONTEXT_RANK_WEIGHT) against these, each in
+# the full fusion: ``context_weight_choice`` says which one leaving one conversation out picks.
+CONTEXT_WEIGHTS = (0.1, 0.3, 0.5, 1.0)
+
+
+def weight_row(weight: float) -> str:
+    return f"previous turn in the keyword index at weight {weight}"
+
+
+def run(mem: HybridMemory, samples: list[dict]) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Store every conversation, ask every question under each system, and score them:
+    ``(figures per system, per-question rows per system)``."""
     systems = ["memsdk search", *ABLATION, "keyword only (BM25)", "vector only (MiniLM + FAISS)"]
+    systems += [weight_row(w) for w in CONTEXT_WEIGHTS]
     rows: dict[str, list[dict]] = {system: [] for system in systems}
     latency: list[float] = []
     n = mem.config.search_candidates
@@ -172,13 +185,11 @@ def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
             hits = [h.id for h in mem.search(question, scope=scope, k=K)]
             latency.append(1000 * (time.perf_counter() - started))
             q = mem.embedder.embed_query(question)
-            whole = [cid for cid, _ in mem.notepad.sql.keyword_search(scope_id, question, limit=n)]
-            stripped = [
-                cid
-                for cid, _ in mem.notepad.sql.keyword_search(
-                    scope_id, keyword_query(question), limit=n
-                )
-            ]
+            keywords = functools.partial(mem.notepad.sql.keyword_search, scope_id, limit=n)
+            # The rows before the last rank the turn's own words only (context weight 0).
+            whole = [cid for cid, _ in keywords(question, context_weight=0)]
+            stripped = [cid for cid, _ in keywords(keyword_query(question), context_weight=0)]
+            with_context = [cid for cid, _ in keywords(keyword_query(question))]
             plain = ids[np.argsort(-(alone @ q), kind="stable")[:n]].tolist()
             contextual = [cid for cid, _ in mem.notepad.vector_search(scope_id, q, k=n)]
             ranked = {
@@ -191,14 +202,24 @@ def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
                 ABLATION[5]: fuse(
                     [(stripped, 3), (contextual, 1)], 20, times, question, session_of
                 ),
+                ABLATION[6]: fuse(
+                    [(with_context, 3), (contextual, 1)], 20, times, question, session_of
+                ),
                 "keyword only (BM25)": whole[:K],
                 "vector only (MiniLM + FAISS)": plain[:K],
             }
+            stripped_query = keyword_query(question)
+            for w in CONTEXT_WEIGHTS:
+                weighted = [cid for cid, _ in keywords(stripped_query, context_weight=w)]
+                ranked[weight_row(w)] = fuse(
+                    [(weighted, 3), (contextual, 1)], 20, times, question, session_of
+                )
             for system, found_ids in ranked.items():
                 found = [dia_of.get(cid) for cid in found_ids]
                 first = next((r for r, d in enumerate(found, 1) if d in evidence), None)
                 rows[system].append(
                     {
+                        "conversation": sample["sample_id"],
                         "category": qa["category"],
                         "recall@5": len(evidence & set(found[:5])) / len(evidence),
                         "recall@10": len(evidence & set(found[:K])) / len(evidence),
@@ -210,7 +231,32 @@ def run(mem: HybridMemory, samples: list[dict]) -> dict[str, dict]:
         "p50": percentile(latency, 0.5),
         "p95": percentile(latency, 0.95),
     }
-    return result
+    return result, rows
+
+
+def context_weight_choice(rows: dict[str, list[dict]]) -> list[dict]:
+    """Leave one conversation out: the context weight with the best mean recall@10 on the
+    other conversations' questions, and what it scores on the one left out."""
+
+    def recall(weight: float, conversation: str, *, inside: bool) -> float:
+        picked = [
+            r["recall@10"]
+            for r in rows[weight_row(weight)]
+            if (r["conversation"] == conversation) == inside
+        ]
+        return sum(picked) / len(picked)
+
+    folds = []
+    for left_out in sorted({r["conversation"] for r in rows["memsdk search"]}):
+        chosen = max(CONTEXT_WEIGHTS, key=lambda w: recall(w, left_out, inside=False))
+        folds.append(
+            {
+                "left_out": left_out,
+                "chosen": chosen,
+                "held_out_recall@10": recall(chosen, left_out, inside=True),
+            }
+        )
+    return folds
 
 
 def latency(mem: HybridMemory, sample: dict) -> dict:
@@ -265,13 +311,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
-        systems = run(mem, samples)
+        systems, rows = run(mem, samples)
     result = {
         "benchmark": "conversation (LoCoMo development split)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "conversations": [s["sample_id"] for s in samples],
         "k": K,
         "systems": systems,
+        "context_weight_choice": context_weight_choice(rows),
         "seconds": time.perf_counter() - started,
         "load_average_1min": {"start": load_before, "end": load_average()},
     }
