@@ -39,8 +39,8 @@ from memsdk.stores.sql_keywords import (
     CONTEXT_RANK_WEIGHT,
     MIN_COMMON_DOCS,
     PROBE_ROWS,
+    DocCounts,
     common_cutoff,
-    fts_doc_count,
     fts_match_count,
     fts_rows,
     keyword_select,
@@ -115,6 +115,7 @@ class SQLStore(IndexReads):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._write_lock = threading.Lock()
+        self._doc_counts = DocCounts()  # the common-word split's counts (sql_keywords)
         if self.is_sqlite:
             args = {"timeout": busy_timeout_s, "check_same_thread": False}
             self._read_engine = sqlite_engine(url, args, begin="BEGIN", busy=busy_timeout_s)
@@ -498,7 +499,7 @@ class SQLStore(IndexReads):
         indexed = fts_rows(s)
         if indexed <= MIN_COMMON_DOCS:
             return []  # no word can be held by more chunks than there are: skip the counts
-        doc_count = functools.partial(fts_doc_count, s)
+        doc_count = functools.partial(self._doc_counts.count, s, indexed=indexed)
         return split_common(phrases, doc_count, common_cutoff(indexed))[1]
 
     def keyword_phrases(self, query: str) -> tuple[list[list[str]], list[list[str]]]:

@@ -8,6 +8,8 @@ The full-text indexes themselves are made by the schema's statements (``stores/s
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,11 +21,13 @@ from memsdk.stores.sql_schema import POSTGRES_TSVECTOR, ChunkRow
 __all__ = [
     "COMMON_SHARE",
     "CONTEXT_RANK_WEIGHT",
+    "DocCounts",
     "common_cutoff",
     "fts_doc_count",
     "fts_match",
     "fts_match_count",
     "fts_rows",
+    "is_identifier",
     "keyword_select",
     "query_phrases",
     "selecting_match",
@@ -65,6 +69,10 @@ def query_phrases(query: str) -> list[list[str]]:
 # the rule did not exist) no longer selects rows: it only adds its BM25 weight to the rows a
 # rarer phrase selected. When every phrase is a common word, the KEEP_COMMON rarest select. A
 # phrase of several words (an identifier such as "blk 1608999687919862906") always selects.
+# When the query holds an identifier (is_identifier: an id, an address, a version), the
+# identifiers alone select and every other word only scores, with no count read: "show me
+# the lines about attempt_1445144423722_0020_m_000001_0" ranked the 9,000 chunks holding
+# "show" at 1M chunks (about 45 ms) where the few holding the id are what it asks for.
 # The counts are the whole index's, so when no selecting phrase matches inside the searched
 # scope, the search runs again with every phrase selecting (SQLStore.keyword_search).
 # Measured on the notepad corpus at 100k chunks (benchmarks/README.md, keyword_search.py): a
@@ -93,6 +101,9 @@ def split_common(
     ``doc_count(word, limit)`` is the number of indexed chunks holding ``word``, read no
     further than ``limit`` (any count above ``limit`` may be returned as ``limit``).
     """
+    identifiers = [p for p in phrases if is_identifier(p)]
+    if 0 < len(identifiers) < len(phrases):
+        return identifiers, [p for p in phrases if p not in identifiers]
     common = [p for p in phrases if len(p) == 1 and doc_count(p[0], cutoff + 1) > cutoff]
     if not common:
         return phrases, []
@@ -101,6 +112,53 @@ def split_common(
         rarest = sorted(range(len(phrases)), key=counts.__getitem__)[:KEEP_COMMON]
         common = [p for i, p in enumerate(phrases) if i not in rarest]
     return [p for p in phrases if p not in common], common
+
+
+def is_identifier(phrase: list[str]) -> bool:
+    """Whether a query phrase reads as an identifier: it holds a digit, and it is several words
+    (``blk 1608999687919862906``, ``10 251 197 226``), mixes letters and digits (``sha256``,
+    ``5k``) or is at least five characters long. A short number ("2023", "13") is not: in
+    a question it is mostly a date or a count the stored text need not hold."""
+    digits = any(ch.isdigit() for word in phrase for ch in word)
+    if not digits:
+        return False
+    word = phrase[0]
+    return len(phrase) > 1 or not word.isdigit() or len(word) >= 5
+
+
+class DocCounts:
+    """Recent :func:`fts_doc_count` answers, so the words queries share are not counted again.
+
+    Reading a word's count costs as much as the count: at 1M chunks, the common-word split of
+    one natural-language question took up to 20 ms. An answer stays valid while the index holds
+    within ``DRIFT`` of the rows it held when it was read; it only decides which words select,
+    so a slightly old count changes which rows are ranked, never what a row scores. The
+    newest ``SIZE`` words are kept. Thread-safe."""
+
+    SIZE = 4096
+    DRIFT = 0.1
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(self, s: Session, word: str, limit: int, indexed: int) -> int:
+        """``fts_doc_count(s, word, limit)``, from memory when a valid answer covers ``limit``
+        (``indexed``: the index's rows now)."""
+        with self._lock:
+            known = self._counts.get(word)
+            if known is not None:
+                count, read_to, at = known
+                if abs(indexed - at) <= self.DRIFT * at and (count < read_to or limit <= read_to):
+                    self._counts.move_to_end(word)
+                    return min(count, limit)
+        count = fts_doc_count(s, word, limit)
+        with self._lock:
+            self._counts[word] = (count, limit, indexed)
+            self._counts.move_to_end(word)
+            while len(self._counts) > self.SIZE:
+                self._counts.popitem(last=False)
+        return count
 
 
 def fts_match(selecting: list[list[str]], scoring_only: Sequence[list[str]] = ()) -> str:

@@ -14,7 +14,15 @@ import pytest
 from sqlalchemy import text
 
 from memsdk.stores.sql import SQLStore
-from memsdk.stores.sql_keywords import MIN_COMMON_DOCS, fts_match, fts_rows, query_phrases
+from memsdk.stores.sql_keywords import (
+    MIN_COMMON_DOCS,
+    DocCounts,
+    fts_doc_count,
+    fts_match,
+    fts_rows,
+    is_identifier,
+    query_phrases,
+)
 from memsdk.stores.sql_records import NewChunk
 
 CHUNKS = 1600
@@ -22,6 +30,7 @@ BETA = 1100  # chunks 0..1099 hold "beta"
 GAMMA = 1200  # chunks 0..1199 hold "gamma"
 RARE = 77  # the only chunk holding "zyxwvut" and the id blk_-1608999687919862906
 IDENTIFIER = "blk_-1608999687919862906"
+OTHER_RARE = 3  # the only chunk holding "qwertyuiop"
 
 
 def chunk_text(i: int) -> str:
@@ -32,6 +41,8 @@ def chunk_text(i: int) -> str:
         words.append("gamma")
     if i == RARE:
         words.append(f"zyxwvut {IDENTIFIER}")
+    if i == OTHER_RARE:
+        words.append("qwertyuiop")
     return " ".join(words)
 
 
@@ -110,8 +121,58 @@ def test_the_share_counts_every_indexed_chunk(store):
 
 def test_words_below_the_cutoff_all_select(store):
     sql, _, _ = store
-    query = "filler3 filler4 zyxwvut"
+    query = "qwertyuiop zyxwvut"
     assert sql.keyword_phrases(query) == (query_phrases(query), [])
+
+
+def test_an_identifier_selects_alone_and_the_other_words_only_score(store):
+    sql, scope_id, ids = store
+    query = "alpha filler5 zyxwvut"  # "filler5" holds a digit: chunk 5's identifier
+    assert sql.keyword_phrases(query) == ([["filler5"]], [["alpha"], ["zyxwvut"]])
+    assert [cid for cid, _ in sql.keyword_search(scope_id, query, limit=CHUNKS)] == [ids[5]]
+    # No chunk of the scope holds the identifier: every word selects again.
+    found = sql.keyword_search(scope_id, "filler99999 zyxwvut", limit=CHUNKS)
+    assert [cid for cid, _ in found] == [ids[RARE]]
+
+
+@pytest.mark.parametrize(
+    ("words", "identifier"),
+    [
+        (["blk", "1608999687919862906"], True),
+        (["10", "251", "197", "226"], True),
+        (["sha256"], True),
+        (["5k"], True),
+        (["1445144423722"], True),
+        (["2023"], False),  # a year in a question is mostly a date, not stored text
+        (["13"], False),
+        (["alpha"], False),
+    ],
+)
+def test_what_reads_as_an_identifier(words, identifier):
+    assert is_identifier(words) is identifier
+
+
+def test_document_counts_are_read_once_while_the_index_keeps_its_size(store, monkeypatch):
+    sql, _, _ = store
+    counted: list[tuple[str, int]] = []
+
+    def counting(s, word: str, limit: int) -> int:
+        counted.append((word, limit))
+        return fts_doc_count(s, word, limit)
+
+    monkeypatch.setattr("memsdk.stores.sql_keywords.fts_doc_count", counting)
+    counts = DocCounts()
+    with sql.reading() as s:
+        assert counts.count(s, "beta", 10_000, indexed=CHUNKS) == BETA
+        assert counts.count(s, "beta", 500, indexed=CHUNKS) == 500  # exact: any limit
+        assert counts.count(s, "gamma", 100, indexed=CHUNKS) == 100
+        assert counts.count(s, "gamma", 50, indexed=CHUNKS) == 50  # read far enough
+        assert counted == [("beta", 10_000), ("gamma", 100)]
+        assert counts.count(s, "gamma", 10_000, indexed=CHUNKS) == GAMMA  # read further
+        # The index grew by more than DRIFT since: counted again.
+        grown = int(CHUNKS * (1 + DocCounts.DRIFT)) + 1
+        assert counts.count(s, "beta", 10_000, indexed=grown) == BETA
+    assert counted[2:] == [("gamma", 10_000), ("beta", 10_000)]
 
 
 def test_match_expression_scores_common_words_inside_the_rare_rows():
