@@ -256,12 +256,35 @@ def hybrid_search(
     keyword = notepad.sql.keyword_search(
         scope_id, keyword_query(query), limit=n, where=where, probe=probe
     )
-    vector = notepad.vector_search(
-        scope_id, memory.embedder.embed_query(query), k=n, where=where, probe=probe
-    )
-    rrf = config.rrf_k
-    scores: dict[int, float] = {}
     keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
+    # Each identifier of the query is also looked up on its own, so a chunk that holds it
+    # is a candidate even when the rest of the query's words flood the keyword ranking.
+    spans = identifier_spans(query)[:MAX_IDENTIFIERS]
+    candidates = dict.fromkeys(keyword_rank)
+    for span in spans:
+        if span == query.strip():
+            continue  # the whole query is this id: its keyword ranking is already in
+        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
+            candidates.setdefault(cid)
+    records = notepad.sql.get_chunks(scope_id, list(candidates))
+    patterns = [whole_word(span) for span in spans]
+
+    def identifiers_held(ids: list[int]) -> dict[int, int]:
+        return {i: sum(p.search(records[i].text) is not None for p in patterns) for i in ids}
+
+    matched = identifiers_held(list(records))
+    vector: list[tuple[int, float]] = []
+    if sum(m > 0 for m in matched.values()) < k:
+        # Fewer than k memories hold an identifier of the query verbatim: the vector ranking
+        # decides the rest. With k of them, it could only reorder them (exact matches rank
+        # first), so the query is not embedded: at 1M chunks that saves about 16 ms.
+        vector = notepad.vector_search(
+            scope_id, memory.embedder.embed_query(query), k=n, where=where, probe=probe
+        )
+        fresh = notepad.sql.get_chunks(scope_id, [i for i, _ in vector if i not in records])
+        records |= fresh
+        matched |= identifiers_held(list(fresh))
+    rrf = config.rrf_k
     vector_rank = {cid: r for r, (cid, _) in enumerate(vector, 1)}
     similarity = dict(vector)
     # Weights are scaled to sum to 2, so equal weights give plain RRF and a fused score stays
@@ -271,18 +294,11 @@ def hybrid_search(
         (keyword_rank, 2 * config.keyword_weight / total),
         (vector_rank, 2 * config.vector_weight / total),
     )
+    scores = dict.fromkeys(records, 0.0)
     for ranks, weight in weighted:
         for cid, r in ranks.items():
-            scores[cid] = scores.get(cid, 0.0) + weight / (rrf + r)
-    # Each identifier of the query is also looked up on its own, so a chunk that holds it
-    # is a candidate even when the rest of the query's words flood the keyword ranking.
-    spans = identifier_spans(query)[:MAX_IDENTIFIERS]
-    for span in spans:
-        if span == query.strip():
-            continue  # the whole query is this id: its keyword ranking is already in
-        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
-            scores.setdefault(cid, 0.0)
-    records = notepad.sql.get_chunks(scope_id, list(scores))
+            if cid in scores:
+                scores[cid] += weight / (rrf + r)
     period = named_period(query, now)
     if period is not None:
         start, end = period
@@ -291,12 +307,8 @@ def hybrid_search(
             if moment is not None and start <= moment < end:
                 scores[cid] *= 1 + PERIOD_BOOST
     group_by_session(scores, session_keys(records))
-    patterns = [whole_word(span) for span in spans]
-    exact = {}
-    for cid, rec in records.items():
-        matched = sum(p.search(rec.text) is not None for p in patterns)
-        exact[cid] = matched > 0
-        scores[cid] += matched  # fused scores are < 1: exact identifiers rank first
+    for cid, count in matched.items():
+        scores[cid] += count  # fused scores are < 1: exact identifiers rank first
     order = sorted(records, key=lambda cid: (-scores[cid], cid))[:k]
     # Chunks a bulk ingest stored moments ago may still wait for their vector
     # (memsdk.embedding_stage): exact-token search found them, vector search could not.
@@ -309,7 +321,7 @@ def hybrid_search(
             similarity=similarity.get(cid),
             vector_rank=vector_rank.get(cid),
             keyword_rank=keyword_rank.get(cid),
-            exact_match=exact[cid],
+            exact_match=matched[cid] > 0,
             vector_pending=cid in unembedded,
             vectors_pending=waiting,
         )

@@ -47,3 +47,27 @@ def test_unique_ids_are_found_at_rank_1(log_memory, shared, system):
     # Byte offsets point back into the file.
     data = path.read_bytes()
     assert data[hits[0].start_byte : hits[0].end_byte] == hits[0].data
+
+
+def test_k_exact_holders_of_an_id_rank_without_the_vector_search(log_memory, shared):
+    """When k memories hold the query's identifier verbatim they take the k first places
+    whatever the vector ranking says, so it is not run; with fewer it fills the rest."""
+    path = shared("data", "loghub", "BGL", "BGL_2k.log")
+    scope = Scope(tenant="ops", user="BGL-holders")
+    log_memory.ingest(path, scope=scope)
+    log_memory.flush()  # every chunk has its vector
+    lines = path.read_text(errors="replace").splitlines()
+    nodes = Counter(span for line in lines for span in set(CASES["BGL"].findall(line)))
+    busy, lines_holding = nodes.most_common(1)[0]
+    assert lines_holding >= 30  # on many lines, so in more than 3 chunks
+    # A whole line holding it, which the vector ranking finds among its near neighbours.
+    line = next(line for line in lines if busy in line)
+    hits = log_memory.search(line, scope=scope, k=3)
+    assert len(hits) == 3 and all(h.exact_match and busy in h.text for h in hits)
+    assert all(h.vector_rank is None and h.similarity is None for h in hits)
+    assert log_memory.search(line, scope=scope, k=50)[0].vector_rank is not None
+    rare = next(span for span, n in nodes.items() if n == 1)
+    hits = log_memory.search(f"what happened to {rare}", scope=scope, k=3)
+    assert hits[0].exact_match and rare in hits[0].text
+    assert [h.exact_match for h in hits[1:]] == [False, False]
+    assert all(h.vector_rank is not None for h in hits[1:])
