@@ -32,6 +32,11 @@ Usage::
     python benchmarks/notepad.py                            # 10k and 100k: ~1.5 h on 2 cores
     python benchmarks/notepad.py --sizes 10000 --queries 300
     python benchmarks/notepad.py --sizes 10000,100000,1000000 --replay-mb 256 --vectors pending
+    python benchmarks/notepad.py --sizes 1000000 --replay-mb 256 --search-only --memory DIR
+
+``--search-only`` ingests nothing: it stops the background stages of the memory in ``--memory``
+and times the query mix of the last size on it, as the last size of a ``--vectors pending`` run
+does once its stages are stopped.
 """
 
 from __future__ import annotations
@@ -471,14 +476,19 @@ def measure(
     return result
 
 
+def stop_stages(mem: HybridMemory) -> None:
+    """Close the embedding stage and the weight memory's worker (what they stored is kept)."""
+    mem.embedding.close()
+    if mem.weights is not None:
+        mem.weights.close()
+
+
 def measure_stopped(
     mem: HybridMemory, build: Build, target: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """The same queries again once the background stages are stopped (closed: what they had
     stored is kept, the rest waits for the next open): the search alone on the two cores."""
-    mem.embedding.close()
-    if mem.weights is not None:
-        mem.weights.close()
+    stop_stages(mem)
     size = measure(mem, build, target, args, held_before=build.memory_chunks)
     keep = ("latency", "thread_cpu", "needle_hit_rate", "load_average_before", "index_vectors")
     return {key: size[key] for key in keep} | {"stage_lags": stage_lags(mem)}
@@ -698,6 +708,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "their lags (default: wait)",
     )
     parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="time the query mix of the last of --sizes on the memory as it is, with the "
+        "background stages stopped, without ingesting (to measure a change of the search on "
+        "a memory built before)",
+    )
+    parser.add_argument(
         "--shared",
         type=Path,
         default=DEFAULT_SHARED,
@@ -716,6 +733,15 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         build = Build(plan, memory_chunks=scope_chunks(mem))
         result["memory"] = {"path": str(mem.path), "chunks_at_start": build.memory_chunks}
         logger.info("memory %s holds %d chunks", mem.path, build.memory_chunks)
+        if args.search_only:
+            # The queries come from the whole plan, as they do once a build has walked it.
+            build.walked = list(plan)
+            result["search_only"] = True
+            stop_stages(mem)
+            size = measure(mem, build, args.sizes[-1], args, held_before=build.memory_chunks)
+            result["sizes"].append(size | {"stage_lags": stage_lags(mem)})
+            result["memory"]["chunks_at_end"] = build.memory_chunks
+            return
         try:
             for target in args.sizes:
                 held_before = build.memory_chunks
