@@ -4,6 +4,7 @@ SIGKILL while it embeds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,11 +144,14 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
-def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figures):
-    path = _log_tail(shared, tmp_path)
-    memory = tmp_path / "m"
+@contextlib.contextmanager
+def _embedding_writer(
+    memory: Path, path: Path, *, lease_s: int
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A process ingesting ``path`` into ``memory`` (KILLED_WRITER), once its embedding stage
+    has stored a batch: ``(process, chunks it ingested)``. Killed and reaped on exit."""
     child = subprocess.Popen(
-        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path), "10"],
+        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path), str(lease_s)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -153,10 +159,17 @@ def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figu
         assert child.stdout is not None
         chunks = int(child.stdout.readline().split()[1])
         assert child.stdout.readline().strip() == "embedding", "the stage never stored a batch"
-        os.kill(child.pid, signal.SIGKILL)
+        yield child, chunks
     finally:
         child.kill()
         child.wait(timeout=60)
+
+
+def test_a_kill_during_background_embedding_loses_nothing(tmp_path, shared, figures):
+    path = _log_tail(shared, tmp_path)
+    memory = tmp_path / "m"
+    with _embedding_writer(memory, path, lease_s=10) as (child, chunks):
+        os.kill(child.pid, signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL
     with HybridMemory.open(memory, config=CONFIG) as mem:
         left = backlog(mem.notepad.sql)[1].chunks
@@ -249,32 +262,23 @@ def test_a_process_waiting_for_the_embedding_lease_takes_over_from_a_killed_hold
     path = _log_tail(shared, tmp_path, 700)
     memory = tmp_path / "m"
     config = MemoryConfig(weight_memory=False, weights_lease_s=3600)
-    child = subprocess.Popen(
-        [sys.executable, "-P", "-c", KILLED_WRITER, str(memory), str(path), "3600"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        chunks = int(child.stdout.readline().split()[1])
-        assert child.stdout.readline().strip() == "embedding", "the stage never stored a batch"
-        with HybridMemory.open(memory, config=config) as mem:
-            holder = mem.stats().embedding_holder
-            assert holder is not None and holder.split(":")[1] == str(child.pid)
-            before = backlog(mem.notepad.sql)[1].chunks  # the holder goes on until the kill
-            assert mem.embedding.embedded == 0  # this process waits while the holder runs
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(timeout=60)
-            left = backlog(mem.notepad.sql)[1].chunks
-            assert 0 < left <= before < chunks, "the holder finished before it was killed"
-            mem.flush()
-            _agree(mem)
-            assert 0 < mem.embedding.embedded <= before  # what the holder left, not more
-            assert mem.stats().embedding_holder is None
-            embedded = mem.embedding.embedded
-    finally:
-        child.kill()
+    with (
+        _embedding_writer(memory, path, lease_s=3600) as (child, chunks),
+        HybridMemory.open(memory, config=config) as mem,
+    ):
+        holder = mem.stats().embedding_holder
+        assert holder is not None and holder.split(":")[1] == str(child.pid)
+        before = backlog(mem.notepad.sql)[1].chunks  # the holder goes on until the kill
+        assert mem.embedding.embedded == 0  # this process waits while the holder runs
+        os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
+        left = backlog(mem.notepad.sql)[1].chunks
+        assert 0 < left <= before < chunks, "the holder finished before it was killed"
+        mem.flush()
+        _agree(mem)
+        assert 0 < mem.embedding.embedded <= before  # what the holder left, not more
+        assert mem.stats().embedding_holder is None
+        embedded = mem.embedding.embedded
     assert child.returncode == -signal.SIGKILL
     figures.record(
         "embedding_takeover", chunks=chunks, pending_at_kill=left, embedded=embedded, lost=0
