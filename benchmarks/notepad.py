@@ -45,31 +45,25 @@ import argparse
 import ast
 import json
 import logging
-import os
-import platform
 import random
 import re
 import resource
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
-import torch
 from notepad_corpus import (  # the sibling benchmark module (benchmarks/ is on sys.path)
     LOG_STREAM,
     PROSE_STREAM,
     Source,
     build_plan,
 )
+from notepad_report import disk_bytes, load_average, machine_info, write_outputs
 
 from memsdk import HybridMemory, Scope
 
@@ -447,7 +441,7 @@ def measure(
     rng = random.Random(f"notepad-{args.seed}-{target}")
     queries = build_queries(build.walked, args.queries, rng)
     logger.info("searching: %d queries at %d chunks", len(queries), build.memory_chunks)
-    load = _load_average()
+    load = load_average()
     timed = time_queries(mem, queries, k=args.k, warmup=args.warmup)
     kinds = sorted({t.query.kind for t in timed})
     result: dict[str, Any] = {
@@ -464,9 +458,9 @@ def measure(
         | {kind: latency([t.cpu_ms for t in timed if t.query.kind == kind]) for kind in kinds},
         "needle_hit_rate": needle_hit_rate(timed),
         "load_average_before": load,
-        "load_average_after": _load_average(),
+        "load_average_after": load_average(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "disk_bytes": _disk_bytes(mem.path),
+        "disk_bytes": disk_bytes(mem.path),
     }
     if held_before > target and build.memory_chunks > 1.25 * target:
         result["note"] = (
@@ -497,40 +491,6 @@ def measure_stopped(
 # ---- report ----------------------------------------------------------------------------------
 
 
-def _git() -> dict[str, Any] | None:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": head, "dirty": bool(status.strip())}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _disk_bytes(directory: Path) -> int:
-    """Bytes of the memory directory's files (SQL, its WAL, the index, the weights)."""
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
-
-
 def stage_lags(mem: HybridMemory) -> dict[str, Any]:
     """How far the background stages are behind in the benchmark's scope."""
     scope = next((s for s in mem.stats().scopes if s.scope == SCOPE), None)
@@ -542,31 +502,6 @@ def stage_lags(mem: HybridMemory) -> dict[str, Any]:
     return lags | {"scope_bytes": scope.bytes}
 
 
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other work on the machine skews the latencies."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def machine_info() -> dict[str, Any]:
-    """The machine and software the figures were measured with."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "cpu_model": _cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "faiss": faiss.__version__,
-        "numpy": np.__version__,
-        "memsdk": package_metadata.version("memsdk"),
-        "platform": platform.platform(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_at_start": _load_average(),
-        "git": _git(),
-    }
-
-
 def config_info(mem: HybridMemory) -> dict[str, Any]:
     """The memory's config (the database URL as the memory reports it, password hidden)."""
     stats = mem.stats()
@@ -576,56 +511,6 @@ def config_info(mem: HybridMemory) -> dict[str, Any]:
         "embedding_dim": mem.embedder.dim,
         "embedding_max_tokens": mem.embedder.max_tokens,
     }
-
-
-def plot_latency(sizes: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """p50 (solid) and p95 (dashed) latency by memory size, one colour per query kind."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {"path": None, "note": "matplotlib is not installed: pip install matplotlib"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    x = [s["memory_chunks"] for s in sizes]
-    for kind in sorted({kind for s in sizes for kind in s["latency"]}):
-        rows = [(xi, s["latency"].get(kind)) for xi, s in zip(x, sizes, strict=True)]
-        rows = [(xi, lat) for xi, lat in rows if lat is not None]
-        (line,) = ax.plot([r[0] for r in rows], [r[1]["p50_ms"] for r in rows], "o-", label=kind)
-        ax.plot([r[0] for r in rows], [r[1]["p95_ms"] for r in rows], "s--", color=line.get_color())
-    hits = ", ".join(f"{s['memory_chunks']:,}: {s['needle_hit_rate']['overall']}" for s in sizes)
-    ax.set(
-        xscale="log" if max(x) > 3 * min(x) else "linear",
-        xlabel="chunks in memory",
-        ylabel="search latency (ms); solid p50, dashed p95",
-        title=f"memsdk notepad search (k={sizes[0]['k']}); needle hit rate {hits}",
-    )
-    ax.set_xticks(x, labels=[f"{n:,}" for n in x])
-    ax.minorticks_off()
-    ax.set_ylim(bottom=0)
-    ax.title.set_fontsize(9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return {"path": str(path)}
-
-
-def _write_json(result: dict[str, Any], path: Path) -> None:
-    """Atomic write: a reader of an interrupted long run never sees a half-written file."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> None:
-    """Write ``notepad.json`` and, once a size was measured, ``notepad.png`` under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    if result["sizes"]:
-        result["plot"] = plot_latency(result["sizes"], out / "notepad.png")
-    _write_json(result, out / "notepad.json")
 
 
 # ---- main ------------------------------------------------------------------------------------
