@@ -46,6 +46,7 @@ import numpy as np
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.files import atomic_write_bytes
 from memsdk.search import PERIOD_BOOST, group_by_session, keyword_query
+from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT
 from memsdk.timeline import named_period
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,9 +188,10 @@ def run(mem: HybridMemory, samples: list[dict]) -> tuple[dict[str, dict], dict[s
             q = mem.embedder.embed_query(question)
             keywords = functools.partial(mem.notepad.sql.keyword_search, scope_id, limit=n)
             # The rows before the last rank the turn's own words only (context weight 0).
+            stripped_query = keyword_query(question)
             whole = [cid for cid, _ in keywords(question, context_weight=0)]
-            stripped = [cid for cid, _ in keywords(keyword_query(question), context_weight=0)]
-            with_context = [cid for cid, _ in keywords(keyword_query(question))]
+            stripped = [cid for cid, _ in keywords(stripped_query, context_weight=0)]
+            with_context = [cid for cid, _ in keywords(stripped_query)]
             plain = ids[np.argsort(-(alone @ q), kind="stable")[:n]].tolist()
             contextual = [cid for cid, _ in mem.notepad.vector_search(scope_id, q, k=n)]
             ranked = {
@@ -208,8 +210,10 @@ def run(mem: HybridMemory, samples: list[dict]) -> tuple[dict[str, dict], dict[s
                 "keyword only (BM25)": whole[:K],
                 "vector only (MiniLM + FAISS)": plain[:K],
             }
-            stripped_query = keyword_query(question)
             for w in CONTEXT_WEIGHTS:
+                if w == CONTEXT_RANK_WEIGHT:  # the shipped weight: the row above
+                    ranked[weight_row(w)] = ranked[ABLATION[6]]
+                    continue
                 weighted = [cid for cid, _ in keywords(stripped_query, context_weight=w)]
                 ranked[weight_row(w)] = fuse(
                     [(weighted, 3), (contextual, 1)], 20, times, question, session_of
