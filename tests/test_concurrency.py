@@ -146,13 +146,17 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, data
         lineage = mem.bits_per_byte(newest, scope=SHARED_SCOPE)
         # The window saved with the weights holds the input bytes of the newest chunks
         # absorbed: exactly the stream's last bytes, in id order, each once.
-        window = mem.weights.state(shared_id).recent_inputs
+        saved = mem.weights.state(shared_id)
+        window = saved.recent_inputs
         stream_inputs = (bytes([START_BYTE]) + b"".join(chunks))[:-1]
         assert len(window) == min(len(stream_inputs), load_model()[0].config.window)
         assert window == stream_inputs[-len(window) :]
     # The saved chain merges into what the last holder had in memory (one 4-bit delta apart),
-    # and into what one process streaming every chunk in id order would have learned: closer
-    # to it than to a stream that absorbed the chunks twice or out of order, by a margin.
+    # and into what one process streaming every chunk in id order would have learned. Its fast
+    # weights differ from that stream's by the deltas' rounding, which points nowhere in
+    # particular; so on the line from that stream's weights to those of a stream that absorbed
+    # the chunks twice or out of order, the saved weights sit near the right end. (A distance
+    # or bits on a few alike log lines cannot tell the rounding from a mistake reliably.)
     assert on_disk == pytest.approx(result["bits"], abs=0.02)
     model = load_model()[0]
 
@@ -162,11 +166,20 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, data
         stream(state, b"".join(order[1:]), final=True)
         return state
 
-    right = bits_per_byte(streamed(chunks), newest)
-    gap = abs(lineage - right)
-    assert gap < 0.05, shared.weights
+    def along(state: TTTState, start: TTTState, end: TTTState) -> float:
+        """Where ``state`` projects on the line from ``start`` (0) to ``end`` (1)."""
+        dot = norm = 0.0
+        for name, weight in start.fast_weights.items():
+            offset = (state.fast_weights[name] - weight).double()
+            direction = (end.fast_weights[name] - weight).double()
+            dot += float((offset * direction).sum())
+            norm += float((direction * direction).sum())
+        return dot / norm
+
+    right = streamed(chunks)
+    assert abs(lineage - bits_per_byte(right, newest)) < 0.05, shared.weights
     for mistake in (chunks + chunks[1:], chunks[:1] + chunks[:0:-1]):  # twice; reversed
-        assert abs(bits_per_byte(streamed(mistake), newest) - right) > 2 * gap
+        assert abs(along(saved, right, streamed(mistake))) < 0.2
     assert on_disk == pytest.approx(bits_per_byte(streamed(chunks), PROBE), abs=0.05)
     figures.record(
         f"concurrency_{database}",
