@@ -79,7 +79,7 @@ class SearchHit(MemoryItem):
     vectors_pending: int = Field(
         0,
         description="memories of the scope still without a vector when the search ran, "
-        "counted up to 10,000: vector search did not see them (0: it saw the whole scope). "
+        "counted up to 1,000: vector search did not see them (0: it saw the whole scope). "
         "flush() waits for them; stats() gives the full backlog",
     )
 

@@ -440,6 +440,22 @@ class SQLStore(IndexReads):
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.
         """
+        return self.keyword_ranking(
+            scope_id, query, limit=limit, where=where, probe=probe, context_weight=context_weight
+        )[0]
+
+    def keyword_ranking(
+        self,
+        scope_id: int,
+        query: str,
+        *,
+        limit: int,
+        where: ColumnElement[bool] | None = None,
+        probe: ColumnElement[bool] | None = None,
+        context_weight: float = CONTEXT_RANK_WEIGHT,
+    ) -> tuple[list[tuple[int, float]], list[list[str]]]:
+        """:meth:`keyword_search`'s rows, and the phrases that selected them (``query_phrases``
+        words): the ranking holds the best ``limit`` chunks of the scope holding any of them."""
         with self.reading() as s:
             common = self._common_words(s, query)
             check = self._filter_form(s, query, common, where, probe)
@@ -450,8 +466,9 @@ class SQLStore(IndexReads):
             if not rows and common:
                 # Only common words hold a match in this scope (the counts are the whole
                 # index's): rank by every word rather than return nothing.
-                rows = ranked([], where=self._filter_form(s, query, [], where, probe))
-            return rows
+                common = []
+                rows = ranked(common, where=self._filter_form(s, query, common, where, probe))
+            return rows, [p for p in query_phrases(query) if p not in common]
 
     def _filter_form(
         self,

@@ -108,8 +108,9 @@ def test_common_words_select_when_nothing_rarer_matches_in_the_scope(store):
     sql, scope_id, _ = store
     other = sql.ensure_scope(("acme", "u2", "", ""))
     assert sql.keyword_phrases("alpha zyxwvut")[1] == [["alpha"]]
-    hits = sql.keyword_search(other, "alpha zyxwvut", limit=CHUNKS)
+    hits, selecting = sql.keyword_ranking(other, "alpha zyxwvut", limit=CHUNKS)
     assert len(hits) == 1 and hits[0][0] not in sql.chunk_ids(scope_id)
+    assert selecting == [["alpha"], ["zyxwvut"]]
 
 
 def test_the_share_counts_every_indexed_chunk(store):
@@ -129,10 +130,14 @@ def test_an_identifier_selects_alone_and_the_other_words_only_score(store):
     sql, scope_id, ids = store
     query = "alpha filler5 zyxwvut"  # "filler5" holds a digit: chunk 5's identifier
     assert sql.keyword_phrases(query) == ([["filler5"]], [["alpha"], ["zyxwvut"]])
-    assert [cid for cid, _ in sql.keyword_search(scope_id, query, limit=CHUNKS)] == [ids[5]]
-    # No chunk of the scope holds the identifier: every word selects again.
-    found = sql.keyword_search(scope_id, "filler99999 zyxwvut", limit=CHUNKS)
+    rows, selecting = sql.keyword_ranking(scope_id, query, limit=CHUNKS)
+    assert [cid for cid, _ in rows] == [ids[5]] and selecting == [["filler5"]]
+    # No chunk of the scope holds the identifier: every word selects again, and the ranking
+    # says so (the search then looks the identifier up on its own).
+    found, selecting = sql.keyword_ranking(scope_id, "filler99999 zyxwvut", limit=CHUNKS)
     assert [cid for cid, _ in found] == [ids[RARE]]
+    assert selecting == [["filler99999"], ["zyxwvut"]]
+    assert sql.keyword_search(scope_id, "filler99999 zyxwvut", limit=CHUNKS) == found
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from memsdk import HybridMemory, Scope
+from memsdk.stores.sql_keywords import MIN_COMMON_DOCS, fts_rows
 
 CASES = {
     "HDFS": re.compile(r"blk_-?\d+"),
@@ -71,3 +72,37 @@ def test_k_exact_holders_of_an_id_rank_without_the_vector_search(log_memory, sha
     assert hits[0].exact_match and rare in hits[0].text
     assert [h.exact_match for h in hits[1:]] == [False, False]
     assert all(h.vector_rank is not None for h in hits[1:])
+
+
+def test_an_identifier_the_keyword_ranking_only_scores_is_looked_up_on_its_own(log_memory, shared):
+    """In "<node> <number>" the node selects the keyword ranking's rows and a short number
+    only adds to their scores (a short number is not an identifier there), so the memory
+    holding the number is found by looking the number up on its own."""
+    path = shared("data", "loghub", "BGL", "BGL_2k.log")
+    scope = Scope(tenant="ops", user="BGL-lookups")
+    log_memory.ingest(path, scope=scope)
+    for system in ("HDFS", "Hadoop"):  # other scopes: the index splits off common words
+        log_memory.ingest(
+            shared("data", "loghub", system, f"{system}_2k.log"), scope=Scope(tenant="x")
+        )
+    log_memory.flush()
+    if log_memory.notepad.sql.is_sqlite:  # (on PostgreSQL every word selects)
+        with log_memory.notepad.sql.reading() as s:
+            assert fts_rows(s) > MIN_COMMON_DOCS
+    lines = path.read_text(errors="replace").splitlines()
+    nodes = Counter(span for line in lines for span in set(CASES["BGL"].findall(line)))
+    busy = nodes.most_common(1)[0][0]
+    numbers = Counter(n for line in lines for n in set(re.findall(r"(?<![\w.-])\d{4}(?!\w)", line)))
+    number = next(
+        n
+        for n, count in numbers.items()
+        if count == 1
+        and not any(busy in line for line in lines if re.search(rf"(?<![\w.-]){n}(?!\w)", line))
+    )
+    holders = [h for h in log_memory.search(busy, scope=scope, k=200) if h.exact_match]
+    assert 3 < len(holders) < 200
+    # k = the node's holders and the number's: k exact holders, so no vector search runs.
+    hits = log_memory.search(f"{busy} {number}", scope=scope, k=len(holders) + 1)
+    found = [h for h in hits if re.search(rf"(?<![\w.-]){number}(?!\w)", h.text)]
+    assert len(found) == 1 and found[0].exact_match and busy not in found[0].text
+    assert all(h.vector_rank is None for h in hits)
