@@ -105,7 +105,7 @@ class HybridMemory:
                 "use MemoryConfig.model_validate(d) for a dict"
             )
         self.config = config or MemoryConfig()
-        self.embedder = shared_embedder()
+        self.embedder = shared_embedder(self.config.embedding_precision)
         self.notepad = Notepad(
             path,
             database_url=self.config.database_url,

@@ -16,7 +16,7 @@ from memsdk.stores.embedder import MiniLMEmbedder
 
 __all__ = ["shared_embedder", "shared_model"]
 
-_embedder: MiniLMEmbedder | None = None
+_embedders: dict[str, MiniLMEmbedder] = {}  # by precision
 _embedder_lock = threading.Lock()
 _models: dict[str, ByteLM] = {}
 _models_lock = threading.Lock()
@@ -27,8 +27,8 @@ def _reset_after_fork() -> None:
     loaded models are kept (read-only, shared copy-on-write with the parent)."""
     global _embedder_lock, _models_lock
     _embedder_lock, _models_lock = threading.Lock(), threading.Lock()
-    if _embedder is not None:
-        _embedder.after_fork()
+    for embedder in _embedders.values():
+        embedder.after_fork()
 
 
 after_fork_in_child(_reset_after_fork)
@@ -43,11 +43,14 @@ def shared_model(name: str) -> ByteLM:
         return _models[name]
 
 
-def shared_embedder() -> MiniLMEmbedder:
-    """One embedder per process, made on first use: its weights are read once and shared by
-    every memory."""
-    global _embedder
+def shared_embedder(precision: str = "auto") -> MiniLMEmbedder:
+    """One embedder per process and ``precision`` (``MiniLMEmbedder``'s), made on first use:
+    its weights are read once and shared by every memory.
+
+    Raises:
+        ConfigError: ``precision`` is not one the embedder takes.
+    """
     with _embedder_lock:
-        if _embedder is None:
-            _embedder = MiniLMEmbedder()
-        return _embedder
+        if precision not in _embedders:
+            _embedders[precision] = MiniLMEmbedder(precision=precision)
+        return _embedders[precision]

@@ -305,3 +305,24 @@ def test_a_flush_waiting_for_a_holder_that_makes_no_progress_names_it(tmp_path) 
         mem.flush()
         _agree(mem)
         assert mem.embedding.embedded > 0
+
+
+def test_a_memory_embeds_in_the_precision_it_is_configured_with(tmp_path) -> None:
+    """``embedding_precision`` picks the stored vectors' precision; the two stay within the
+    promised cosine of each other."""
+    text = "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 terminating"
+    stored = {}
+    for precision in ("float32", "bfloat16"):
+        config = MemoryConfig(weight_memory=False, embedding_precision=precision)
+        with HybridMemory.open(tmp_path / precision, config=config) as mem:
+            assert mem.embedder.precision == precision
+            (cid,) = mem.add(text, scope=Scope(tenant="ops")).ids
+            stored[precision] = dict(
+                zip(*next(mem.notepad.sql.embeddings(np.array([cid]))), strict=True)
+            )[cid]
+            np.testing.assert_allclose(stored[precision], mem.embedder.embed([text])[0], atol=1e-6)
+    assert np.abs(stored["float32"] - stored["bfloat16"]).max() > 0
+    assert float(stored["float32"] @ stored["bfloat16"]) > 0.999
+    assert MemoryConfig().embedding_precision == "auto"
+    with pytest.raises(ValueError, match="embedding_precision"):
+        MemoryConfig(embedding_precision="int8")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from memsdk import HybridMemory, MemoryConfig, Scope
+from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.templates import TemplateVectors, mask
 
 # Real HDFS and BGL lines (Loghub): the first two of each pair differ only in fields.
@@ -59,6 +60,13 @@ def log_memory(tmp_path_factory):
         yield m
 
 
+def _own(vector: np.ndarray, embedder: MiniLMEmbedder, text: str) -> bool:
+    """Whether ``vector`` is ``text``'s own embedding: in bfloat16 (the embedder's default on
+    a CPU that has it) a vector differs slightly with the batch it was computed in, by far
+    less than from another line of the same template (a cosine of 0.98 at most here)."""
+    return float(vector @ embedder.embed([text])[0]) > 0.9995
+
+
 def _vectors(memory: HybridMemory, scope: Scope) -> dict[str, np.ndarray]:
     memory.embedding.flush()  # ingest leaves the vectors to the background stage
     items = memory.get_all(scope=scope, limit=1000)
@@ -81,9 +89,9 @@ def test_an_ingest_embeds_each_template_once(log_memory) -> None:
     for a, b in SAME:
         # The later line reuses the first one's vector, computed from the first one's own text.
         np.testing.assert_array_equal(stored[b], stored[a])
-        np.testing.assert_allclose(stored[a], embedder.embed([a])[0], atol=1e-5)
+        assert _own(stored[a], embedder, a)
     for text in DIFFERENT:  # a template seen once keeps its own vector
-        np.testing.assert_allclose(stored[text], embedder.embed([text])[0], atol=1e-5)
+        assert _own(stored[text], embedder, text)
     # Full-text search still holds each chunk's exact tokens.
     for token, (_, b) in zip(
         ["blk_-6952295868487656571", "blk_-1608999", "R27-M0-N4-C:J18-U01"], SAME, strict=False
@@ -98,7 +106,7 @@ def test_vectors_are_shared_only_inside_one_scope(log_memory) -> None:
     log_memory.ingest([SAME[0][1] + "\n" + SAME[0][0] + "\n"], scope=second)
     theirs = _vectors(log_memory, second)
     # Scope b's first line gets its own vector, not scope a's for the same template.
-    np.testing.assert_allclose(theirs[SAME[0][1]], embedder.embed([SAME[0][1]])[0], atol=1e-5)
+    assert _own(theirs[SAME[0][1]], embedder, SAME[0][1])
     assert float(theirs[SAME[0][1]] @ embedder.embed([SAME[0][0]])[0]) < 0.9999
 
 
@@ -109,7 +117,7 @@ def test_sharing_can_be_turned_off(tmp_path) -> None:
         memory.ingest(["\n".join(SAME[0]) + "\n"], scope=scope)
         stored = _vectors(memory, scope)
         for text in SAME[0]:
-            np.testing.assert_allclose(stored[text], memory.embedder.embed([text])[0], atol=1e-5)
+            assert _own(stored[text], memory.embedder, text)
 
 
 def test_template_vectors_remember_a_bounded_number(log_memory) -> None:
@@ -118,7 +126,7 @@ def test_template_vectors_remember_a_bounded_number(log_memory) -> None:
     texts = [DIFFERENT[0], DIFFERENT[1], DIFFERENT[2], SAME[0][1], DIFFERENT[3], DIFFERENT[1]]
     got = np.concatenate([shared.vectors([t]) for t in texts])
     # SAME[0][1] shares DIFFERENT[0]'s template, which has been forgotten by then.
-    np.testing.assert_allclose(got, embedder.embed(texts), atol=1e-5)
+    assert all(_own(v, embedder, t) for v, t in zip(got, texts, strict=True))
     assert (shared.chunks, shared.embedded) == (6, 6)
     again = shared.vectors([DIFFERENT[3], SAME[0][0], SAME[0][1]])
     np.testing.assert_array_equal(again[2], again[1])
