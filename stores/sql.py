@@ -417,32 +417,13 @@ class SQLStore(IndexReads):
             )
             return [i for i in ids if i is not None]
 
-    def keyword_search(
-        self,
-        scope_id: int,
-        query: str,
-        *,
-        limit: int,
-        where: ColumnElement[bool] | None = None,
-        probe: ColumnElement[bool] | None = None,
-        context_weight: float = CONTEXT_RANK_WEIGHT,
-    ) -> list[tuple[int, float]]:
-        """Exact-token search (BM25 on SQLite FTS5, ts_rank on PostgreSQL) inside one scope.
-
-        The scope and ``where`` are part of the same SQL query, applied before ranking. On
-        SQLite, common words only add to the rank of the rows rarer phrases select
-        (:meth:`keyword_phrases`). ``probe`` is ``where`` compiled to check given rows
-        (``compile_filters(..., correlated=True)``): used when the query's selecting phrases
-        match few chunks (``PROBE_ROWS``), where listing every chunk a broad filter keeps would
-        cost more than the ranking (170 ms for 610k chunks). A word of a chunk's context
-        counts ``context_weight`` as much as one of its text (0: the context is not searched).
+    def keyword_search(self, scope_id: int, query: str, **options: Any) -> list[tuple[int, float]]:
+        """:meth:`keyword_ranking`'s rows alone (the same arguments).
 
         Returns:
             ``[(chunk_id, score)]``, best first; higher scores are better.
         """
-        return self.keyword_ranking(
-            scope_id, query, limit=limit, where=where, probe=probe, context_weight=context_weight
-        )[0]
+        return self.keyword_ranking(scope_id, query, **options)[0]
 
     def keyword_ranking(
         self,
@@ -454,8 +435,21 @@ class SQLStore(IndexReads):
         probe: ColumnElement[bool] | None = None,
         context_weight: float = CONTEXT_RANK_WEIGHT,
     ) -> tuple[list[tuple[int, float]], list[list[str]]]:
-        """:meth:`keyword_search`'s rows, and the phrases that selected them (``query_phrases``
-        words): the ranking holds the best ``limit`` chunks of the scope holding any of them."""
+        """Exact-token search (BM25 on SQLite FTS5, ts_rank on PostgreSQL) inside one scope.
+
+        The scope and ``where`` are part of the same SQL query, applied before ranking. On
+        SQLite, common words only add to the rank of the rows rarer phrases select
+        (:meth:`keyword_phrases`). ``probe`` is ``where`` compiled to check given rows
+        (``compile_filters(..., correlated=True)``): used when the query's selecting phrases
+        match few chunks (``PROBE_ROWS``), where listing every chunk a broad filter keeps would
+        cost more than the ranking (170 ms for 610k chunks). A word of a chunk's context
+        counts ``context_weight`` as much as one of its text (0: the context is not searched).
+
+        Returns:
+            ``(rows, selecting)``: ``[(chunk_id, score)]``, best first, higher scores better;
+            and the phrases (``query_phrases`` words) that selected the rows: the ranking
+            holds the best ``limit`` chunks of the scope holding any of them.
+        """
         with self.reading() as s:
             common = self._common_words(s, query)
             check = self._filter_form(s, query, common, where, probe)
