@@ -153,10 +153,11 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, data
         assert window == stream_inputs[-len(window) :]
     # The saved chain merges into what the last holder had in memory (one 4-bit delta apart),
     # and into what one process streaming every chunk in id order would have learned. Its fast
-    # weights differ from that stream's by the deltas' rounding, which points nowhere in
-    # particular; so on the line from that stream's weights to those of a stream that absorbed
-    # the chunks twice or out of order, the saved weights sit near the right end. (A distance
-    # or bits on a few alike log lines cannot tell the rounding from a mistake reliably.)
+    # weights differ from that stream's by the deltas' rounding and the flush boundaries, which
+    # point nowhere in particular; so on the line from that stream's weights to those of a
+    # stream that absorbed the chunks twice or out of order, the saved weights sit near the
+    # right end. (A distance or bits on a few alike log lines cannot tell those differences
+    # from a mistake reliably.)
     assert on_disk == pytest.approx(result["bits"], abs=0.02)
     model = load_model()[0]
 
@@ -177,10 +178,13 @@ def test_threads_and_a_second_process_share_one_memory(memory_dir, figures, data
         return dot / norm
 
     right = streamed(chunks)
-    assert abs(lineage - bits_per_byte(right, newest)) < 0.05, shared.weights
+    # Bits only roughly: the holders absorbed the stream in flushes whose boundaries depend on
+    # timing, and each flush ends in a short step, so they move bits on a few lines by up to
+    # 0.06 (seen in CI), where the initial weights are off by about 3.
+    assert abs(lineage - bits_per_byte(right, newest)) < 0.15, shared.weights
     for mistake in (chunks + chunks[1:], chunks[:1] + chunks[:0:-1]):  # twice; reversed
         assert abs(along(saved, right, streamed(mistake))) < 0.2
-    assert on_disk == pytest.approx(bits_per_byte(streamed(chunks), PROBE), abs=0.05)
+    assert on_disk == pytest.approx(bits_per_byte(streamed(chunks), PROBE), abs=0.15)
     figures.record(
         f"concurrency_{database}",
         threads=WRITERS + READERS,
