@@ -51,6 +51,10 @@ _REQUIRED_FILES = ("config.json", "vocab.txt", "model.safetensors")
 _DEFAULT_BATCH_SIZE = 32
 _BATCH_TOKENS = 4096
 
+# Texts are tokenised and length-sorted this many at a time, which bounds the memory that
+# token ids take for huge inputs and costs nothing measurable in padding.
+_SORT_WINDOW = 8192
+
 
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16: Intel Cooper
@@ -61,11 +65,6 @@ def native_bfloat16() -> bool:
         return bool(check()) if check is not None else False
     except RuntimeError:
         return False
-
-
-# Texts are tokenised and length-sorted this many at a time, which bounds the memory that
-# token ids take for huge inputs and costs nothing measurable in padding.
-_SORT_WINDOW = 8192
 
 
 def _length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
