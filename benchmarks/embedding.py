@@ -59,6 +59,10 @@ def corpus(shared: Path, log_kb: int, prose_kb: int, every: int) -> dict[str, li
     return {"logs": logs, "prose_code": prose}
 
 
+def nbytes(texts: list[str]) -> int:
+    return sum(len(t.encode()) for t in texts)
+
+
 def timed(embed: Any, texts: list[str], *, warm: bool = True) -> tuple[np.ndarray, float]:
     if warm:
         embed(texts[:16])  # the kernels' first call
@@ -69,11 +73,10 @@ def timed(embed: Any, texts: list[str], *, warm: bool = True) -> tuple[np.ndarra
 
 def measure(embedder: MiniLMEmbedder, texts: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
     vectors, seconds = timed(embedder.embed, texts)
-    size = sum(len(t.encode()) for t in texts)
     tokens = sum(min(embedder.count_tokens(t), embedder.max_tokens) for t in texts)
     return vectors, {
         "seconds": round(seconds, 2),
-        "kB_per_s": round(size / seconds / 1e3, 1),
+        "kB_per_s": round(nbytes(texts) / seconds / 1e3, 1),
         "tokens_per_s": round(tokens / seconds),
     }
 
@@ -83,10 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine_info(),
         "native_bfloat16": native_bfloat16(),
-        "corpus": {
-            kind: {"chunks": len(t), "bytes": sum(len(x.encode()) for x in t)}
-            for kind, t in texts.items()
-        },
+        "corpus": {kind: {"chunks": len(t), "bytes": nbytes(t)} for kind, t in texts.items()},
         "precisions": {},
     }
     reference: dict[str, np.ndarray] = {}
@@ -106,10 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
         shared = TemplateVectors(embedder.embed)
         _, seconds = timed(shared.vectors, texts["logs"], warm=False)  # warm already
-        size = sum(len(t.encode()) for t in texts["logs"])
         row["logs_templates_shared"] = {
             "seconds": round(seconds, 2),
-            "kB_per_s": round(size / seconds / 1e3, 1),
+            "kB_per_s": round(nbytes(texts["logs"]) / seconds / 1e3, 1),
             "embedded_share": round(shared.embedded / max(shared.chunks, 1), 3),
         }
         result["precisions"][precision] = row

@@ -92,17 +92,20 @@ def test_an_identifier_the_keyword_ranking_only_scores_is_looked_up_on_its_own(l
     lines = path.read_text(errors="replace").splitlines()
     nodes = Counter(span for line in lines for span in set(CASES["BGL"].findall(line)))
     busy = nodes.most_common(1)[0][0]
-    numbers = Counter(n for line in lines for n in set(re.findall(r"(?<![\w.-])\d{4}(?!\w)", line)))
+
+    def numbers_in(text: str) -> set[str]:  # four-digit numbers standing alone
+        return set(re.findall(r"(?<![\w.-])\d{4}(?!\w)", text))
+
+    numbers = Counter(n for line in lines for n in numbers_in(line))
     number = next(
         n
         for n, count in numbers.items()
-        if count == 1
-        and not any(busy in line for line in lines if re.search(rf"(?<![\w.-]){n}(?!\w)", line))
+        if count == 1 and not any(busy in line for line in lines if n in numbers_in(line))
     )
     holders = [h for h in log_memory.search(busy, scope=scope, k=200) if h.exact_match]
     assert 3 < len(holders) < 200
     # k = the node's holders and the number's: k exact holders, so no vector search runs.
     hits = log_memory.search(f"{busy} {number}", scope=scope, k=len(holders) + 1)
-    found = [h for h in hits if re.search(rf"(?<![\w.-]){number}(?!\w)", h.text)]
+    found = [h for h in hits if number in numbers_in(h.text)]
     assert len(found) == 1 and found[0].exact_match and busy not in found[0].text
     assert all(h.vector_rank is None for h in hits)
