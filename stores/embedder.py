@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +255,12 @@ class MiniLMEmbedder:
         return len(self.tokenizer.encode(text))
 
     def embed(
-        self, texts: Sequence[str], *, batch_size: int = _DEFAULT_BATCH_SIZE, progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = _DEFAULT_BATCH_SIZE,
+        progress: bool = False,
+        between: Callable[[], None] | None = None,
     ) -> np.ndarray:
         """Embed ``texts``.
 
@@ -267,6 +272,8 @@ class MiniLMEmbedder:
             texts: N strings; empty strings are fine (they embed ``[CLS] [SEP]``).
             batch_size: the most texts a forward pass takes.
             progress: show a tqdm progress bar over the texts.
+            between: called between two forward passes (a long call renews a lease there, as
+                the embedding stage does); what it raises stops the call.
 
         Returns:
             (N, 384) float32, each row of unit L2 norm; (0, 384) for no texts.
@@ -295,7 +302,11 @@ class MiniLMEmbedder:
             for lo in range(0, len(items), _SORT_WINDOW):
                 window = items[lo : lo + _SORT_WINDOW]
                 ids = [self.tokenizer.encode(t, max_length=self.max_tokens) for t in window]
-                for batch in _length_batches([len(x) for x in ids], batch_size, _BATCH_TOKENS):
+                for n, batch in enumerate(
+                    _length_batches([len(x) for x in ids], batch_size, _BATCH_TOKENS)
+                ):
+                    if between is not None and (lo or n):
+                        between()
                     out[[lo + i for i in batch]] = self._forward([ids[i] for i in batch])
                     if bar is not None:
                         bar.update(len(batch))

@@ -269,6 +269,28 @@ def test_order_is_preserved_under_length_batching(
     assert all(len(batch) <= 4 for batch in widths)
 
 
+def test_embed_calls_between_between_forward_passes_and_stops_on_its_error(
+    embedder: MiniLMEmbedder,
+) -> None:
+    """The embedding stage renews its lease through ``between``: once between two forward
+    passes, never before the first, and an error there ends the call."""
+    texts = [f"job {i} on node-{i % 5} " * (i % 7 + 1) for i in range(10)]
+    calls: list[int] = []
+    out = embedder.embed(texts, batch_size=3, between=lambda: calls.append(len(calls)))
+    assert calls == [0, 1, 2]  # 10 texts, at most 3 a pass: 4 passes
+    assert np.abs(out - embedder.embed(texts, batch_size=3)).max() <= 1e-6
+
+    class LeaseLost(Exception):
+        pass
+
+    def lost() -> None:
+        raise LeaseLost
+
+    with pytest.raises(LeaseLost):
+        embedder.embed(texts, batch_size=3, between=lost)
+    assert embedder.embed(texts[:2], between=lost).shape == (2, embedder.dim)  # one pass
+
+
 def test_embed_is_thread_safe(embedder: MiniLMEmbedder) -> None:
     texts = [f"{HDFS} {i}" for i in range(6)] + TEXTS[:8]
     _check_from_threads(embedder, texts, embedder.embed)

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,6 +307,42 @@ def test_a_flush_waiting_for_a_holder_that_makes_no_progress_names_it(tmp_path) 
         mem.flush()
         _agree(mem)
         assert mem.embedding.embedded > 0
+
+
+def test_a_holder_that_loses_the_lease_inside_a_batch_stores_none_of_it(tmp_path) -> None:
+    """The holder stalls inside a batch past ``lease_s`` and another process takes the lease
+    over: at its next forward pass the holder stops and stores none of the batch (the new
+    holder embeds those chunks), rather than writing vectors another process computes too."""
+    lines = [f"job {i} on node-{i % 5} finished with code {i * 7 % 3}\n" for i in range(80)]
+    config = MemoryConfig(
+        weight_memory=False, chunk_bytes=64, share_template_vectors=False, weights_lease_s=0.5
+    )
+    with HybridMemory.open(tmp_path / "m", config=config) as mem:
+        sql, stage = mem.notepad.sql, mem.embedding
+        other = f"{socket.gethostname()}:{os.getpid()}:took-over"
+        embed, stopped = stage.embed, threading.Event()
+
+        def stalling(texts: list[str], *, between) -> np.ndarray:
+            def stall_then_renew() -> None:
+                time.sleep(0.6)  # past lease_s, and the other process takes the lease
+                assert sql.acquire_lease(EMBEDDING_LEASE, other, ttl_s=3600)
+                try:
+                    between()
+                finally:
+                    stopped.set()
+
+            return embed(texts, between=stall_then_renew)
+
+        stage.embed = stalling
+        mem.ingest(lines, scope=Scope(tenant="ops"), name="jobs")
+        assert stopped.wait(60)
+        time.sleep(0.2)  # what the stage does after the lost renewal
+        assert stage.embedded == 0
+        assert sum(b.chunks for b in backlog(sql).values()) == len(sql.all_chunk_ids())
+        stage.embed = embed
+        sql.release_lease(EMBEDDING_LEASE, other)  # the new holder is done
+        mem.flush()
+        _agree(mem)
 
 
 def test_a_memory_embeds_in_the_precision_it_is_configured_with(tmp_path) -> None:
