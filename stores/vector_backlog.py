@@ -8,8 +8,9 @@ unchanged (all of their chunks hold vectors), and a partial index over the pendi
 keeps finding them cheap however large the scope.
 
 A vector is stored only while its chunk still exists, still holds the text the vector was
-computed from (same content hash) and is still pending, in one conditional UPDATE: a chunk
-deleted or re-written meanwhile never gets a late vector. Each stored vector writes an
+computed from (same content hash) and is still pending, checked in the transaction that
+stores it, with the rows locked: a chunk deleted or re-written meanwhile never gets a late
+vector. Each stored vector writes an
 ``EMBED`` history event in the same transaction, so every process's FAISS index picks the
 vector up the way it follows any other change (:meth:`Notepad.sync`); ``EMBED`` events are
 bookkeeping and not part of a memory's public history.
@@ -125,22 +126,29 @@ def store_vectors(
 ) -> int:
     """Store ``vectors`` (n, dim) for ``chunks`` in one transaction, each only if its chunk
     still exists in the scope, still holds the same content and is still pending; writes an
-    EMBED history event per vector stored. Returns how many were stored."""
-    stored = []
+    EMBED history event per vector stored. Returns how many were stored.
+
+    The chunks that qualify are read (and locked, on PostgreSQL) first, and their vectors then
+    written in one bulk UPDATE by primary key: a conditional UPDATE per chunk took 15 ms a
+    batch of 64, 6% of the embedding stage's time on logs."""
     with sql.writing() as s:
-        for chunk, vector in zip(chunks, vectors, strict=True):
-            result = s.execute(
-                update(ChunkRow)
+        current = dict(
+            s.execute(
+                select(ChunkRow.id, ChunkRow.content_hash)
                 .where(
-                    ChunkRow.id == chunk.id,
+                    ChunkRow.id.in_([c.id for c in chunks]),
                     ChunkRow.scope_id == scope_id,
-                    ChunkRow.content_hash == chunk.content_hash,
                     _pending,
                 )
-                .values(embedding=np.asarray(vector, dtype="<f4").tobytes())
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount:
-                stored.append(chunk.id)
-        s.add_all(HistoryRow(chunk_id=i, scope_id=scope_id, event=EMBED_EVENT) for i in stored)
-    return len(stored)
+                .with_for_update()
+            ).all()
+        )
+        rows = [
+            {"id": c.id, "embedding": np.asarray(v, dtype="<f4").tobytes()}
+            for c, v in zip(chunks, vectors, strict=True)
+            if current.get(c.id) == c.content_hash
+        ]
+        if rows:
+            s.execute(update(ChunkRow), rows)
+        s.add_all(HistoryRow(chunk_id=r["id"], scope_id=scope_id, event=EMBED_EVENT) for r in rows)
+    return len(rows)

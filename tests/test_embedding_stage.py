@@ -74,10 +74,14 @@ def test_exact_search_finds_a_needle_at_once_and_flush_waits_for_the_vectors(
         assert float(stored[hit.id] @ mem.embedder.embed([hit.text])[0]) > 0.99
 
 
-def test_a_deleted_or_rewritten_chunk_never_gets_a_late_vector(tmp_path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_deleted_or_rewritten_chunk_never_gets_a_late_vector(tmp_path, request, backend) -> None:
     scope = Scope(tenant="ops")
     lines = [f"job {i} on node-{i % 5} finished with code {i * 7 % 3}\n" for i in range(6)]
-    config = MemoryConfig(weight_memory=False, chunk_bytes=64, share_template_vectors=False)
+    url = request.getfixturevalue("postgres").create() if backend == "postgres" else None
+    config = MemoryConfig(
+        weight_memory=False, chunk_bytes=64, share_template_vectors=False, database_url=url
+    )
     with HybridMemory.open(tmp_path / "m", config=config) as mem:
         mem.embedding.close()  # the stage stays behind: this test plays a slow one by hand
         mem.ingest(lines, scope=scope, name="jobs")
