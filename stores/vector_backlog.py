@@ -10,10 +10,10 @@ keeps finding them cheap however large the scope.
 A vector is stored only while its chunk still exists, still holds the text the vector was
 computed from (same content hash) and is still pending, checked in the transaction that
 stores it, with the rows locked: a chunk deleted or re-written meanwhile never gets a late
-vector. Each stored vector writes an
-``EMBED`` history event in the same transaction, so every process's FAISS index picks the
-vector up the way it follows any other change (:meth:`Notepad.sync`); ``EMBED`` events are
-bookkeeping and not part of a memory's public history.
+vector. Each stored vector writes an ``EMBED`` history event in the same transaction, so every
+process's FAISS index picks the vector up the way it follows any other change
+(:meth:`Notepad.sync`); ``EMBED`` events are bookkeeping and not part of a memory's public
+history.
 """
 
 from __future__ import annotations
