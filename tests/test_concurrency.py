@@ -159,7 +159,7 @@ def test_threads_and_a_second_process_share_one_memory(
     # The saved chain merges into what the last holder had in memory (one 4-bit delta apart),
     # and into about what one process streaming every chunk in id order would have learned.
     # Timing sets where the holders' flushes and take-overs fall, and a state read while its
-    # chain is being saved over is rebuilt from the notepad with other chunk boundaries; in a
+    # chain is being saved over can be rebuilt from the notepad with other chunk boundaries; in a
     # replay such a rebuild put the weights up to 0.19 of the way from that stream to one that
     # absorbed the chunks twice or reversed, and moved bits on the newest lines by 0.1 (0.22 in
     # CI, where the cause was not logged: the warnings of both processes now come with a
