@@ -188,8 +188,9 @@ def test_threads_and_a_second_process_share_one_memory(
     warnings = [r.getMessage() for r in caplog.records] + err.splitlines()[-20:]
     why = (shared.weights, warnings)
     for text, saved_bits in ((newest, lineage), (PROBE, on_disk)):
-        gap = bits_per_byte(initial, text) - bits_per_byte(right, text)
-        assert abs(saved_bits - bits_per_byte(right, text)) < 0.25 * gap, why
+        right_bits = bits_per_byte(right, text)
+        gap = bits_per_byte(initial, text) - right_bits
+        assert abs(saved_bits - right_bits) < 0.25 * gap, why
     for mistake in (chunks + chunks[1:], chunks[:1] + chunks[:0:-1]):  # twice; reversed
         assert abs(along(saved, right, streamed(mistake))) < 0.5, why
     figures.record(
