@@ -142,6 +142,12 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         )
     if stats.index_training:
         print("           an IVF layout is being trained in the background")
+    keywords = {
+        "sql": "SQL full-text index",
+        "building": "SQL full-text index (the tantivy text index is being built)",
+        "tantivy": "tantivy text index, in memory",
+    }
+    print(f"keywords   {keywords[stats.keyword_index]}")
     if stats.embedding_holder:
         print(f"embedding  vectors computed by process {stats.embedding_holder}")
     print(f"weights    {stats.weights_model or 'off (weight_memory=False)'}")

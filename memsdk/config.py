@@ -123,6 +123,15 @@ class MemoryConfig(BaseModel):
         "filters of up to 50,000 vectors are still searched exactly (benchmarks/README.md has "
         "flat and IVF latency by size)",
     )
+    text_index_threshold: int = Field(
+        100_000,
+        ge=0,
+        description="chunks (in every scope) past which keyword search runs on a tantivy index "
+        "kept in memory beside SQL's full-text index, which ranks the best matches without "
+        "scoring every one (1-4 ms where FTS5 took up to 447 ms at 1M chunks). Built in the "
+        "background by each process that searches a memory of this size (about 40 s and 490 MB "
+        "of memory at 1M chunks); SQL's index answers until then (benchmarks/README.md)",
+    )
     busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
     index_save_interval_s: float = Field(
         30.0,

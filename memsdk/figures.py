@@ -61,6 +61,7 @@ def memory_stats(memory: HybridMemory) -> MemoryStats:
         index_nprobe=index.nprobe,
         index_recall=index.recall,
         index_training=index.training,
+        keyword_index=memory.notepad.text_index.state,
         embedding_holder=memory.embedding.lease.current_holder(),
         weights_model=memory.weights.model_name() if memory.weights is not None else None,
         scopes=scopes,

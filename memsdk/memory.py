@@ -113,6 +113,7 @@ class HybridMemory:
             dim=self.embedder.dim,
             busy_timeout_s=self.config.busy_timeout_s,
             ivf_threshold=self.config.vector_ivf_threshold,
+            text_index_threshold=self.config.text_index_threshold,
             load_index=not rebuild_index,
             create=create,
         )

@@ -221,6 +221,13 @@ class MemoryStats(BaseModel):
         "grown 4x past the last training); the current index serves searches meanwhile, and "
         "flush() waits for it",
     )
+    keyword_index: Literal["sql", "building", "tantivy"] = Field(
+        "sql",
+        description="how this process ranks keywords: on SQL's full-text index (a memory below "
+        "MemoryConfig.text_index_threshold chunks), on it while the tantivy text index is built "
+        "in the background, or on that index (kept in memory; each process builds its own "
+        "when it first searches)",
+    )
     embedding_holder: str | None = Field(
         None,
         description="the process (host:pid:id) whose embedding stage holds the memory's "

@@ -256,7 +256,7 @@ def hybrid_search(
     notepad = memory.notepad
     n = max(k, memory.config.search_candidates)
     config = memory.config
-    keyword, selecting = notepad.sql.keyword_ranking(
+    keyword, selecting = notepad.keyword_ranking(
         scope_id, keyword_query(query), limit=n, where=where, probe=probe
     )
     keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
@@ -270,7 +270,7 @@ def hybrid_search(
     for span in spans:
         if span == query.strip() or all(p in selecting for p in query_phrases(span)):
             continue
-        for cid, _ in notepad.sql.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
+        for cid, _ in notepad.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
             candidates.setdefault(cid)
     records = notepad.sql.get_chunks(scope_id, list(candidates))
     patterns = [whole_word(span) for span in spans]

@@ -15,6 +15,9 @@ scope's allowed ids are one comparison over it. A metadata filter first checks t
 candidates of the scope against SQL, one index probe each (``compile_filters(correlated=True)``),
 and lists the filter's ids only when too few candidates pass: a broad filter (610k chunks at 1M)
 is never listed, a narrow one (hundreds) is cheap to list.
+
+Keyword search runs on SQL's full-text index, or, in a memory past a size, on the text index
+(:mod:`memsdk.stores.text_index`), which follows the same history.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,6 +47,8 @@ from memsdk.errors import (
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT
+from memsdk.stores.text_index import TEXT_INDEX_THRESHOLD, TextIndex
 from memsdk.stores.vector_index import INDEX_NAME, IVF_THRESHOLD, VectorIndex
 
 __all__ = ["DATABASE_NAME", "Notepad"]
@@ -105,6 +111,8 @@ class Notepad:
         create: False refuses to make a new memory where there is none.
         ivf_threshold: vectors past which the index becomes approximate (IVF; see
             :mod:`memsdk.stores.vector_index`).
+        text_index_threshold: chunks past which keyword search runs on tantivy (see
+            :mod:`memsdk.stores.text_index`).
 
     Raises:
         NotFoundError: ``create`` is False and ``directory`` holds no memory.
@@ -127,6 +135,7 @@ class Notepad:
         load_index: bool = True,
         create: bool = True,
         ivf_threshold: int = IVF_THRESHOLD,
+        text_index_threshold: int = TEXT_INDEX_THRESHOLD,
     ) -> None:
         text = os.fspath(directory)
         index = lone_surrogate(text) if isinstance(text, str) else None
@@ -168,6 +177,7 @@ class Notepad:
         self.ivf_threshold = ivf_threshold
         self.index_path = self.directory / INDEX_NAME
         self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
+        self.text_index = TextIndex(self.sql, threshold=text_index_threshold)
         self._sync_lock = threading.Lock()
         # The scope of each indexed vector by chunk id (-1: none), built on the first search;
         # and per scope, its indexed ids at an index generation.
@@ -386,11 +396,38 @@ class Notepad:
         ids, scores = self.index.search(query, k=k, allowed_ids=allowed)
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 
+    def keyword_ranking(
+        self, scope_id: int, query: str, *, limit: int, **options: Any
+    ) -> tuple[list[tuple[int, float]], list[list[str]]]:
+        """Exact-token search inside one scope, with the arguments and results of
+        :meth:`SQLStore.keyword_ranking <memsdk.stores.sql.SQLStore.keyword_ranking>`: on the
+        text index once the memory is large enough for it to be built
+        (:mod:`memsdk.stores.text_index`), else, and for a filter the index's nearest
+        candidates do not satisfy, on SQL's full-text index.
+        """
+        where, probe = options.get("where"), options.get("probe")
+        if where is None or probe is not None:
+            found = self.text_index.ranking(
+                scope_id,
+                query,
+                limit=limit,
+                probe=probe if where is not None else None,
+                context_weight=options.get("context_weight", CONTEXT_RANK_WEIGHT),
+            )
+            if found is not None:
+                return found
+        return self.sql.keyword_ranking(scope_id, query, limit=limit, **options)
+
+    def keyword_search(self, scope_id: int, query: str, **options: Any) -> list[tuple[int, float]]:
+        """:meth:`keyword_ranking`'s rows alone (the same arguments)."""
+        return self.keyword_ranking(scope_id, query, **options)[0]
+
     def close(self) -> None:
         """Save the index and release the database. A training in flight is abandoned, not
         waited for (minutes at a million vectors): the file saved is the index in use, and
-        the next open trains again."""
+        the next open trains again. A text index being built is dropped."""
         try:
+            self.text_index.close()
             self.index.abandon_layout()
             self.save_index()
         finally:

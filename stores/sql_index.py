@@ -1,5 +1,6 @@
-"""The reads the vector index makes of the SQL store: ids by scope and filter, the scope of
-given chunks, stored embeddings, and the history events it has not replayed yet.
+"""The reads the vector and text indexes make of the SQL store: ids by scope and filter, the
+scope of given chunks, stored embeddings and texts, and the history events they have not
+replayed yet.
 
 A mixin of :class:`memsdk.stores.sql.SQLStore` (which provides ``reading()``), kept apart so
 that the store's module holds its writes and its text search.
@@ -30,7 +31,7 @@ def _id_batches(ids: np.ndarray, batch: int) -> Iterator[list[int]]:
 
 
 class IndexReads:
-    """Reads for :class:`memsdk.stores.notepad.Notepad`'s vector index."""
+    """Reads for :class:`memsdk.stores.notepad.Notepad`'s vector and text indexes."""
 
     if TYPE_CHECKING:
 
@@ -91,21 +92,56 @@ class IndexReads:
             last = int(out[0][-1])
             yield out
 
+    def chunk_texts(
+        self, ids: np.ndarray | None = None, *, batch: int = 4096
+    ) -> Iterator[list[tuple[int, int, str, str | None]]]:
+        """``(id, scope id, text, context)`` of every chunk, or of the chunks among ``ids``
+        that exist, in id order, ``batch`` rows at a time."""
+        columns = (ChunkRow.id, ChunkRow.scope_id, ChunkRow.text, ChunkRow.context)
+        if ids is not None:
+            for part in _id_batches(ids, batch):
+                with self.reading() as s:
+                    rows = s.execute(select(*columns).where(ChunkRow.id.in_(part))).all()
+                if rows:
+                    yield [tuple(r) for r in rows]  # type: ignore[misc]
+            return
+        last = 0
+        while True:
+            stmt = select(*columns).where(ChunkRow.id > last).order_by(ChunkRow.id).limit(batch)
+            with self.reading() as s:
+                rows = s.execute(stmt).all()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def chunk_count(self) -> int:
+        """How many chunks the memory holds, in every scope."""
+        with self.reading() as s:
+            return int(s.scalar(select(func.count()).select_from(ChunkRow)) or 0)
+
     def max_history_id(self) -> int:
         with self.reading() as s:
             return int(s.scalar(select(func.max(HistoryRow.id))) or 0)
 
-    def touched_since(self, history_id: int) -> tuple[int, np.ndarray]:
-        """Chunks changed (added, updated, deleted) by history events after ``history_id``.
+    def touched_since(
+        self, history_id: int, *, upto: int | None = None, skip: tuple[str, ...] = ()
+    ) -> tuple[int, np.ndarray]:
+        """Chunks changed (added, updated, deleted, embedded) by history events after
+        ``history_id`` (and up to ``upto``), other than events named in ``skip``.
 
         Returns:
             ``(newest event id seen, unique chunk ids (n,) int64)``.
         """
+        stmt = select(HistoryRow.id, HistoryRow.chunk_id, HistoryRow.event).where(
+            HistoryRow.id > history_id
+        )
+        if upto is not None:
+            stmt = stmt.where(HistoryRow.id <= upto)
         with self.reading() as s:
-            rows = s.execute(
-                select(HistoryRow.id, HistoryRow.chunk_id).where(HistoryRow.id > history_id)
-            ).all()
+            rows = s.execute(stmt).all()
         if not rows:
             return history_id, np.empty(0, np.int64)
         newest = max(r[0] for r in rows)
-        return newest, np.unique(np.fromiter((r[1] for r in rows), dtype=np.int64))
+        touched = (r[1] for r in rows if r[2] not in skip)
+        return newest, np.unique(np.fromiter(touched, dtype=np.int64))

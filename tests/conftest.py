@@ -46,6 +46,7 @@ BOTH_DATABASES = {
     "test_hostile_input",
     "test_limits",
     "test_concurrency",
+    "test_text_index",
 }
 
 

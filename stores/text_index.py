@@ -1,0 +1,347 @@
+"""The text index: a large memory's keyword ranking on tantivy, kept in memory beside SQL's
+full-text index.
+
+SQLite's FTS5 (and PostgreSQL's ``ts_rank_cd``) scores every row the query's selecting words
+match before it keeps the best: at a million chunks a question whose words are all common
+ranked 54k to 143k rows (134 to 447 ms), and an identifier held by 4,520 replayed log lines
+cost 12 to 22 ms (benchmarks/README.md, ``notepad.py``'s 1M section). tantivy, the maintained
+Rust search library (PyPI ``tantivy``), ranks by BM25 with block-max WAND: it finds the best
+``limit`` chunks without scoring every match (1 to 4 ms for the same questions at 1M). Nothing
+here reimplements ranking; this module only keeps tantivy's index in step with SQL.
+
+- SQL stays the source of truth, and its full-text index answers until this one is ready, and
+  for memories below ``threshold`` chunks, whose rankings stay FTS5's.
+- Built on a background thread once the memory holds ``threshold`` chunks (about 20 s at a
+  million on two cores), from every chunk's text and context.
+- It follows SQL's history like the vector index (``stores/notepad.py``): before each search it
+  replays the ADD, UPDATE and DELETE events it has not seen by re-reading those chunks, so a
+  chunk committed before a search is found by it. Embedding events do not change text and
+  are skipped. A long backlog (a bulk ingest since the last search) is replayed on the
+  background thread instead, and SQL answers until it is done.
+- Kept in memory only (about 320 MB at a million chunks), never written to the memory's
+  directory: each process that opens the memory builds its own, and two processes sharing the
+  memory share no index file.
+- The words are FTS5's: runs of letters and digits, lower-cased, accents folded, stemmed (the
+  Snowball English stemmer, where FTS5 has Porter's: both bring "paintings" and "painted"
+  together). When the query holds an identifier
+  (:func:`~memsdk.stores.sql_keywords.is_identifier`), only chunks holding one of its
+  identifiers are ranked, as on FTS5; the common-word split FTS5 needs is not, since WAND skips
+  what cannot reach the top.
+- A chunk is indexed as one field: its text twice, then its context. So a word of the context
+  counts half as much as one of the text (FTS5's column weights, ``CONTEXT_RANK_WEIGHT``), and
+  as in FTS5's ``bm25()`` the counts of both add up before BM25 saturates them. The rule was to
+  follow FTS5's ranking, which is not fitted to any answer: on the LoCoMo development split,
+  ranking text and context as two fields (the context's boosted by 0.5) shared 78% of FTS5's
+  top 10 per question, this layout 89% (keyword ranking alone: evidence recall@10 0.705 and
+  0.745, FTS5 0.759). A phrase may match across the seam between the copies; no query of a
+  chunk's own words is changed by that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import tantivy
+from sqlalchemy.sql.elements import ColumnElement
+
+from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT, is_identifier, query_phrases
+from memsdk.stores.vector_backlog import EMBED_EVENT
+
+if TYPE_CHECKING:
+    from memsdk.stores.sql import SQLStore
+
+__all__ = ["TEXT_INDEX_THRESHOLD", "TextIndex"]
+
+logger = logging.getLogger(__name__)
+
+# Chunks from which keyword search runs on this index. Below it FTS5 meets the latency targets
+# (natural-language p95 51 ms at 100k chunks in benchmarks/README.md) and keeps its rankings.
+TEXT_INDEX_THRESHOLD = 100_000
+# How often a memory below the threshold is counted again (it may grow past it).
+RECOUNT_S = 10.0
+# History events a search replays itself before it ranks (a few thousand chunks, tens of ms);
+# a longer backlog is replayed on the background thread while SQL's index answers.
+SYNC_INLINE = 5_000
+# History events read per step of a replay: a bulk ingest's backlog (an ADD per chunk, and an
+# EMBED once its vector is stored) is read in steps of bounded memory.
+REPLAY_EVENTS = 50_000
+# Nearest candidates checked against a metadata filter before SQL's own filtered ranking runs.
+FILTER_CANDIDATES = (256, 4096)
+_WRITER_HEAP = 128_000_000  # bytes of tantivy's indexing buffer, shared by its two threads
+_Rows = list[tuple[int, float]]
+
+
+def _analyzer() -> tantivy.TextAnalyzer:
+    """FTS5's words (``[^\\W_]+``, lower-cased, accents folded), stemmed."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"[^\W_]+"))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("id", indexed=True, fast=True)
+    builder.add_unsigned_field("scope", indexed=True)
+    builder.add_text_field("words", tokenizer_name="memsdk", index_option="position")
+    return builder.build()
+
+
+class TextIndex:
+    """tantivy's index of a memory's chunks, built past ``threshold`` chunks; see the module.
+
+    Thread-safe: searches may run from many threads, and one of them at a time replays history.
+    """
+
+    def __init__(self, sql: SQLStore, *, threshold: int = TEXT_INDEX_THRESHOLD) -> None:
+        self.sql = sql
+        self.threshold = threshold
+        self._analyzer = _analyzer()
+        self._schema = _schema()
+        self._lock = threading.Lock()  # the writer: one replay at a time
+        self._starting = threading.Lock()  # one background worker at a time
+        self._index: tantivy.Index | None = None
+        self._writer: tantivy.IndexWriter | None = None
+        self._synced_to = 0
+        self._worker: threading.Thread | None = None  # a build or a long replay
+        self._counted_at = float("-inf")
+        self._closed = False
+        self._failed = False
+
+    # ---- state -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether searches run on this index (it is built)."""
+        return self._index is not None
+
+    @property
+    def state(self) -> Literal["sql", "building", "tantivy"]:
+        """How keyword search runs in this process: on SQL's full-text index (the memory is
+        below the threshold, or the build failed), on it while this index is built, or on this
+        index."""
+        if self.ready:
+            return "tantivy"
+        return "building" if self._worker is not None else "sql"
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Start the build if the memory is past the threshold, or the replay of a long
+        backlog of changes, and wait for it; whether the next search runs on this index."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._due()
+        for _ in range(2):  # the build, then the replay of what changed meanwhile
+            if self.ready:
+                self._current()
+            worker = self._worker
+            if worker is not None:
+                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.ready and self.sql.max_history_id() - self._synced_to <= SYNC_INLINE
+
+    def close(self) -> None:
+        """Stop a build or replay in flight and drop the index (the memory is closing)."""
+        self._closed = True
+        worker = self._worker
+        if worker is not None:
+            worker.join()
+        with self._lock:
+            self._index = self._writer = None
+
+    def _due(self) -> None:
+        """Start the build when the memory holds ``threshold`` chunks (counted at most every
+        :data:`RECOUNT_S` seconds)."""
+        if self.ready or self._worker is not None or self._closed or self._failed:
+            return
+        now = time.monotonic()
+        if now - self._counted_at < RECOUNT_S:
+            return
+        self._counted_at = now
+        if self.sql.chunk_count() >= self.threshold:
+            self._start(self._build)
+
+    def _start(self, target: Callable[[], None]) -> None:
+        with self._starting:
+            if self._worker is None and not self._closed:
+                self._worker = threading.Thread(
+                    target=target, name="memsdk-text-index", daemon=True
+                )
+                self._worker.start()
+
+    def _build(self) -> None:
+        try:
+            index = tantivy.Index(self._schema)
+            index.register_tokenizer("memsdk", self._analyzer)
+            writer = index.writer(heap_size=_WRITER_HEAP, num_threads=2)
+            # Every event after this one is replayed later: a chunk changed while the build
+            # reads is read again then.
+            start = self.sql.max_history_id()
+            begun = time.monotonic()
+            added = 0
+            for rows in self.sql.chunk_texts():
+                if self._closed:
+                    return
+                added += self._add(writer, rows)
+            writer.commit()
+            index.reload()
+            with self._lock:
+                self._index, self._writer, self._synced_to = index, writer, start
+            logger.info("text index built: %d chunks in %.1f s", added, time.monotonic() - begun)
+        except Exception:
+            # SQL's full-text index keeps answering every search; the error is in the log.
+            self._failed = True
+            logger.exception("building the text index failed; keyword search stays on SQL")
+        finally:
+            self._worker = None
+
+    def _add(
+        self, writer: tantivy.IndexWriter, rows: Sequence[tuple[int, int, str, str | None]]
+    ) -> int:
+        for cid, scope_id, text, context in rows:
+            doc = tantivy.Document()
+            doc.add_unsigned("id", cid)
+            doc.add_unsigned("scope", scope_id)
+            # The text twice, the context once: see the module.
+            doc.add_text("words", f"{text}\n{text}\n{context}" if context else f"{text}\n{text}")
+            writer.add_document(doc)
+        return len(rows)
+
+    def _current(self) -> bool:
+        """Whether this index holds every change SQL has committed: a short backlog is
+        replayed here, a long one (over :data:`SYNC_INLINE` history events, as after a bulk
+        ingest) on the background thread while SQL answers. While another thread replays,
+        SQL answers too: a search never waits behind a replay."""
+        backlog = self.sql.max_history_id() - self._synced_to
+        if backlog <= 0:
+            return True
+        if backlog > SYNC_INLINE:
+            self._start(self._catch_up)
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._replay()
+        finally:
+            self._lock.release()
+        return True
+
+    def _catch_up(self) -> None:
+        try:
+            with self._lock:
+                self._replay()
+        except Exception:
+            # Not current, so never searched again: SQL answers from now on.
+            self._failed = True
+            self._index = self._writer = None
+            logger.exception("updating the text index failed; keyword search stays on SQL")
+        finally:
+            self._worker = None
+
+    def _replay(self) -> None:
+        """Replay the history events this index has not seen (see the module), at most
+        :data:`REPLAY_EVENTS` at a time, each step committed. Under the lock."""
+        index, writer = self._index, self._writer
+        if index is None or writer is None:
+            return
+        newest = self.sql.max_history_id()
+        while self._synced_to < newest and not self._closed:
+            upto = min(newest, self._synced_to + REPLAY_EVENTS)
+            touched = self.sql.touched_since(self._synced_to, upto=upto, skip=(EMBED_EVENT,))[1]
+            if len(touched):
+                ids = [int(i) for i in touched]
+                query = tantivy.Query.term_set_query(self._schema, "id", ids)
+                writer.delete_documents_by_query(query)
+                for rows in self.sql.chunk_texts(touched):
+                    self._add(writer, rows)
+                writer.commit()
+                index.reload()
+            self._synced_to = upto
+
+    # ---- search ----------------------------------------------------------------------------
+
+    def ranking(
+        self,
+        scope_id: int,
+        query: str,
+        *,
+        limit: int,
+        probe: ColumnElement[bool] | None = None,
+        context_weight: float = CONTEXT_RANK_WEIGHT,
+    ) -> tuple[_Rows, list[list[str]]] | None:
+        """The scope's best ``limit`` chunks for ``query`` and the phrases that selected them,
+        as :meth:`SQLStore.keyword_ranking <memsdk.stores.sql.SQLStore.keyword_ranking>`
+        returns them; None when SQL should answer: the index is not built, the context is
+        weighed otherwise than at index time, or a filter (``probe``, checking given rows) kept
+        too few of the nearest candidates.
+        """
+        self._due()
+        if not self.ready or context_weight != CONTEXT_RANK_WEIGHT or not self._current():
+            return None
+        index = self._index
+        if index is None:
+            return None
+        phrases = query_phrases(query)
+        identifiers = [p for p in phrases if is_identifier(p)]
+        if 0 < len(identifiers) < len(phrases):
+            found = self._ranked(index, scope_id, phrases, identifiers, limit, probe)
+            if found is None:
+                return None
+            if found:
+                return found, identifiers
+        # No identifier, or no chunk of the scope holds one: every phrase selects.
+        found = self._ranked(index, scope_id, phrases, [], limit, probe)
+        return None if found is None else (found, phrases)
+
+    def _ranked(
+        self,
+        index: tantivy.Index,
+        scope_id: int,
+        phrases: list[list[str]],
+        selecting: list[list[str]],
+        limit: int,
+        probe: ColumnElement[bool] | None,
+    ) -> _Rows | None:
+        if not phrases:
+            return []
+        query = self._query(scope_id, phrases, selecting)
+        searcher = index.searcher()
+        for n in (limit,) if probe is None else [max(limit, c) for c in FILTER_CANDIDATES]:
+            hits = searcher.search(query, n, count=False).hits
+            ids = searcher.fast_field_values("id", [address for _, address in hits])
+            rows = [(int(i), float(score)) for i, (score, _) in zip(ids, hits, strict=True)]
+            if probe is None:
+                return rows
+            passing = self.sql.passing([i for i, _ in rows], probe)
+            kept = [(i, score) for i, score in rows if i in passing]
+            # Enough passed, or every match was a candidate: these are the filter's best.
+            if len(kept) >= limit or len(rows) < n:
+                return kept[:limit]
+        return None
+
+    def _query(
+        self, scope_id: int, phrases: list[list[str]], selecting: list[list[str]]
+    ) -> tantivy.Query:
+        """The scope's chunks holding a ``selecting`` phrase (any phrase when none), scored
+        by every phrase."""
+        should, must = tantivy.Occur.Should, tantivy.Occur.Must
+
+        def phrase(words: list[str]) -> list[tuple[tantivy.Occur, tantivy.Query]]:
+            tokens = self._analyzer.analyze(" ".join(words))
+            if not tokens:
+                return []
+            if len(tokens) == 1:
+                return [(should, tantivy.Query.term_query(self._schema, "words", tokens[0]))]
+            return [(should, tantivy.Query.phrase_query(self._schema, "words", tokens))]
+
+        scope = tantivy.Query.term_query(self._schema, "scope", scope_id)
+        clauses = [(must, tantivy.Query.const_score_query(scope, 0.0))]
+        chosen = [c for p in selecting or phrases for c in phrase(p)]
+        clauses.append((must, tantivy.Query.boolean_query(chosen)))
+        if selecting:  # the other phrases only score
+            clauses += [c for p in phrases if p not in selecting for c in phrase(p)]
+        return tantivy.Query.boolean_query(clauses)

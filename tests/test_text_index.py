@@ -1,0 +1,170 @@
+"""The text index: a large memory's keyword ranking on tantivy follows SQL (issue 18).
+
+A real SQLite store and a real tantivy index, built with the threshold at 0. Each test checks
+what a user relies on once the index answers: the same words find the same chunks as SQL's
+full-text index, a chunk is found by the first search after its commit, updates and deletes
+are seen, one scope never sees another's chunks, and a filter is honoured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from memsdk import HybridMemory, MemoryConfig, Scope
+from memsdk.filters import compile_filters
+from memsdk.stores import text_index
+from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_records import NewChunk
+from memsdk.stores.text_index import TextIndex
+
+IDENTIFIER = "blk_-1608999687919862906"
+
+
+def add(sql: SQLStore, scope_id: int, texts: list[str], metas=None, contexts=None) -> list[int]:
+    rows = []
+    for i, text in enumerate(texts):
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        meta = metas[i] if metas else {}
+        context = contexts[i] if contexts else None
+        rows.append(NewChunk(i, 0, len(text), text, context, digest, meta, np.empty(0)))
+    return [int(cid) for cid in sql.insert_chunks(scope_id, None, rows)]
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[tuple[SQLStore, TextIndex, int, int]]:
+    """A store of two scopes with a few hundred log-like chunks, its index built."""
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    first = sql.ensure_scope(("acme", "u1", "", ""))
+    other = sql.ensure_scope(("acme", "u2", "", ""))
+    add(sql, first, [f"datanode {i} received block blk_{i} of size {i * 7}" for i in range(300)])
+    add(sql, other, [f"datanode {i} failed to receive a block" for i in range(50)])
+    index = TextIndex(sql, threshold=0)
+    assert index.wait_ready(60)
+    yield sql, index, first, other
+    index.close()
+    sql.close()
+
+
+def ids_of(rows: list[tuple[int, float]]) -> list[int]:
+    return [cid for cid, _ in rows]
+
+
+def test_it_waits_for_the_threshold(tmp_path) -> None:
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    add(sql, scope_id, ["one chunk", "two chunks"])
+    index = TextIndex(sql, threshold=3)
+    assert not index.wait_ready(5)
+    assert index.ranking(scope_id, "chunk", limit=5) is None  # SQL answers
+    index._counted_at = float("-inf")  # counted again at once, not after RECOUNT_S
+    add(sql, scope_id, ["three chunks"])
+    assert index.wait_ready(60)
+    assert len(index.ranking(scope_id, "chunk", limit=5)[0]) == 3
+    index.close()
+    sql.close()
+
+
+def test_it_finds_what_sql_finds(store) -> None:
+    sql, index, first, _ = store
+    for query in ("received block", "size 21", "datanode 17", "receiving blocks"):
+        tantivy_ids = set(ids_of(index.ranking(first, query, limit=1000)[0]))
+        sql_ids = set(ids_of(sql.keyword_search(first, query, limit=1000)))
+        assert tantivy_ids == sql_ids, query
+    rows, selecting = index.ranking(first, f"show the lines about {IDENTIFIER}", limit=10)
+    assert len(rows) == 0  # blk_-1608999687919862906 is held by no chunk of this scope...
+    rows, selecting = index.ranking(first, "datanode blk_42", limit=10)
+    [(top, _)] = rows  # ...an identifier selects alone: "datanode" only scores
+    assert "blk_42 " in sql.get_chunks(first, [top])[top].text
+    assert selecting == [["blk", "42"]]
+
+
+def test_a_chunk_is_found_by_the_first_search_after_its_commit(store) -> None:
+    sql, index, first, _ = store
+    assert index.ranking(first, IDENTIFIER, limit=5)[0] == []
+    [new] = add(sql, first, [f"error writing {IDENTIFIER} to disk"])
+    assert ids_of(index.ranking(first, IDENTIFIER, limit=5)[0]) == [new]
+
+
+def test_a_long_backlog_is_replayed_in_the_background(store, monkeypatch) -> None:
+    sql, index, first, _ = store
+    monkeypatch.setattr(text_index, "SYNC_INLINE", 10)
+    monkeypatch.setattr(text_index, "REPLAY_EVENTS", 7)  # replayed in six steps
+    new = add(sql, first, [f"bulk line {i} about {IDENTIFIER}" for i in range(40)])
+    assert index.ranking(first, IDENTIFIER, limit=50) is None  # SQL answers meanwhile
+    assert index.wait_ready(60)
+    assert sorted(ids_of(index.ranking(first, IDENTIFIER, limit=50)[0])) == new
+
+
+def test_updates_and_deletes_are_seen(store) -> None:
+    sql, index, first, _ = store
+    [cid] = ids_of(index.ranking(first, "blk_42", limit=1)[0])
+    sql.update_chunk(
+        first,
+        cid,
+        text_value="the mountains were quiet",
+        content_hash=hashlib.sha256(b"the mountains were quiet").hexdigest(),
+        embedding=np.empty(0, np.float32),
+        metadata=None,
+    )
+    assert ids_of(index.ranking(first, "mountains", limit=5)[0]) == [cid]
+    assert index.ranking(first, "blk_42", limit=5)[0] == []
+    sql.delete_chunks(first, [cid])
+    assert index.ranking(first, "mountains", limit=5)[0] == []
+
+
+def test_one_scope_never_sees_another(store) -> None:
+    sql, index, first, other = store
+    found = set(ids_of(index.ranking(first, "failed to receive", limit=1000)[0]))
+    theirs = set(ids_of(sql.keyword_search(other, "failed receive", limit=1000)))
+    assert len(theirs) == 50
+    assert found and not found & theirs
+    assert set(ids_of(index.ranking(other, "datanode", limit=1000)[0])) == theirs
+
+
+def test_a_filter_is_honoured_or_left_to_sql(tmp_path) -> None:
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    texts = [f"request {i} failed with a timeout" for i in range(600)]
+    ids = add(sql, scope_id, texts, metas=[{"n": i} for i in range(600)])
+    index = TextIndex(sql, threshold=0)
+    assert index.wait_ready(60)
+    for f, want in (
+        ({"n": {"gte": 300}}, set(ids[300:])),  # broad: the nearest candidates pass
+        ({"n": {"eq": 599}}, {ids[599]}),  # narrow: every match checked
+    ):
+        rows = index.ranking(
+            scope_id, "timeout", limit=1000, probe=compile_filters(f, correlated=True)
+        )
+        assert rows is not None and set(ids_of(rows[0])) == want
+    # Among more matches than the candidates checked, too few pass: SQL's filtered ranking.
+    add(sql, scope_id, [f"timeout number {i}" for i in range(5000)])
+    probe = compile_filters({"n": {"eq": 599}}, correlated=True)
+    assert index.ranking(scope_id, "timeout", limit=10, probe=probe) is None
+    index.close()
+    sql.close()
+
+
+def test_search_runs_on_it_past_the_threshold(tmp_path, database) -> None:
+    config = MemoryConfig(text_index_threshold=0, weight_memory=False)
+    scope = Scope(tenant="acme", user="u1")
+    with HybridMemory(tmp_path / "memory", config=config) as mem:
+        for i in range(40):
+            mem.add(f"worker {i} finished its task in {i * 3} seconds", scope=scope)
+        mem.add(f"worker 99 lost {IDENTIFIER} while writing", scope=scope)
+        assert mem.stats().keyword_index in ("sql", "building")
+        assert mem.notepad.text_index.wait_ready(60)
+        assert mem.stats().keyword_index == "tantivy"
+        mem.add("a line added after the build about the scoreboard slot", scope=scope)
+        scope_id = mem.notepad.sql.find_scope(scope.key())
+        ranked = mem.notepad.keyword_ranking(scope_id, "worker task", limit=10)
+        assert ranked == mem.notepad.text_index.ranking(scope_id, "worker task", limit=10)
+        [hit] = mem.search("scoreboard slot", scope=scope, k=1)
+        assert "scoreboard" in hit.text and hit.keyword_rank == 1
+        assert IDENTIFIER in mem.search(f"what happened to {IDENTIFIER}", scope=scope, k=1)[0].text
