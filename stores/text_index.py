@@ -18,9 +18,11 @@ here reimplements ranking; this module only keeps tantivy's index in step with S
   chunk committed before a search is found by it. Embedding events do not change text and
   are skipped. A long backlog (a bulk ingest since the last search) is replayed on the
   background thread instead, and SQL answers until it is done.
-- Kept in memory only (about 320 MB at a million chunks), never written to the memory's
-  directory: each process that opens the memory builds its own, and two processes sharing the
-  memory share no index file.
+- Never written to the memory's directory: each process that searches a large memory builds
+  its own, in a temporary directory of the system's (``memsdk-text-index-*``, about 300 MB at a
+  million chunks), which tantivy maps into memory, so its pages are the system's to evict; it
+  is removed when the memory closes (a killed process leaves it to the system's temp cleaning).
+  Two processes sharing the memory share no index file.
 - The words are FTS5's: runs of letters and digits, lower-cased, accents folded, stemmed (the
   Snowball English stemmer, where FTS5 has Porter's: both bring "paintings" and "painted"
   together). When the query holds an identifier
@@ -40,6 +42,7 @@ here reimplements ranking; this module only keeps tantivy's index in step with S
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -71,7 +74,9 @@ SYNC_INLINE = 5_000
 REPLAY_EVENTS = 50_000
 # Nearest candidates checked against a metadata filter before SQL's own filtered ranking runs.
 FILTER_CANDIDATES = (256, 4096)
-_WRITER_HEAP = 128_000_000  # bytes of tantivy's indexing buffer, shared by its two threads
+# Bytes of tantivy's indexing buffer: the build's, shared by its two threads, then the smaller
+# one replays keep (resident as long as the index: 128 MB held 300 MB more at a million chunks).
+_BUILD_HEAP, _REPLAY_HEAP = 128_000_000, 16_000_000
 _Rows = list[tuple[int, float]]
 
 
@@ -111,6 +116,7 @@ class TextIndex:
         self._writer: tantivy.IndexWriter | None = None
         self._synced_to = 0
         self._worker: threading.Thread | None = None  # a build or a long replay
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
         self._counted_at = float("-inf")
         self._closed = False
         self._failed = False
@@ -151,7 +157,11 @@ class TextIndex:
         if worker is not None:
             worker.join()
         with self._lock:
+            if self._writer is not None:
+                self._writer.wait_merging_threads()  # no merge writes into a removed folder
             self._index = self._writer = None
+            if self._directory is not None:
+                self._directory.cleanup()
 
     def _due(self) -> None:
         """Start the build when the memory holds ``threshold`` chunks (counted at most every
@@ -174,10 +184,15 @@ class TextIndex:
                 self._worker.start()
 
     def _build(self) -> None:
+        """Build the index from every chunk (or build it anew, when replaying the backlog
+        would cost more) and put it in place."""
+        directory = tempfile.TemporaryDirectory(
+            prefix="memsdk-text-index-", ignore_cleanup_errors=True
+        )
         try:
-            index = tantivy.Index(self._schema)
+            index = tantivy.Index(self._schema, path=directory.name)
             index.register_tokenizer("memsdk", self._analyzer)
-            writer = index.writer(heap_size=_WRITER_HEAP, num_threads=2)
+            writer = index.writer(heap_size=_BUILD_HEAP, num_threads=2)
             # Every event after this one is replayed later: a chunk changed while the build
             # reads is read again then.
             start = self.sql.max_history_id()
@@ -185,12 +200,20 @@ class TextIndex:
             added = 0
             for rows in self.sql.chunk_texts():
                 if self._closed:
+                    directory.cleanup()
                     return
                 added += self._add(writer, rows)
             writer.commit()
+            writer.wait_merging_threads()  # and gives its buffer back: replays take a smaller one
+            writer = index.writer(heap_size=_REPLAY_HEAP, num_threads=1)
             index.reload()
             with self._lock:
+                if self._writer is not None:  # the index this one replaces
+                    self._writer.wait_merging_threads()
+                old, self._directory = self._directory, directory
                 self._index, self._writer, self._synced_to = index, writer, start
+            if old is not None:
+                old.cleanup()
             logger.info("text index built: %d chunks in %.1f s", added, time.monotonic() - begun)
         except Exception:
             # SQL's full-text index keeps answering every search; the error is in the log.
@@ -220,7 +243,11 @@ class TextIndex:
         if backlog <= 0:
             return True
         if backlog > SYNC_INLINE:
-            self._start(self._catch_up)
+            # Reading every chunk once (40 s at a million) beats replaying more events than
+            # the index holds chunks (114 s for the 900k chunks of a bulk ingest).
+            index = self._index
+            rebuild = index is not None and backlog > index.searcher().num_docs
+            self._start(self._build if rebuild else self._catch_up)
             return False
         if not self._lock.acquire(blocking=False):
             return False

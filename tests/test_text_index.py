@@ -101,6 +101,25 @@ def test_a_long_backlog_is_replayed_in_the_background(store, monkeypatch) -> Non
     assert sorted(ids_of(index.ranking(first, IDENTIFIER, limit=50)[0])) == new
 
 
+def test_a_backlog_larger_than_the_index_builds_it_anew(tmp_path, monkeypatch, caplog) -> None:
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    first = add(sql, scope_id, [f"first line {i}" for i in range(5)])
+    index = TextIndex(sql, threshold=0)
+    assert index.wait_ready(60)
+    monkeypatch.setattr(text_index, "SYNC_INLINE", 10)
+    new = add(sql, scope_id, [f"bulk line {i} about {IDENTIFIER}" for i in range(40)])
+    sql.delete_chunks(scope_id, first[:2])
+    with caplog.at_level("INFO", logger="memsdk.stores.text_index"):
+        assert index.ranking(scope_id, "line", limit=50) is None  # SQL answers meanwhile
+        assert index.wait_ready(60)
+    assert sum("text index built" in r.getMessage() for r in caplog.records) == 1  # rebuilt
+    assert sorted(ids_of(index.ranking(scope_id, "line", limit=50)[0])) == first[2:] + new
+    index.close()
+    sql.close()
+
+
 def test_updates_and_deletes_are_seen(store) -> None:
     sql, index, first, _ = store
     [cid] = ids_of(index.ranking(first, "blk_42", limit=1)[0])
