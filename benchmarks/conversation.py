@@ -175,6 +175,7 @@ def run(mem: HybridMemory, samples: list[dict]) -> tuple[dict[str, dict], dict[s
                 dia_of[memory_id], times[memory_id], texts[memory_id] = meta["dia_id"], moment, text
                 session_of[memory_id] = meta["session"]
         scope_id = mem.notepad.sql.find_scope(scope.key())
+        mem.notepad.text_index.wait_ready()  # built only past MemoryConfig.text_index_threshold
         ids = np.array(list(texts))
         alone = mem.embedder.embed(list(texts.values()))  # (N, 384): the turns without context
         for qa in sample["qa"]:
@@ -297,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency", action="store_true", help="time search alone on the largest conversation"
     )
+    parser.add_argument(
+        "--text-index",
+        action="store_true",
+        help="memsdk search ranks keywords on the text index (tantivy) as a memory past "
+        "MemoryConfig.text_index_threshold does; the other rows stay on FTS5 "
+        "(writes conversation_text_index.json)",
+    )
     args = parser.parse_args(argv)
     path = args.shared / "data" / "locomo-dev" / "locomo_dev.json"
     if not path.exists():
@@ -304,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     samples = json.loads(path.read_text())
     started = time.perf_counter()
     load_before = load_average()
-    config = MemoryConfig(weight_memory=False)  # search only: the weights play no part here
+    # Search only: the weights play no part here.
+    forced = {"text_index_threshold": 0} if args.text_index else {}
+    config = MemoryConfig(weight_memory=False, **forced)
     if args.latency:
         largest = max(samples, key=lambda s: len(turns(s)))
         with tempfile.TemporaryDirectory() as tmp, HybridMemory.open(tmp, config=config) as mem:
@@ -327,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": {"start": load_before, "end": load_average()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "conversation.json", json.dumps(result, indent=1).encode())
+    name = "conversation_text_index.json" if args.text_index else "conversation.json"
+    result["text_index"] = args.text_index
+    atomic_write_bytes(args.out / name, json.dumps(result, indent=1).encode())
     print(json.dumps(result))
     return 0
 

@@ -65,7 +65,7 @@ from notepad_corpus import (  # the sibling benchmark module (benchmarks/ is on 
 )
 from notepad_report import disk_bytes, load_average, machine_info, write_outputs
 
-from memsdk import HybridMemory, Scope
+from memsdk import HybridMemory, MemoryConfig, Scope
 
 logger = logging.getLogger("benchmarks.notepad")
 
@@ -593,6 +593,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "their lags (default: wait)",
     )
     parser.add_argument(
+        "--no-text-index",
+        action="store_true",
+        help="keep keyword search on SQL's full-text index at every size (the text index, "
+        "MemoryConfig.text_index_threshold, is not built): the figures before it",
+    )
+    parser.add_argument(
         "--search-only",
         action="store_true",
         help="time the query mix of the last of --sizes on the memory as it is, with the "
@@ -613,7 +619,8 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Grow the memory to each size and measure it, rewriting the outputs after each size."""
     plan, result["data"] = build_plan(args.shared, replay_mb=args.replay_mb)
     run_started = time.perf_counter()
-    with HybridMemory.open(args.memory) as mem:
+    config = MemoryConfig(text_index_threshold=2**62) if args.no_text_index else None
+    with HybridMemory.open(args.memory, config=config) as mem:
         result["config"] = config_info(mem)
         build = Build(plan, memory_chunks=scope_chunks(mem))
         result["memory"] = {"path": str(mem.path), "chunks_at_start": build.memory_chunks}
@@ -623,8 +630,9 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             build.walked = list(plan)
             result["search_only"] = True
             stop_stages(mem)
+            waited = text_index_wait(mem)
             size = measure(mem, build, args.sizes[-1], args, held_before=build.memory_chunks)
-            result["sizes"].append(size | {"stage_lags": stage_lags(mem)})
+            result["sizes"].append(size | {"stage_lags": stage_lags(mem), "text_index": waited})
             result["memory"]["chunks_at_end"] = build.memory_chunks
             return
         try:
@@ -636,6 +644,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 # catch-up time.
                 lags = stage_lags(mem) | {"s_since_start": time.perf_counter() - run_started}
                 vectors_s = None
+                waited = text_index_wait(mem)
                 if args.vectors == "wait":
                     started = time.perf_counter()
                     mem.embedding.flush()
@@ -643,6 +652,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 size = measure(mem, build, target, args, held_before=held_before)
                 size["ingest_phase"] = tally_summary(phase)
                 size["vectors_catch_up_s"] = vectors_s
+                size["text_index"] = waited
                 size["stage_lags_after_ingest"] = lags
                 if args.vectors == "pending" and target == args.sizes[-1]:
                     size["stages_stopped"] = measure_stopped(mem, build, target, args)
@@ -653,6 +663,15 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         finally:
             result["ingest"] = _ingest_section(build)
             result["memory"]["chunks_at_end"] = scope_chunks(mem)  # counts an interrupted file
+
+
+def text_index_wait(mem: HybridMemory) -> dict[str, Any]:
+    """Wait until keyword search runs on the text index when the memory is past its threshold
+    (``MemoryConfig.text_index_threshold``; built in the background): how long that took, and
+    whether searches at this size run on it or on SQL's full-text index."""
+    started = time.perf_counter()
+    ready = mem.notepad.text_index.wait_ready()
+    return {"ready": ready, "wait_s": round(time.perf_counter() - started, 2)}
 
 
 def _ingest_section(build: Build) -> dict[str, Any]:

@@ -127,10 +127,10 @@ class MemoryConfig(BaseModel):
         100_000,
         ge=0,
         description="chunks (in every scope) past which keyword search runs on a tantivy index "
-        "kept in memory beside SQL's full-text index, which ranks the best matches without "
-        "scoring every one (1-4 ms where FTS5 took up to 447 ms at 1M chunks). Built in the "
-        "background by each process that searches a memory of this size (about 40 s and 490 MB "
-        "of memory at 1M chunks); SQL's index answers until then (benchmarks/README.md)",
+        "beside SQL's full-text index, which ranks the best matches without scoring every one "
+        "(1-4 ms where FTS5 took up to 447 ms at 1M chunks). Built in the background by each "
+        "process that searches a memory of this size (about 40 s at 1M chunks, in a temporary "
+        "folder mapped into memory); SQL's index answers until then (benchmarks/README.md)",
     )
     busy_timeout_s: float = Field(30.0, gt=0, description="how long a SQLite writer waits")
     index_save_interval_s: float = Field(
