@@ -120,6 +120,23 @@ def test_a_backlog_larger_than_the_index_builds_it_anew(tmp_path, monkeypatch, c
     sql.close()
 
 
+def test_an_error_while_updating_leaves_search_to_sql(store, monkeypatch, caplog) -> None:
+    sql, index, first, _ = store
+    monkeypatch.setattr(text_index, "SYNC_INLINE", 10)
+    add(sql, first, [f"bulk line {i}" for i in range(40)])
+
+    def unreadable(*args, **kwargs):
+        raise OSError("disk unreadable")
+
+    monkeypatch.setattr(sql, "chunk_texts", unreadable)
+    with caplog.at_level("ERROR", logger="memsdk.stores.text_index"):
+        assert index.ranking(first, "bulk", limit=5) is None
+        assert not index.wait_ready(60)
+    assert "updating the text index failed" in caplog.text
+    assert index.state == "sql"  # an index that missed a change is never searched again
+    assert index.ranking(first, "datanode", limit=5) is None
+
+
 def test_updates_and_deletes_are_seen(store) -> None:
     sql, index, first, _ = store
     [cid] = ids_of(index.ranking(first, "blk_42", limit=1)[0])
