@@ -43,9 +43,12 @@ here reimplements ranking; this module only keeps tantivy's index in step with S
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -79,6 +82,24 @@ FILTER_CANDIDATES = (256, 4096)
 # million chunks no faster, 36-40 s, and peaked 100 MB higher), then the smaller one replays keep.
 _BUILD_HEAP, _REPLAY_HEAP = 48_000_000, 16_000_000
 _Rows = list[tuple[int, float]]
+
+
+class _Folder:
+    """The index's temporary folder, removed by :meth:`remove` or when the process that made
+    it exits, never by another: a child forked from it (a gunicorn or Celery worker) shares
+    the parent's files, and its exit must not remove them from under the parent."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="memsdk-text-index-")
+        self._finalizer = weakref.finalize(self, _remove, self.path, os.getpid())
+
+    def remove(self) -> None:
+        self._finalizer()
+
+
+def _remove(path: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -117,7 +138,7 @@ class TextIndex:
         self._writer: tantivy.IndexWriter | None = None
         self._synced_to = 0
         self._worker: threading.Thread | None = None  # a build or a long replay
-        self._directory: tempfile.TemporaryDirectory[str] | None = None
+        self._directory: _Folder | None = None
         self._counted_at = float("-inf")
         self._closed = False
         self._failed = False
@@ -162,7 +183,7 @@ class TextIndex:
                 self._writer.wait_merging_threads()  # no merge writes into a removed folder
             self._index = self._writer = None
             if self._directory is not None:
-                self._directory.cleanup()
+                self._directory.remove()
 
     def _due(self) -> None:
         """Start the build when the memory holds ``threshold`` chunks (counted at most every
@@ -187,11 +208,9 @@ class TextIndex:
     def _build(self) -> None:
         """Build the index from every chunk (or build it anew, when replaying the backlog
         would cost more) and put it in place."""
-        directory = tempfile.TemporaryDirectory(
-            prefix="memsdk-text-index-", ignore_cleanup_errors=True
-        )
+        directory = _Folder()
         try:
-            index = tantivy.Index(self._schema, path=directory.name)
+            index = tantivy.Index(self._schema, path=directory.path)
             index.register_tokenizer("memsdk", self._analyzer)
             writer = index.writer(heap_size=_BUILD_HEAP, num_threads=2)
             # Every event after this one is replayed later: a chunk changed while the build
@@ -201,7 +220,7 @@ class TextIndex:
             added = 0
             for rows in self.sql.chunk_texts():
                 if self._closed:
-                    directory.cleanup()
+                    directory.remove()
                     return
                 added += self._add(writer, rows)
             writer.commit()
@@ -214,11 +233,11 @@ class TextIndex:
                 old, self._directory = self._directory, directory
                 self._index, self._writer, self._synced_to = index, writer, start
             if old is not None:
-                old.cleanup()
+                old.remove()
             logger.info("text index built: %d chunks in %.1f s", added, time.monotonic() - begun)
         except Exception:
             self._give_up("building")
-            directory.cleanup()
+            directory.remove()
         finally:
             self._worker = None
 

@@ -8,8 +8,11 @@ are seen, one scope never sees another's chunks, and a filter is honoured.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +138,22 @@ def test_an_error_while_updating_leaves_search_to_sql(store, monkeypatch, caplog
     assert "updating the text index failed" in caplog.text
     assert index.state == "sql"  # an index that missed a change is never searched again
     assert index.ranking(first, "datanode", limit=5) is None
+
+
+def test_a_forked_child_leaves_the_parents_index_in_place(store) -> None:
+    _, index, first, _ = store
+    folder = Path(index._directory.path)
+    pid = os.fork()
+    if pid == 0:  # the child exits as a worker process does: its exit handlers run
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert folder.is_dir() and any(folder.iterdir())
+    assert ids_of(index.ranking(first, "blk_42", limit=5)[0])  # still searchable
+    index.close()
+    assert not folder.exists()  # the parent removes it
 
 
 def test_updates_and_deletes_are_seen(store) -> None:
