@@ -47,6 +47,7 @@ from memsdk.errors import (
 from memsdk.files import remove_stale_temp_files
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
+from memsdk.stores.sql_index import FILTER_CANDIDATES
 from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT
 from memsdk.stores.text_index import TEXT_INDEX_THRESHOLD, TextIndex
 from memsdk.stores.vector_index import INDEX_NAME, IVF_THRESHOLD, VectorIndex
@@ -56,9 +57,6 @@ __all__ = ["DATABASE_NAME", "Notepad"]
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "memory.db"
-# Nearest candidates of the scope checked against a filter before its ids are listed: the
-# first round serves filters keeping a fifth of the scope or more, the second a hundredth.
-FILTER_CANDIDATES = (256, 4096)
 
 
 def _redact(url: str) -> str:

@@ -20,7 +20,12 @@ from sqlalchemy.sql.elements import ColumnElement
 from memsdk.stores.sql_records import unpack_embeddings
 from memsdk.stores.sql_schema import ChunkRow, HistoryRow
 
-__all__ = ["IndexReads"]
+__all__ = ["FILTER_CANDIDATES", "IndexReads"]
+
+# Nearest candidates of the scope (by vector or by keyword rank) checked against a filter with
+# :meth:`IndexReads.passing` before the filter's ids are listed or SQL ranks with the filter:
+# the first round serves filters keeping a fifth of the scope or more, the second a hundredth.
+FILTER_CANDIDATES = (256, 4096)
 
 
 def _id_batches(ids: np.ndarray, batch: int) -> Iterator[list[int]]:

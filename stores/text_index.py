@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Literal
 import tantivy
 from sqlalchemy.sql.elements import ColumnElement
 
+from memsdk.stores.sql_index import FILTER_CANDIDATES
 from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT, is_identifier, query_phrases
 from memsdk.stores.vector_backlog import EMBED_EVENT
 
@@ -76,8 +77,6 @@ SYNC_INLINE = 5_000
 # History events read per step of a replay: a bulk ingest's backlog (an ADD per chunk, and an
 # EMBED once its vector is stored) is read in steps of bounded memory.
 REPLAY_EVENTS = 50_000
-# Nearest candidates checked against a metadata filter before SQL's own filtered ranking runs.
-FILTER_CANDIDATES = (256, 4096)
 # Bytes of tantivy's indexing buffer: the build's, shared by its two threads (128 MB built a
 # million chunks no faster, 36-40 s, and peaked 100 MB higher), then the smaller one replays keep.
 _BUILD_HEAP, _REPLAY_HEAP = 48_000_000, 16_000_000
@@ -265,7 +264,8 @@ class TextIndex:
         replayed here, a long one (over :data:`SYNC_INLINE` history events, as after a bulk
         ingest) on the background thread while SQL answers. While another thread replays,
         SQL answers too: a search never waits behind a replay."""
-        backlog = self.sql.max_history_id() - self._synced_to
+        newest = self.sql.max_history_id()
+        backlog = newest - self._synced_to
         if backlog <= 0:
             return True
         if backlog > SYNC_INLINE:
@@ -278,7 +278,7 @@ class TextIndex:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            self._replay()
+            self._replay(newest)
         finally:
             self._lock.release()
         return True
@@ -286,19 +286,19 @@ class TextIndex:
     def _catch_up(self) -> None:
         try:
             with self._lock:
-                self._replay()
+                self._replay(self.sql.max_history_id())
         except Exception:
             self._give_up("updating")
         finally:
             self._worker = None
 
-    def _replay(self) -> None:
-        """Replay the history events this index has not seen (see the module), at most
-        :data:`REPLAY_EVENTS` at a time, each step committed. Under the lock."""
+    def _replay(self, newest: int) -> None:
+        """Replay the history events this index has not seen, up to ``newest`` (see the
+        module), at most :data:`REPLAY_EVENTS` at a time, each step committed. Under the
+        lock."""
         index, writer = self._index, self._writer
         if index is None or writer is None:
             return
-        newest = self.sql.max_history_id()
         while self._synced_to < newest and not self._closed:
             upto = min(newest, self._synced_to + REPLAY_EVENTS)
             touched = self.sql.touched_since(self._synced_to, upto=upto, skip=(EMBED_EVENT,))[1]
