@@ -54,6 +54,7 @@ import numpy as np
 
 from memsdk.errors import BusyError, MemsdkError
 from memsdk.lease import EMBEDDING_LEASE, MemoryLease
+from memsdk.stores.background import background_thread
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import backlog, pending_chunks, store_vectors
 from memsdk.templates import TemplateVectors
@@ -114,7 +115,7 @@ class EmbeddingStage:
         self._accepting = True
         self._woken = False
         self._queue: queue.Queue[Command] = queue.Queue(maxsize=1024)
-        self._worker = threading.Thread(target=self._run, name="memsdk-embedding", daemon=True)
+        self._worker = background_thread(self._run, name="memsdk-embedding")
         self._worker.start()  # it first embeds what the last session left pending
         # A memory never closed: stop the worker at exit, before the interpreter tears down
         # torch under a forward pass in flight (which aborts the process).

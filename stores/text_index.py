@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Literal
 import tantivy
 from sqlalchemy.sql.elements import ColumnElement
 
+from memsdk.stores.background import background_thread
 from memsdk.stores.sql_index import FILTER_CANDIDATES
 from memsdk.stores.sql_keywords import CONTEXT_RANK_WEIGHT, is_identifier, query_phrases
 from memsdk.stores.vector_backlog import EMBED_EVENT
@@ -199,9 +200,7 @@ class TextIndex:
     def _start(self, target: Callable[[], None]) -> None:
         with self._starting:
             if self._worker is None and not self._closed:
-                self._worker = threading.Thread(
-                    target=target, name="memsdk-text-index", daemon=True
-                )
+                self._worker = background_thread(target, name="memsdk-text-index")
                 self._worker.start()
 
     def _build(self) -> None:

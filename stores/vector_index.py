@@ -61,6 +61,7 @@ import numpy as np
 
 from memsdk.errors import IndexCorruptedError, InputError
 from memsdk.files import atomic_write_bytes
+from memsdk.stores.background import background_thread
 
 __all__ = ["EXACT_SEARCH_LIMIT", "INDEX_NAME", "IVF_THRESHOLD", "TARGET_RECALL", "VectorIndex"]
 
@@ -465,16 +466,14 @@ class VectorIndex:
         else:
             ids, vectors = _lists(self._index)
         self._changes = []
-        thread = threading.Thread(
-            target=self._train,
+        self._training = background_thread(
+            self._train,
             # In a list the thread empties, so the copy is freed once the index is built.
             args=([(ids, vectors)], self._generation),
             name="memsdk-ivf-training",
-            daemon=True,
         )
-        self._training = thread
         logger.info("training an IVF index on %d vectors in the background", len(ids))
-        thread.start()
+        self._training.start()
 
     def _train(self, snapshot: list[tuple[np.ndarray, np.ndarray]], generation: int) -> None:
         """The training thread: train on the snapshot, catch up with the changes, swap in."""
