@@ -53,7 +53,7 @@ from memsdk.errors import FilterError, InputError
 from memsdk.stores.sql_schema import CHUNK_META, ChunkRow
 from memsdk.timeline import TIME_KEY, to_time_text
 
-__all__ = ["compile_filters", "validate_metadata"]
+__all__ = ["compile_filters", "string_terms", "validate_metadata"]
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin", "contains", "icontains")
 _LOGIC = {"AND": "AND", "and": "AND", "OR": "OR", "or": "OR", "NOT": "NOT", "not": "NOT"}
@@ -463,3 +463,35 @@ def compile_filters(
     if not filters:
         return None
     return _node(filters, dialect, "filters", 1, _Budget(), correlated)
+
+
+def string_terms(filters: Mapping[str, Any] | None) -> dict[str, list[str]] | None:
+    """A valid filter (one :func:`compile_filters` accepted) as ``{key: strings}``, each key
+    holding one of its strings, when it is only that: equalities and ``in`` lists of strings
+    on keys other than ``"time"``, all of which must hold. None for any other filter.
+
+    The text index (memsdk/stores/text_index.py) indexes each chunk's top-level string values
+    and answers such a filter inside its ranking; it hands any other to SQL.
+    """
+    if not filters:
+        return None
+    terms: dict[str, list[str]] = {}
+    for key, cond in filters.items():
+        if key in _LOGIC or key == TIME_KEY:
+            return None
+        if not isinstance(cond, Mapping):
+            values = [cond]
+        elif len(cond) != 1:
+            return None
+        else:
+            ((op, value),) = cond.items()
+            if op == "eq":
+                values = [value]
+            elif op == "in" and isinstance(value, list | tuple):
+                values = list(value)
+            else:
+                return None
+        if not values or not all(isinstance(v, str) for v in values):
+            return None
+        terms[key] = values
+    return terms

@@ -26,7 +26,7 @@ from memsdk.encoding import encode_text
 from memsdk.engine import TTTState, byte_losses
 from memsdk.errors import InputError, MemsdkError, NotFoundError
 from memsdk.figures import memory_stats, vector_lag, weight_lag
-from memsdk.filters import compile_filters, validate_metadata
+from memsdk.filters import compile_filters, string_terms, validate_metadata
 from memsdk.forgetting import delete_scope, settle_owed_resets
 from memsdk.ingest_stream import ingest_sources, ingest_stream
 from memsdk.inputs import MAX_INT, check_id, check_scope, text_to_store, to_bytes
@@ -700,7 +700,10 @@ class HybridMemory:
         scope_id = self._scope_id(scope, create=False)
         if scope_id is None:
             return []
-        return hybrid_search(self, query, scope, scope_id, k, where, probe=probe, now=asked)
+        terms = string_terms(filters)
+        return hybrid_search(
+            self, query, scope, scope_id, k, where, probe=probe, terms=terms, now=asked
+        )
 
     @gated
     def get(self, memory_id: int, *, scope: Scope) -> MemoryItem:

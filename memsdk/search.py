@@ -243,13 +243,15 @@ def hybrid_search(
     where: ColumnElement[bool] | None,
     *,
     probe: ColumnElement[bool] | None = None,
+    terms: Mapping[str, list[str]] | None = None,
     now: datetime | None = None,
 ) -> list[SearchHit]:
     """Rank the scope's chunks that pass ``where`` (SQL, on chunk columns) for ``query``, asked
     at ``now`` (relative times in the query are read against it; None reads none). ``probe``
     is the same filter in the form that checks given rows (``compile_filters(...,
     correlated=True)``), which lets the vector side check its nearest candidates instead of
-    listing every chunk the filter keeps.
+    listing every chunk the filter keeps; ``terms`` is it again when it is only string
+    equalities (:func:`memsdk.filters.string_terms`), which the text index answers itself.
 
     See :meth:`HybridMemory.search <memsdk.memory.HybridMemory.search>` for the ranking.
     """
@@ -257,7 +259,7 @@ def hybrid_search(
     n = max(k, memory.config.search_candidates)
     config = memory.config
     keyword, selecting = notepad.keyword_ranking(
-        scope_id, keyword_query(query), limit=n, where=where, probe=probe
+        scope_id, keyword_query(query), limit=n, where=where, probe=probe, terms=terms
     )
     keyword_rank = {cid: r for r, (cid, _) in enumerate(keyword, 1)}
     # Each identifier of the query is also looked up on its own, so a chunk that holds it
@@ -270,7 +272,10 @@ def hybrid_search(
     for span in spans:
         if span == query.strip() or all(p in selecting for p in query_phrases(span)):
             continue
-        for cid, _ in notepad.keyword_search(scope_id, span, limit=n, where=where, probe=probe):
+        found = notepad.keyword_search(
+            scope_id, span, limit=n, where=where, probe=probe, terms=terms
+        )
+        for cid, _ in found:
             candidates.setdefault(cid)
     records = notepad.sql.get_chunks(scope_id, list(candidates))
     patterns = [whole_word(span) for span in spans]

@@ -401,15 +401,18 @@ class Notepad:
         :meth:`SQLStore.keyword_ranking <memsdk.stores.sql.SQLStore.keyword_ranking>`: on the
         text index once the memory is large enough for it to be built
         (:mod:`memsdk.stores.text_index`), else, and for a filter the index's nearest
-        candidates do not satisfy, on SQL's full-text index.
+        candidates do not satisfy, on SQL's full-text index. ``terms`` (text index only, see
+        :meth:`TextIndex.ranking <memsdk.stores.text_index.TextIndex.ranking>`) is ``where``
+        again when that filter is only string equalities.
         """
-        where, probe = options.get("where"), options.get("probe")
-        if where is None or probe is not None:
+        where, probe, terms = options.get("where"), options.get("probe"), options.pop("terms", None)
+        if where is None or probe is not None or terms is not None:
             found = self.text_index.ranking(
                 scope_id,
                 query,
                 limit=limit,
                 probe=probe if where is not None else None,
+                terms=terms if where is not None else None,
                 context_weight=options.get("context_weight", CONTEXT_RANK_WEIGHT),
             )
             if found is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -99,10 +99,10 @@ class IndexReads:
 
     def chunk_texts(
         self, ids: np.ndarray | None = None, *, batch: int = 4096
-    ) -> Iterator[list[tuple[int, int, str, str | None]]]:
-        """``(id, scope id, text, context)`` of every chunk, or of the chunks among ``ids``
-        that exist, in id order, ``batch`` rows at a time."""
-        columns = (ChunkRow.id, ChunkRow.scope_id, ChunkRow.text, ChunkRow.context)
+    ) -> Iterator[list[tuple[int, int, str, str | None, dict[str, Any]]]]:
+        """``(id, scope id, text, context, metadata)`` of every chunk, or of the chunks among
+        ``ids`` that exist, in id order, ``batch`` rows at a time."""
+        columns = (ChunkRow.id, ChunkRow.scope_id, ChunkRow.text, ChunkRow.context, ChunkRow.meta)
         if ids is not None:
             for part in _id_batches(ids, batch):
                 with self.reading() as s:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from memsdk import HybridMemory, MemoryConfig, Scope
-from memsdk.filters import compile_filters
+from memsdk.filters import compile_filters, string_terms
 from memsdk.stores import text_index
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_records import NewChunk
@@ -206,6 +206,77 @@ def test_a_filter_is_honoured_or_left_to_sql(tmp_path) -> None:
     sql.close()
 
 
+def test_a_string_filter_is_answered_inside_the_index(tmp_path) -> None:
+    """A filter of string equalities ranks the chunks that pass it where checking the nearest
+    candidates with SQL would have handed the search to SQL, and follows metadata updates."""
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    add(sql, scope_id, [f"timeout {i}" for i in range(5000)])  # ranked first
+    metas = [{"team": f"t{i % 3}", "n": str(i % 2)} for i in range(90)]
+    ids = add(sql, scope_id, [f"request {i} failed with a timeout" for i in range(90)], metas)
+    index = TextIndex(sql, threshold=0)
+    assert index.wait_ready(60)
+
+    def ranked(filters: dict, limit: int = 1000) -> set[int] | None:
+        probe = compile_filters(filters, correlated=True)
+        found = index.ranking(
+            scope_id, "timeout", limit=limit, probe=probe, terms=string_terms(filters)
+        )
+        return None if found is None else set(ids_of(found[0]))
+
+    assert (
+        index.ranking(
+            scope_id, "timeout", limit=10, probe=compile_filters({"team": "t1"}, correlated=True)
+        )
+        is None
+    )  # the 4,096 best candidates hold too few: SQL would rank
+    assert ranked({"team": "t1"}) == set(ids[1::3])
+    assert ranked({"team": {"in": ["t0", "t2"]}, "n": "0"}) == {
+        cid for i, cid in enumerate(ids) if i % 3 != 1 and i % 2 == 0
+    }
+    assert ranked({"team": "t1"}, limit=5) <= set(ids[1::3])
+    assert ranked({"team": "T1"}) == set()  # exact, as SQL compares
+    sql.update_chunk(
+        scope_id,
+        ids[0],
+        text_value=None,
+        content_hash=None,
+        embedding=None,
+        metadata={"team": "t1", "n": "0"},
+    )
+    assert ids[0] in ranked({"team": "t1"})
+    assert ids[0] not in ranked({"team": "t0"})
+    # A value too long to be indexed: the candidates are checked by SQL, as for other filters.
+    assert ranked({"team": "x" * text_index.MAX_META_TERM_BYTES}) is None
+    index.close()
+    sql.close()
+
+
+@pytest.mark.parametrize(
+    ("filters", "terms"),
+    [
+        ({"team": "vpn"}, {"team": ["vpn"]}),
+        (
+            {"team": {"eq": "vpn"}, "kind": {"in": ["log", "code"]}},
+            {"team": ["vpn"], "kind": ["log", "code"]},
+        ),
+        ({"team": {"in": ("a",)}}, {"team": ["a"]}),
+        ({"ticket": 4812}, None),  # a number: SQL compares numbers
+        ({"team": {"in": ["vpn", 1]}}, None),
+        ({"team": {"ne": "vpn"}}, None),
+        ({"team": {"eq": "vpn", "ne": "net"}}, None),
+        ({"OR": [{"team": "vpn"}, {"team": "net"}]}, None),
+        ({"time": "2023-05-01"}, None),  # stored normalised (memsdk/timeline.py)
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_string_terms_are_only_string_equalities(filters, terms) -> None:
+    compile_filters(filters)  # each is a valid filter
+    assert string_terms(filters) == terms
+
+
 def test_search_runs_on_it_past_the_threshold(tmp_path, database) -> None:
     config = MemoryConfig(text_index_threshold=0, weight_memory=False)
     scope = Scope(tenant="acme", user="u1")
@@ -223,3 +294,9 @@ def test_search_runs_on_it_past_the_threshold(tmp_path, database) -> None:
         [hit] = mem.search("scoreboard slot", scope=scope, k=1)
         assert "scoreboard" in hit.text and hit.keyword_rank == 1
         assert IDENTIFIER in mem.search(f"what happened to {IDENTIFIER}", scope=scope, k=1)[0].text
+        mem.add("worker 7 restarted the gateway", scope=scope, metadata={"team": "vpn"})
+        mem.add("worker 8 restarted the gateway", scope=scope, metadata={"team": "net"})
+        for filters in ({"team": "vpn"}, {"team": {"in": ["vpn"]}, "NOT": {"team": "net"}}):
+            hits = mem.search("worker restarted", scope=scope, k=3, filters=filters)
+            assert [h.text for h in hits] == ["worker 7 restarted the gateway"]
+            assert hits[0].keyword_rank == 1
