@@ -80,7 +80,7 @@ def test_the_write_that_crosses_the_threshold_returns_flat_and_the_ivf_follows(r
     assert index.kind == "ivf" and not index.training and index.dirty
     assert index.trained_on == THRESHOLD + 1
     assert 1 <= index.nprobe <= index.nlist
-    assert index.recall >= TARGET_RECALL
+    assert index.recall >= 0.995  # calibrated with a margin over TARGET_RECALL
     assert index.ids().tolist() == ids[: THRESHOLD + 1].tolist()
     index.add(ids[THRESHOLD + 1 :], vectors[THRESHOLD + 1 :])  # later adds go to its lists
     assert index.kind == "ivf" and len(index) == len(ids) and not index.training
