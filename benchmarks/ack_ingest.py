@@ -12,6 +12,8 @@ memory with the embedded defaults (SQLite, FAISS):
 
     python benchmarks/ack_ingest.py                     # weights on and off, ~1 MB of logs
     python benchmarks/ack_ingest.py --catch-up          # also waits for the stages (minutes)
+    python benchmarks/ack_ingest.py --catch-up --replay-mb 100 --weight-memory off
+        # 100 MB of SYNTHETIC replayed logs (notepad_corpus.py) before the four, ~25 min
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from notepad_corpus import replay_sources
+
 from memsdk import HybridMemory, MemoryConfig, Scope
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -31,23 +35,27 @@ SYSTEMS = ("HDFS", "BGL", "Linux", "Mac")  # four systems' 2k-line samples, abou
 BLOCK_ID = re.compile(rb"blk_-?\d+")
 
 
-def run(shared: Path, weights: bool, catch_up: bool) -> dict:
+def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0) -> dict:
     logs = [(s, (shared / "data/loghub" / s / f"{s}_2k.log").read_bytes()) for s in SYSTEMS]
-    total = sum(len(data) for _, data in logs)
     # An identifier from the last HDFS lines: exact search must find it once acknowledged.
     hdfs = dict(logs)["HDFS"]
     needle = BLOCK_ID.findall(hdfs[-2000:])[-1].decode()
+    for source in replay_sources(shared, replay_mb):  # ingested first: the needle stays last
+        source.materialise()
+        logs.insert(-len(SYSTEMS), (source.path.name, source.path.read_bytes()))
+    total = sum(len(data) for _, data in logs)
     scope = Scope(tenant="ack", user="logs")
     config = MemoryConfig(weight_memory=weights)
     with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
         started = time.perf_counter()
-        for system, data in logs:
-            mem.ingest([data], scope=scope, name=f"{system}_2k.log")
+        for name, data in logs:
+            mem.ingest([data], scope=scope, name=name if replay_mb else f"{name}_2k.log")
         acknowledged = time.perf_counter() - started
         hits = mem.search(needle, scope=scope, k=1)
         found = time.perf_counter() - started - acknowledged
         result = {
             "weight_memory": weights,
+            "replayed_mb": replay_mb,
             "bytes": total,
             "acknowledged_s": round(acknowledged, 3),
             "acknowledged_mb_per_s": round(total / acknowledged / 1e6, 3),
@@ -87,8 +95,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--catch-up", action="store_true", help="also time flush()")
+    parser.add_argument(
+        "--replay-mb",
+        type=int,
+        default=0,
+        help="MB of SYNTHETIC replayed logs (notepad_corpus.py, written under "
+        "benchmarks/out/log-replay on first use) ingested before the four samples (default: 0)",
+    )
+    parser.add_argument(
+        "--weight-memory",
+        choices=("both", "off", "on"),
+        default="both",
+        help="run without the weight memory, with it, or both (default: both)",
+    )
     args = parser.parse_args(argv)
-    runs = [run(args.shared, weights, args.catch_up) for weights in (False, True)]
+    choices = {"both": (False, True), "off": (False,), "on": (True,)}[args.weight_memory]
+    runs = [run(args.shared, weights, args.catch_up, args.replay_mb) for weights in choices]
     print(
         json.dumps(
             {
