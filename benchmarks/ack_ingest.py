@@ -4,8 +4,9 @@
 (the background embedding stage) and the weight memory follow. This measures, on a fresh
 memory with the embedded defaults (SQLite, FAISS):
 
-- the acknowledged rate: bytes of real Loghub logs over the wall time of the `ingest` calls,
-  with the stages running behind it on the same cores;
+- the acknowledged rate: bytes of real Loghub logs (four systems' samples, after any replayed
+  logs or prose and code the options add) over the wall time of the `ingest` calls, with the
+  stages running behind it on the same cores;
 - the delay until an exact search finds an identifier from the last lines ingested;
 - with `--catch-up`, the time until each stage (vectors, weights) has nothing left, polled
   through `stats()`: the stages' own pace, which is the lag they report at this volume.
@@ -14,6 +15,8 @@ memory with the embedded defaults (SQLite, FAISS):
     python benchmarks/ack_ingest.py --catch-up          # also waits for the stages (minutes)
     python benchmarks/ack_ingest.py --catch-up --replay-mb 100 --weight-memory off
         # 100 MB of SYNTHETIC replayed logs (notepad_corpus.py) before the four, ~25 min
+    python benchmarks/ack_ingest.py --catch-up --prose-mb 20 --weight-memory off
+        # the first 20 MB of the standard library's code and text before them, ~5 min
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from notepad_corpus import replay_sources
+from notepad_corpus import prose_sources, replay_sources
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 
@@ -35,27 +38,34 @@ SYSTEMS = ("HDFS", "BGL", "Linux", "Mac")  # four systems' 2k-line samples, abou
 BLOCK_ID = re.compile(rb"blk_-?\d+")
 
 
-def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0) -> dict:
-    logs = [(s, (shared / "data/loghub" / s / f"{s}_2k.log").read_bytes()) for s in SYSTEMS]
+def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_mb: int = 0) -> dict:
+    files = [(s, (shared / "data/loghub" / s / f"{s}_2k.log").read_bytes()) for s in SYSTEMS]
     # An identifier from the last HDFS lines: exact search must find it once acknowledged.
-    hdfs = dict(logs)["HDFS"]
+    hdfs = dict(files)["HDFS"]
     needle = BLOCK_ID.findall(hdfs[-2000:])[-1].decode()
     for source in replay_sources(shared, replay_mb):  # ingested first: the needle stays last
         source.materialise()
-        logs.insert(-len(SYSTEMS), (source.path.name, source.path.read_bytes()))
-    total = sum(len(data) for _, data in logs)
+        files.insert(-len(SYSTEMS), (source.path.name, source.path.read_bytes()))
+    prose = 0
+    for source in prose_sources():
+        if prose >= prose_mb * 1_000_000:
+            break
+        files.insert(-len(SYSTEMS), (str(source.path), source.path.read_bytes()))
+        prose += len(files[-len(SYSTEMS) - 1][1])
+    total = sum(len(data) for _, data in files)
     scope = Scope(tenant="ack", user="logs")
     config = MemoryConfig(weight_memory=weights)
     with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
         started = time.perf_counter()
-        for name, data in logs:
-            mem.ingest([data], scope=scope, name=name if replay_mb else f"{name}_2k.log")
+        for name, data in files:
+            mem.ingest([data], scope=scope, name=name if name not in SYSTEMS else f"{name}_2k.log")
         acknowledged = time.perf_counter() - started
         hits = mem.search(needle, scope=scope, k=1)
         found = time.perf_counter() - started - acknowledged
         result = {
             "weight_memory": weights,
             "replayed_mb": replay_mb,
+            "prose_and_code_bytes": prose,
             "bytes": total,
             "acknowledged_s": round(acknowledged, 3),
             "acknowledged_mb_per_s": round(total / acknowledged / 1e6, 3),
@@ -103,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/out/log-replay on first use) ingested before the four samples (default: 0)",
     )
     parser.add_argument(
+        "--prose-mb",
+        type=int,
+        default=0,
+        help="MB of the standard library's code and text (then /usr/share/doc), in "
+        "notepad.py's order, ingested before the four samples (default: 0)",
+    )
+    parser.add_argument(
         "--weight-memory",
         choices=("both", "off", "on"),
         default="both",
@@ -110,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     choices = {"both": (False, True), "off": (False,), "on": (True,)}[args.weight_memory]
-    runs = [run(args.shared, weights, args.catch_up, args.replay_mb) for weights in choices]
+    runs = [
+        run(args.shared, weights, args.catch_up, args.replay_mb, args.prose_mb)
+        for weights in choices
+    ]
     print(
         json.dumps(
             {
