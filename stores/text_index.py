@@ -133,9 +133,11 @@ def _schema() -> tantivy.Schema:
     return builder.build()
 
 
-def meta_term(key: str, value: str) -> str:
-    """The term of a metadata key holding a string (JSON, so no key and value run together)."""
-    return json.dumps([key, value], ensure_ascii=False)
+def meta_term(key: str, value: str) -> str | None:
+    """The term of a metadata key holding a string (JSON, so no key and value run together);
+    None when it is longer than :data:`MAX_META_TERM_BYTES`, so not indexed."""
+    term = json.dumps([key, value], ensure_ascii=False)
+    return term if len(term.encode()) <= MAX_META_TERM_BYTES else None
 
 
 class TextIndex:
@@ -271,10 +273,9 @@ class TextIndex:
             # The text twice, the context once: see the module.
             doc.add_text("words", f"{text}\n{text}\n{context}" if context else f"{text}\n{text}")
             for key, value in (metadata or {}).items():
-                if isinstance(value, str):
-                    term = meta_term(key, value)
-                    if len(term.encode()) <= MAX_META_TERM_BYTES:
-                        doc.add_text("meta", term)
+                term = meta_term(key, value) if isinstance(value, str) else None
+                if term is not None:
+                    doc.add_text("meta", term)
             writer.add_document(doc)
         return len(rows)
 
@@ -376,9 +377,9 @@ class TextIndex:
         when a term is too long to have been indexed."""
         keys = []
         for key, values in terms.items():
-            found = [meta_term(key, value) for value in values]
-            if not found or any(len(t.encode()) > MAX_META_TERM_BYTES for t in found):
-                return None
+            found = [term for value in values if (term := meta_term(key, value)) is not None]
+            if not found or len(found) < len(values):
+                return None  # a term too long to have been indexed
             one_of = [
                 (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "meta", t))
                 for t in found
