@@ -76,7 +76,7 @@ from memsdk.retention import (
     slot_sources,
 )
 from memsdk.shared_parts import shared_model
-from memsdk.stores.background import background_thread
+from memsdk.stores.background import TRAINING_NICE, background_thread
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.weights import WeightDeltas, WeightSnapshots
 from memsdk.worker import Command, closed_error, fail_queued, stop_and_join
@@ -207,7 +207,7 @@ class Consolidator:
         self._accept_lock = threading.Lock()
         self._accepting = True
         self._queue: queue.Queue[Command] = queue.Queue(maxsize=queue_size)
-        self._worker = background_thread(self._run, name="memsdk-consolidation")
+        self._worker = background_thread(self._run, name="memsdk-consolidation", nice=TRAINING_NICE)
         self._worker.start()  # it first resumes what the last session did not absorb
 
     # ---- called by HybridMemory ------------------------------------------------------------
