@@ -273,6 +273,23 @@ def test_order_is_preserved_under_length_batching(
     assert all(len(batch) <= 4 for batch in widths)
 
 
+def test_batches_are_padded_to_a_multiple_of_16_tokens(
+    embedder: MiniLMEmbedder, reference: dict
+) -> None:
+    """Few distinct shapes (each is a cached oneDNN primitive), and the padding is masked:
+    every vector is still the reference's."""
+    widths: list[int] = []
+    hook = embedder.encoder.register_forward_hook(lambda m, args, out: widths.append(out.shape[1]))
+    try:
+        got = embedder.embed(TEXTS, batch_size=3)
+    finally:
+        hook.remove()
+    lengths = {len(embedder.tokenizer.encode(t, max_length=embedder.max_tokens)) for t in TEXTS}
+    assert any(n % 16 for n in lengths)  # so some batch was padded past its longest text
+    assert len(widths) > 1 and all(w % 16 == 0 for w in widths)
+    assert np.abs(got - reference["texts"]).max() <= 1e-5
+
+
 def test_embed_calls_between_between_forward_passes_and_stops_on_its_error(
     embedder: MiniLMEmbedder,
 ) -> None:
