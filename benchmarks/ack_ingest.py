@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_m
         }
         if catch_up:
             result |= catch_up_times(mem, started)
+    # The process's peak so far: with --weight-memory both, the second run's includes the first's.
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return result
 
 
