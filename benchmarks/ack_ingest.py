@@ -51,8 +51,9 @@ def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_m
     for source in prose_sources():
         if prose >= prose_mb * 1_000_000:
             break
-        files.insert(-len(SYSTEMS), (str(source.path), source.path.read_bytes()))
-        prose += len(files[-len(SYSTEMS) - 1][1])
+        data = source.path.read_bytes()
+        files.insert(-len(SYSTEMS), (str(source.path), data))
+        prose += len(data)
     total = sum(len(data) for _, data in files)
     scope = Scope(tenant="ack", user="logs")
     config = MemoryConfig(weight_memory=weights)
