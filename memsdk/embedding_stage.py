@@ -67,8 +67,9 @@ logger = logging.getLogger(__name__)
 FLUSH_POLL_S = 0.25  # how often a flush checks the progress of another process's stage
 
 
-class _LeaseLost(Exception):
-    """Another process took the embedding lease over (this one stalled past ``lease_s``)."""
+class _Dropped(Exception):
+    """The batch in flight is dropped, its chunks left pending: another process took the
+    embedding lease over (this one stalled past ``lease_s``), or the stage is closing."""
 
 
 class EmbeddingStage:
@@ -80,8 +81,8 @@ class EmbeddingStage:
         embed: the embedder's batch call, texts -> (n, dim) unit vectors, calling its keyword
             argument ``between`` between two forward passes
             (:meth:`~memsdk.stores.embedder.MiniLMEmbedder.embed`).
-        batch_chunks: chunks embedded and stored per transaction (bounds memory, the work a
-            kill loses, and how long :meth:`close` waits).
+        batch_chunks: chunks embedded and stored per transaction (bounds memory and the work
+            a kill or a close drops; larger batches sort and pad better).
         share_templates: chunks equal once their variable fields are masked share a vector.
         poll_interval_s: how often an idle worker looks in SQL for pending chunks (written by
             another process, or left by one that was killed).
@@ -95,7 +96,7 @@ class EmbeddingStage:
         notepad: Notepad,
         embed: Callable[..., np.ndarray],
         *,
-        batch_chunks: int = 64,
+        batch_chunks: int = 512,
         share_templates: bool = True,
         poll_interval_s: float = 1.0,
         lease_s: float = 10.0,
@@ -151,12 +152,13 @@ class EmbeddingStage:
             raise command.error
 
     def interrupt(self) -> None:
-        """Stop after the current batch; a flush waiting for it raises MemsdkError."""
+        """Stop at the next forward pass, dropping the batch in flight (its chunks stay
+        pending); a flush waiting for it raises MemsdkError."""
         self._stopping.set()
 
     def close(self) -> None:
-        """Stop after the current batch; what is still pending is embedded after the next
-        open. Safe to call twice and from several threads."""
+        """Stop at the next forward pass, dropping the batch in flight; what is still pending
+        is embedded after the next open. Safe to call twice and from several threads."""
         stop_and_join(self)
         atexit.unregister(self._at_exit)
 
@@ -214,7 +216,7 @@ class EmbeddingStage:
                         break
                     try:
                         vectors = self._vectors(scope_id, [c.text for c in chunks])
-                    except _LeaseLost:
+                    except _Dropped:
                         return left
                     store_vectors(sql, scope_id, chunks, vectors)
                     self.embedded += len(chunks)
@@ -260,16 +262,17 @@ class EmbeddingStage:
         busy machine can take longer than ``lease_s``, and a lapsed lease lets another process
         embed the same chunks. (Calls of 16 texts each, renewed between them, took 10.75 s
         of embedding where one call took 9.8 s on ack_ingest's logs: each slice was sorted
-        and padded on its own.)
+        and padded on its own.) A close is seen there too, so it waits for one forward pass
+        rather than the whole batch.
 
         Raises:
-            _LeaseLost: another process took the lease over meanwhile.
+            _Dropped: another process took the lease over meanwhile, or the stage is closing.
         """
-        return self.embed(texts, between=self._keep_lease)
+        return self.embed(texts, between=self._between_passes)
 
-    def _keep_lease(self) -> None:
-        if not self.lease.keep():
-            raise _LeaseLost
+    def _between_passes(self) -> None:
+        if self._stopping.is_set() or not self.lease.keep():
+            raise _Dropped
 
 
 def _stopper(stage: weakref.ref[EmbeddingStage]) -> Callable[[], None]:

@@ -126,7 +126,7 @@ class HybridMemory:
             self.embedding = EmbeddingStage(
                 self.notepad,
                 self.embedder.embed,
-                batch_chunks=self.config.embed_batch_chunks,
+                batch_chunks=self.config.vector_batch_chunks,
                 share_templates=self.config.share_template_vectors,
                 lease_s=self.config.weights_lease_s,
             )

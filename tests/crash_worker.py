@@ -36,6 +36,7 @@ CONFIG = MemoryConfig(
     index_save_interval_s=0.0,
     weights_save_interval_s=0.0,
     embed_batch_chunks=4,
+    vector_batch_chunks=4,
     weights_batch_chunks=2,
 )
 MAX_SECONDS = 60

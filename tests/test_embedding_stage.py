@@ -129,7 +129,7 @@ KILLED_WRITER = textwrap.dedent(
 
     config = MemoryConfig(
         weight_memory=False,
-        embed_batch_chunks=8,
+        vector_batch_chunks=8,
         share_template_vectors=False,
         weights_lease_s=float(sys.argv[3]),
     )
@@ -199,7 +199,7 @@ SHARING_WRITER = textwrap.dedent(
     from memsdk.stores.vector_backlog import backlog
 
     # A long lease: this test is about which process embeds, not about lapses on a slow day.
-    config = MemoryConfig(weight_memory=False, embed_batch_chunks=8, weights_lease_s=600)
+    config = MemoryConfig(weight_memory=False, vector_batch_chunks=8, weights_lease_s=600)
     mem = HybridMemory.open(sys.argv[1], config=config)
     print("open", flush=True)
     sys.stdin.readline()
@@ -345,6 +345,37 @@ def test_a_holder_that_loses_the_lease_inside_a_batch_stores_none_of_it(tmp_path
         assert sum(b.chunks for b in backlog(sql).values()) == len(sql.all_chunk_ids())
         stage.embed = embed
         sql.release_lease(EMBEDDING_LEASE, other)  # the new holder is done
+        mem.flush()
+        _agree(mem)
+
+
+def test_a_close_drops_the_batch_in_flight_at_its_next_forward_pass(tmp_path, shared) -> None:
+    """A close does not wait for the stage's whole batch (512 chunks by default, seconds of
+    embedding): it stops at the next forward pass, stores none of the batch, and the next
+    open embeds every chunk."""
+    path = _log_tail(shared, tmp_path, 1000)
+    config = MemoryConfig(weight_memory=False, share_template_vectors=False)
+    mem = HybridMemory.open(tmp_path / "m", config=config)
+    stage, passes, first_pass = mem.embedding, [], threading.Event()
+    embed = stage.embed
+
+    def counting(texts: list[str], *, between) -> np.ndarray:
+        def counted() -> None:
+            passes.append(len(texts))
+            first_pass.set()
+            between()
+
+        return embed(texts, between=counted)
+
+    stage.embed = counting
+    chunks = mem.ingest(path, scope=Scope(tenant="ops")).chunks
+    assert chunks > 64  # the batch holds several forward passes
+    assert first_pass.wait(120)
+    mem.close()
+    assert stage.embedded == 0  # the first batch was dropped, not finished
+    assert len(passes) <= 4, passes  # the close was seen at the next pass or so
+    with HybridMemory.open(tmp_path / "m", config=config) as mem:
+        assert backlog(mem.notepad.sql)[1].chunks == chunks
         mem.flush()
         _agree(mem)
 
