@@ -18,6 +18,9 @@ search of a scope holding the whole index), one query at a time, after warm-up; 
 scope (1,000 ids) that takes the exact path. The switch is timed as the product runs it: the
 call that crosses the threshold (it copies the vectors and starts the background training),
 the flat index's search latency while the training runs, and the time until the IVF is in use.
+Then the IVF is saved and loaded as a memory's close and open do, each step's time and how far
+the process's resident memory rose above where it started (peak, and what stayed: the loaded
+copy), beside the file's size.
 
 One JSON line goes to stdout, progress to stderr; ``--out`` also receives the JSON.
 
@@ -37,7 +40,9 @@ import platform
 import random
 import sys
 import sysconfig
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +177,16 @@ def compare(base: np.ndarray, queries: np.ndarray, label: str) -> dict[str, Any]
     exact = top_k(index, queries, ids)
     start = time.perf_counter()
     index.ivf_threshold = n - 1
-    # What the write that crosses the threshold does: copy the vectors, start the training.
-    index.choose_layout()
-    crossing_s = time.perf_counter() - start
-    during = latency_while_training(index, queries, ids)
-    index.wait_for_layout()
+
+    def switch() -> tuple[float, dict[str, Any]]:
+        # What the write that crosses the threshold does: copy the vectors, start the training.
+        index.choose_layout()
+        crossing_s = time.perf_counter() - start
+        during = latency_while_training(index, queries, ids)
+        index.wait_for_layout()
+        return crossing_s, during
+
+    (crossing_s, during), switch_memory = peak_above_start(switch)
     train_s = time.perf_counter() - start
     logger.info(
         "%s: crossing write %.2f s, IVF in use after %.0f s (nprobe %s/%s), flat search "
@@ -201,8 +211,54 @@ def compare(base: np.ndarray, queries: np.ndarray, label: str) -> dict[str, Any]
         "train_and_switch_s": round(train_s, 1),
         "crossing_write_s": round(crossing_s, 3),
         "flat_search_while_training": during,
+        "peak_rss_above_start_during_switch_mb": switch_memory["peak_rss_above_start_mb"],
     }
+    with tempfile.TemporaryDirectory(prefix="memsdk-vector-bench-") as tmp:
+        ivf["disk"] = save_and_load(index, Path(tmp))
+    logger.info("%s: saved and loaded: %s", label, ivf["disk"])
     return {"vectors": n, "flat": flat, "ivf": ivf, "recall_at_10_vs_flat": recall(exact, got)}
+
+
+def _memory_kb() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in _VM}
+
+
+_VM = ("VmRSS", "VmHWM")
+
+
+def peak_above_start(action: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """Run ``action``; its seconds and how far the process's resident memory rose above where
+    it started, at its peak and at the end (Linux: the peak is reset through
+    /proc/self/clear_refs first)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _memory_kb()["VmRSS"]
+    start = time.perf_counter()
+    out = action()
+    seconds = time.perf_counter() - start
+    after = _memory_kb()
+    return out, {
+        "s": round(seconds, 2),
+        "peak_rss_above_start_mb": round((after["VmHWM"] - before) / 1024),
+        "rss_above_start_at_end_mb": round((after["VmRSS"] - before) / 1024),
+    }
+
+
+def save_and_load(index: VectorIndex, directory: Path) -> dict[str, Any]:
+    """The index written to disk and read back as a memory's open does, each step's time and
+    resident memory."""
+    path = directory / "notepad.faiss"
+    index.dirty = True
+    _, save = peak_above_start(lambda: index.save(path))
+    loaded, load = peak_above_start(
+        lambda: VectorIndex.load(path, dim=index.dim, ivf_threshold=index.ivf_threshold)
+    )
+    file_mb = round(path.stat().st_size / 2**20)
+    assert len(loaded) == len(index)
+    del loaded
+    path.unlink()
+    return {"file_mb": file_mb, "save": save, "load": load}
 
 
 def synthetic(real: np.ndarray, size: int, noise: float) -> np.ndarray:

@@ -10,13 +10,21 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from memsdk.errors import StorageError
 
-__all__ = ["atomic_write_bytes", "fsync_directory", "process_running", "remove_stale_temp_files"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_writer",
+    "fsync_directory",
+    "process_running",
+    "remove_stale_temp_files",
+]
 
-# The temp files of atomic_write_bytes: ".<name>.<pid>.<8 hex>.tmp".
+# The temp files of atomic_writer: ".<name>.<pid>.<8 hex>.tmp".
 _TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
 
 
@@ -41,11 +49,25 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     Raises:
         StorageError: the write failed (disk full, permissions); ``path`` is left as it was.
     """
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content into, in pieces (seekable, so a header can be
+    filled in last), made ``path`` atomically when the block ends without an error: temp file
+    in the same folder, fsync, ``os.replace``. For content too large to hold twice in memory.
+
+    Raises:
+        StorageError: the write failed (disk full, permissions); ``path`` is left as it was.
+            What the block raises propagates the same way, the temp file removed.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # see _TEMP
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -58,12 +58,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
 
 from memsdk.errors import IndexCorruptedError, InputError
-from memsdk.files import atomic_write_bytes
+from memsdk.files import atomic_writer
 from memsdk.stores.background import background_thread
 
 __all__ = ["EXACT_SEARCH_LIMIT", "INDEX_NAME", "IVF_THRESHOLD", "TARGET_RECALL", "VectorIndex"]
@@ -90,6 +91,7 @@ _TRAIN_PER_LIST = 40  # FAISS asks for at least 39 training points per list
 _RETRAIN_GROWTH = 4  # retrain once the index holds this many times what it was trained at
 _SEED = 1234
 _ADD_BLOCK = 1 << 16  # vectors added to a new IVF index between two checks for abandonment
+_READ_BLOCK = 1 << 20  # bytes of an index file hashed at a time
 # Changes made during a training replayed under the lock at the swap; more are replayed first
 # in rounds outside it (adding 100k vectors to a 4,000-list IVF takes seconds).
 _REPLAY_UNDER_LOCK = 4096
@@ -132,6 +134,17 @@ def _lists(index: faiss.IndexIVFFlat) -> tuple[np.ndarray, np.ndarray]:
     if not ids:
         return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
     return np.concatenate(ids).astype(np.int64, copy=False), np.concatenate(vectors)
+
+
+def _list_ids(index: faiss.IndexIVFFlat) -> np.ndarray:
+    """Every id of an IVF index, (n,) int64, without copying its vectors."""
+    invlists = index.invlists
+    ids = [
+        faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+        for lst in range(index.nlist)
+        if invlists.list_size(lst)
+    ]
+    return np.concatenate(ids).astype(np.int64, copy=False) if ids else np.empty(0, np.int64)
 
 
 def _recall_at_k(
@@ -240,6 +253,53 @@ def _replay(
         index.add_with_ids(vectors, held)
 
 
+def _read_header(f: BinaryIO, path: Path, hint: str) -> tuple[int, int, str, int, float | None]:
+    """Check an index file's header and its payload's checksum, reading the payload in blocks
+    (never the whole file in memory), and leave ``f`` at the start of the FAISS bytes: returns
+    its version, ``synced_to``, the memory's identity, and the IVF's training size and recall.
+
+    Raises:
+        IndexCorruptedError: a truncated, forged or altered file, or another format version.
+    """
+    head = f.read(_HEADER.size)
+    if len(head) < _HEADER_V1.size:
+        raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
+    magic, version, synced_to, digest = _HEADER_V1.unpack_from(head)
+    if magic != _MAGIC:
+        raise IndexCorruptedError(f"{path} is not a memsdk vector index: {hint}")
+    if version not in (1, _VERSION, _VERSION_IVF):
+        raise IndexCorruptedError(
+            f"vector index {path} has format version {version}, expected {_VERSION_IVF} "
+            f"or older: {hint}"
+        )
+    identity = ""
+    start = _HEADER_V1.size
+    if version >= 2:
+        if len(head) < _HEADER.size:
+            raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
+        raw_id = _HEADER.unpack_from(head)[4]
+        identity = uuid.UUID(bytes=raw_id).hex if any(raw_id) else ""
+        start = _HEADER.size
+    # The checksum is verified before FAISS parses a byte: a forged file never reaches its
+    # C++ reader.
+    f.seek(start)
+    payload = hashlib.sha256()
+    while block := f.read(_READ_BLOCK):
+        payload.update(block)
+    if payload.digest() != digest:
+        raise IndexCorruptedError(
+            f"vector index {path} fails its checksum (truncated or altered): {hint}"
+        )
+    f.seek(start)
+    trained_on, recall = 0, None
+    if version == _VERSION_IVF:
+        meta = f.read(_IVF_META.size)
+        if len(meta) < _IVF_META.size:
+            raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
+        trained_on, recall = _IVF_META.unpack(meta)
+    return version, synced_to, identity, trained_on, recall
+
+
 class VectorIndex:
     """A thread-safe FAISS index keyed by chunk id: flat up to ``ivf_threshold`` vectors, IVF
     past it (see the module docstring).
@@ -298,21 +358,35 @@ class VectorIndex:
     # ---- persistence -------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to ``path`` atomically (temp file, fsync, rename)."""
-        with self._lock:
-            payload = faiss.serialize_index(self._index).tobytes()
-            if self.kind == "ivf":
-                payload = _IVF_META.pack(self.trained_on, self.recall or 0.0) + payload
-                version = _VERSION_IVF
-            else:
-                version = _VERSION
-            synced_to = self.synced_to
-            self.dirty = False
+        """Write the index to ``path`` atomically (temp file, fsync, rename).
+
+        FAISS writes straight into the temp file, hashed as it goes, and the header (which
+        holds the hash) is filled in last: serialised in memory first, a million vectors took
+        the 1.5 GB index twice more over (``benchmarks/vector_index.py``'s peak RSS).
+        """
         identity = uuid.UUID(hex=self.memory_id).bytes if self.memory_id else bytes(16)
-        header = _HEADER.pack(
-            _MAGIC, version, synced_to, hashlib.sha256(payload).digest(), identity
-        )
-        atomic_write_bytes(path, header + payload)
+        digest = hashlib.sha256()
+        with atomic_writer(path) as f:
+            f.write(bytes(_HEADER.size))
+
+            def write(piece: bytes) -> int:
+                digest.update(piece)
+                return f.write(piece)
+
+            with self._lock:
+                if self.kind == "ivf":
+                    write(_IVF_META.pack(self.trained_on, self.recall or 0.0))
+                    version = _VERSION_IVF
+                else:
+                    version = _VERSION
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
+                synced_to, self.dirty = self.synced_to, False
+            try:
+                f.seek(0)
+                f.write(_HEADER.pack(_MAGIC, version, synced_to, digest.digest(), identity))
+            except BaseException:
+                self.dirty = True  # not saved after all
+                raise
 
     @classmethod
     def load(
@@ -334,42 +408,18 @@ class VectorIndex:
         path = Path(path)
         hint = _rebuild_hint(path.parent)
         try:
-            blob = path.read_bytes()
+            f = open(path, "rb")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise IndexCorruptedError(f"vector index {path} is missing: {hint}") from None
-        if len(blob) < _HEADER_V1.size:
-            raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
-        magic, version, synced_to, digest = _HEADER_V1.unpack_from(blob)
-        if magic != _MAGIC:
-            raise IndexCorruptedError(f"{path} is not a memsdk vector index: {hint}")
-        if version not in (1, _VERSION, _VERSION_IVF):
-            raise IndexCorruptedError(
-                f"vector index {path} has format version {version}, expected {_VERSION_IVF} "
-                f"or older: {hint}"
-            )
-        identity = ""
-        start = _HEADER_V1.size
-        if version >= 2:
-            if len(blob) < _HEADER.size:
-                raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
-            raw_id = _HEADER.unpack_from(blob)[4]
-            identity = uuid.UUID(bytes=raw_id).hex if any(raw_id) else ""
-            start = _HEADER.size
-        payload = blob[start:]
-        if hashlib.sha256(payload).digest() != digest:
-            raise IndexCorruptedError(
-                f"vector index {path} fails its checksum (truncated or altered): {hint}"
-            )
-        trained_on, recall = 0, None
-        if version == _VERSION_IVF:
-            if len(payload) < _IVF_META.size:
-                raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
-            trained_on, recall = _IVF_META.unpack_from(payload)
-            payload = payload[_IVF_META.size :]
-        try:
-            index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
-        except RuntimeError as e:
-            raise IndexCorruptedError(f"vector index {path} cannot be read ({e}): {hint}") from None
+        with f:
+            version, synced_to, identity, trained_on, recall = _read_header(f, path, hint)
+            try:
+                # Parsed from the file in pieces, not from a copy of it in memory.
+                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+            except RuntimeError as e:
+                raise IndexCorruptedError(
+                    f"vector index {path} cannot be read ({e}): {hint}"
+                ) from None
         expected = faiss.IndexIVFFlat if version == _VERSION_IVF else faiss.IndexIDMap2
         if (
             not isinstance(index, expected)
@@ -390,7 +440,7 @@ class VectorIndex:
             if index.direct_map.type != faiss.DirectMap.Hashtable:
                 index.set_direct_map_type(faiss.DirectMap.Hashtable)
             out.trained_on, out.recall = int(trained_on), float(recall)
-            ids = _lists(index)[0]
+            ids = _list_ids(index)
         else:
             ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
         out._mark(ids, True)

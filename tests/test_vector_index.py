@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import uuid
 
+import faiss
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ from memsdk.errors import IndexCorruptedError
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import NewChunk
-from memsdk.stores.vector_index import TARGET_RECALL, VectorIndex
+from memsdk.stores.vector_index import _HEADER, _IVF_META, TARGET_RECALL, VectorIndex
 
 THRESHOLD = 600
 K = 10
@@ -228,6 +230,61 @@ def test_save_and_load_keep_the_ivf_index_and_its_measurement(real, tmp_path) ->
     path.write_bytes(bytes(blob))
     with pytest.raises(IndexCorruptedError, match="fails its checksum"):
         VectorIndex.load(path, dim=384)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_the_file_written_in_pieces_is_the_format_older_releases_read(real, tmp_path, kind) -> None:
+    """save() lets FAISS write into the file and fills the header in last; the bytes are
+    still exactly the documented layout (header, checksum of the payload, the IVF's figures,
+    FAISS's serialisation), so a release that reads the file whole reads it too."""
+    n = 900 if kind == "ivf" else 300
+    index, _ = _ivf(real, n=n)
+    assert index.kind == kind
+    index.synced_to, index.memory_id = 42, uuid.uuid4().hex
+    path = tmp_path / "notepad.faiss"
+    index.save(path)
+    payload = faiss.serialize_index(index._index).tobytes()
+    version = 2
+    if kind == "ivf":
+        payload = _IVF_META.pack(index.trained_on, index.recall) + payload
+        version = 3
+    digest = hashlib.sha256(payload).digest()
+    identity = uuid.UUID(hex=index.memory_id).bytes
+    assert path.read_bytes() == _HEADER.pack(b"MEMSDKIX", version, 42, digest, identity) + payload
+    assert not index.dirty
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("header cut", "is truncated"),
+        ("payload cut", "fails its checksum"),
+        ("forged with its checksum", "cannot be read"),
+        ("removed", "is missing"),
+    ],
+)
+def test_a_damaged_index_file_is_refused_with_the_rebuild_command(
+    real, tmp_path, damage, message
+) -> None:
+    index, _ = _ivf(real, n=900)
+    path = tmp_path / "notepad.faiss"
+    index.save(path)
+    blob = path.read_bytes()
+    if damage == "header cut":
+        path.write_bytes(blob[:20])
+    elif damage == "payload cut":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "forged with its checksum":
+        # Passes the checksum, so it reaches FAISS's reader, which refuses it.
+        payload = _IVF_META.pack(900, 0.99) + b"not a FAISS index" * 8
+        header = _HEADER.pack(b"MEMSDKIX", 3, 0, hashlib.sha256(payload).digest(), bytes(16))
+        path.write_bytes(header + payload)
+    else:
+        path.unlink()
+    with pytest.raises(IndexCorruptedError, match=message) as exc:
+        VectorIndex.load(path, dim=384)
+    assert "memsdk rebuild-index --memory" in str(exc.value)
 
 
 def test_a_flat_file_past_the_threshold_loads_as_ivf(real, tmp_path) -> None:
