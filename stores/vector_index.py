@@ -27,10 +27,14 @@ open that loaded a large flat file), with every search waiting on the index lock
 Now that write only copies the vectors (the flat storage is a view that later adds may
 reallocate, and removes compact it) and starts one named daemon thread per index, which trains
 on the copy while the current index keeps serving searches and taking adds and removes; each
-change made meanwhile logs its ids. When the new index is ready, the thread replays the logged
-ids into it (the vectors the current index holds for them now, or their absence), in rounds
-outside the lock while many came in, the last round under the lock, and then swaps it in and
-marks the index dirty, so the next save writes it. One training runs at a time; a training
+change made meanwhile logs its ids. The copy is made in blocks (an IVF's lists, 65,536 rows of
+a flat index), each freed once the new index holds it, and the recall is measured on the new
+index's own lists: the process never holds the copy and the new index whole at once, so a
+training costs one more copy of the vectors, not two (1.5 GB each at 1M). When the new
+index is ready, the thread replays the logged ids into it (the vectors the current index
+holds for them now, or their absence), in rounds outside the lock while many came in, the
+last round under the lock, and then swaps it in and marks the index dirty, so the next save
+writes it. One training runs at a time; a training
 abandoned meanwhile (:meth:`VectorIndex.abandon_layout`: a close, or a rebuild that replaced
 the index) drops its result at its next step. :meth:`VectorIndex.wait_for_layout` waits for
 it (a flush, a rebuild, the benchmarks). Until the swap the saved file is the flat one, so a
@@ -120,20 +124,43 @@ def _rebuild_hint(directory: Path) -> str:
     return f"rebuild it from the database with: memsdk rebuild-index --memory {directory}"
 
 
-def _lists(index: faiss.IndexIVFFlat) -> tuple[np.ndarray, np.ndarray]:
-    """Every (id, vector) of an IVF index, list by list: (n,) int64 and (n, dim) float32."""
-    invlists = index.invlists
-    ids, vectors = [], []
-    for lst in range(index.nlist):
-        size = invlists.list_size(lst)
-        if size == 0:
-            continue
-        ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
-        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
-        vectors.append(np.frombuffer(codes, dtype=np.float32).reshape(size, index.d).copy())
-    if not ids:
-        return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
-    return np.concatenate(ids).astype(np.int64, copy=False), np.concatenate(vectors)
+Blocks = list[tuple[np.ndarray, np.ndarray]]  # (ids (m,) int64, vectors (m, dim) float32)
+
+
+def _snapshot(index: faiss.Index, dim: int) -> Blocks:
+    """A copy of every (id, vector) of a flat or IVF index, in blocks (an IVF's lists, or
+    :data:`_ADD_BLOCK` rows of a flat one) that the training frees one by one as it adds them
+    to the new index: it never holds the copy and the new index whole at once."""
+    if isinstance(index, faiss.IndexIVFFlat):
+        invlists, blocks = index.invlists, []
+        for lst in range(index.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).astype(np.int64)
+                codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
+                blocks.append((ids, np.frombuffer(codes, np.float32).reshape(size, dim).copy()))
+        return blocks
+    flat = faiss.downcast_index(index.index)
+    n = int(flat.ntotal)
+    # Copied: the flat storage is a view that later adds may reallocate and removes compact.
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    return [
+        (ids[at : at + _ADD_BLOCK], vectors[at : at + _ADD_BLOCK].copy())
+        for at in range(0, n, _ADD_BLOCK)
+    ]
+
+
+def _rows(blocks: Blocks, positions: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors at sorted ``positions`` of the blocks taken end to end, (len, dim)."""
+    out = np.empty((len(positions), dim), np.float32)
+    start = row = 0
+    for _, vectors in blocks:
+        end = start + len(vectors)
+        inside = positions[(positions >= start) & (positions < end)]
+        out[row : row + len(inside)] = vectors[inside - start]
+        row, start = row + len(inside), end
+    return out
 
 
 def _list_ids(index: faiss.IndexIVFFlat) -> np.ndarray:
@@ -165,29 +192,32 @@ def _recall_at_k(
 
 
 def _exact_kth_scores(
-    vectors: np.ndarray, queries: np.ndarray, left_out: list[np.ndarray]
+    index: faiss.IndexIVFFlat, queries: np.ndarray, own_lists: np.ndarray
 ) -> np.ndarray:
-    """(q,) the exact k-th best inner product of each query over ``vectors`` (n, dim), the
-    positions ``left_out[row]`` excluded; read in blocks so no (q, n) matrix is held."""
+    """(q,) the exact k-th best inner product of each query over every vector of ``index``
+    but those of its own list ``own_lists[row]``, read list by list from the index itself (no
+    copy of the vectors is held)."""
+    invlists = index.invlists
     best = np.full((len(queries), _RECALL_K), -np.inf, dtype=np.float32)
-    block = 1 << 16
-    for start in range(0, len(vectors), block):
-        scores = queries @ vectors[start : start + block].T  # (q, block)
-        for row, positions in enumerate(left_out):
-            inside = positions[(positions >= start) & (positions < start + block)]
-            scores[row, inside - start] = -np.inf
+    for lst in range(index.nlist):
+        size = invlists.list_size(lst)
+        if size == 0:
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
+        scores = queries @ np.frombuffer(codes, np.float32).reshape(size, index.d).T  # (q, size)
+        scores[own_lists == lst] = -np.inf
         merged = np.concatenate([best, scores], axis=1)
         best = -np.partition(-merged, _RECALL_K - 1, axis=1)[:, :_RECALL_K]
     return best.min(axis=1)
 
 
 def _train_ivf(
-    ids: np.ndarray, vectors: np.ndarray, dim: int, *, abandoned: Callable[[], bool]
+    blocks: Blocks, dim: int, *, abandoned: Callable[[], bool]
 ) -> tuple[faiss.IndexIVFFlat, int, float]:
-    """An ``IndexIVFFlat`` holding ``vectors`` under ``ids``, with ``nprobe`` set to the
-    smallest that reaches :data:`_CALIBRATION_RECALL`; returns it, ``nprobe`` and that recall.
-    ``abandoned()`` is checked between steps (k-means itself cannot be stopped), raising
-    :class:`_Abandoned`.
+    """An ``IndexIVFFlat`` holding the vectors of ``blocks`` (emptied as they are added),
+    with ``nprobe`` set to the smallest that reaches :data:`_CALIBRATION_RECALL`; returns it,
+    ``nprobe`` and that recall. ``abandoned()`` is checked between steps (k-means itself
+    cannot be stopped), raising :class:`_Abandoned`.
 
     The queries are stored vectors (a seeded sample), each searched with its whole list left
     out, in both the exact and the probed ranking. Left in, a stored vector finds its near
@@ -197,7 +227,7 @@ def _train_ivf(
     own list a query is such a stranger, and the first probe is spent on the empty list, so
     the measure errs on the safe side.
     """
-    n = len(ids)
+    n = sum(len(ids) for ids, _ in blocks)
     rng = np.random.default_rng(_SEED)
     nlist = max(1, min(n // _TRAIN_PER_LIST, round(4 * math.sqrt(n))))
     quantizer = faiss.IndexFlatIP(dim)
@@ -206,28 +236,30 @@ def _train_ivf(
     index.cp.seed = _SEED
     index.cp.spherical = True  # unit-norm centroids for inner product on unit vectors
     sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
-    index.train(np.ascontiguousarray(vectors[sample]))
+    index.train(_rows(blocks, sample, dim))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    for start in range(0, n, _ADD_BLOCK):
+    queries = _rows(blocks, np.sort(rng.choice(n, size=min(n, _RECALL_QUERIES))), dim)
+    blocks.reverse()  # popped from the end: added in their order
+    while blocks:
         if abandoned():
             raise _Abandoned
-        index.add_with_ids(vectors[start : start + _ADD_BLOCK], ids[start : start + _ADD_BLOCK])
-    queries = np.ascontiguousarray(vectors[rng.choice(n, size=min(n, _RECALL_QUERIES))])
-    lists = quantizer.search(queries, 1)[1][:, 0]
-    order = np.argsort(ids)
-    left_out_ids, left_out_positions = [], []
-    for lst in lists:
-        size = index.invlists.list_size(int(lst))
-        held = faiss.rev_swig_ptr(index.invlists.get_ids(int(lst)), size).astype(np.int64)
-        left_out_ids.append(held)
-        left_out_positions.append(order[np.searchsorted(ids, held, sorter=order)])
-    truth = _exact_kth_scores(vectors, queries, left_out_positions)
+        ids, vectors = blocks.pop()
+        index.add_with_ids(vectors, ids)
+        del ids, vectors  # the copy shrinks as the new index grows
+    own_lists = quantizer.search(queries, 1)[1][:, 0]
+    left_out = [
+        faiss.rev_swig_ptr(
+            index.invlists.get_ids(int(lst)), index.invlists.list_size(int(lst))
+        ).astype(np.int64)
+        for lst in own_lists
+    ]
+    truth = _exact_kth_scores(index, queries, own_lists)
 
     def recall(nprobe: int) -> float:
         if abandoned():
             raise _Abandoned
         index.nprobe = nprobe
-        return _recall_at_k(index, queries, left_out_ids, truth)
+        return _recall_at_k(index, queries, left_out, truth)
 
     # Doubling finds a bracket, bisection the smallest nprobe inside it.
     low, high = 0, 1
@@ -509,37 +541,29 @@ class VectorIndex:
             self._changes = None
 
     def _start_training(self) -> None:
-        """Snapshot every vector (a copy) and train on it in a new thread. Under the lock."""
-        if self.kind == "flat":
-            flat = faiss.downcast_index(self._index.index)
-            n = int(flat.ntotal)
-            # Copied: the flat storage is a view that later adds may reallocate and removes
-            # compact.
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim).copy()
-            ids = faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
-        else:
-            ids, vectors = _lists(self._index)
+        """Snapshot every vector (a copy, in blocks) and train on it in a new thread. Under
+        the lock."""
+        blocks = _snapshot(self._index, self.dim)
+        n = sum(len(ids) for ids, _ in blocks)
         self._changes = []
         self._training = background_thread(
             self._train,
-            # In a list the thread empties, so the copy is freed once the index is built.
-            args=([(ids, vectors)], self._generation),
+            # The thread empties the list as it builds the new index.
+            args=(blocks, n, self._generation),
             name="memsdk-ivf-training",
         )
-        logger.info("training an IVF index on %d vectors in the background", len(ids))
+        logger.info("training an IVF index on %d vectors in the background", n)
         self._training.start()
 
-    def _train(self, snapshot: list[tuple[np.ndarray, np.ndarray]], generation: int) -> None:
+    def _train(self, blocks: Blocks, n: int, generation: int) -> None:
         """The training thread: train on the snapshot, catch up with the changes, swap in."""
         started = time.perf_counter()
-        ids, vectors = snapshot.pop()
         try:
             index, nprobe, recall = _train_ivf(
-                ids, vectors, self.dim, abandoned=lambda: self._generation != generation
+                blocks, self.dim, abandoned=lambda: self._generation != generation
             )
             index.nprobe = nprobe
-            del vectors
-            if self._swap_in(index, len(ids), recall, generation):
+            if self._swap_in(index, n, recall, generation):
                 logger.info(
                     "IVF index of %d lists (nprobe %d, recall@10 %.3f) in use after %.1f s",
                     index.nlist,
@@ -551,11 +575,12 @@ class VectorIndex:
             logger.info("IVF training abandoned (index closed or replaced)")
         except Exception:
             # The flat (or older IVF) index keeps serving; retried once it has doubled.
-            logger.exception("training an IVF index on %d vectors failed", len(ids))
+            logger.exception("training an IVF index on %d vectors failed", n)
             with self._lock:
                 if self._generation == generation:
-                    self._failed_at = len(ids)
+                    self._failed_at = n
         finally:
+            blocks.clear()
             with self._lock:
                 if self._training is threading.current_thread():
                     self._training = None
