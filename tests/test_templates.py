@@ -131,3 +131,21 @@ def test_template_vectors_remember_a_bounded_number(log_memory) -> None:
     again = shared.vectors([DIFFERENT[3], SAME[0][0], SAME[0][1]])
     np.testing.assert_array_equal(again[2], again[1])
     assert (shared.chunks, shared.embedded) == (9, 7)
+
+
+def test_remembered_vectors_stay_with_their_template_as_the_store_grows(log_memory) -> None:
+    """150 templates, remembered ten calls at a time (the store grows from 64 rows by
+    doubling): asked for again, each comes back from the store, not the embedder, as the
+    vector first computed for it within float16's rounding, of unit norm."""
+    embedder = log_memory.embedder
+    names = [chr(97 + i // 26) + chr(97 + i % 26) for i in range(150)]
+    texts = [f"worker {name} lost its lease and stopped" for name in names]
+    shared = TemplateVectors(embedder.embed, capacity=1000)
+    first = np.concatenate([shared.vectors(texts[i : i + 10]) for i in range(0, 150, 10)])
+    assert shared.embedded == 150
+    again = shared.vectors(texts)
+    assert (shared.chunks, shared.embedded) == (300, 150)
+    np.testing.assert_allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-6)
+    assert np.abs(again - first).max() < 1e-3
+    # Another template's vector would be further off than that.
+    assert np.abs(first[1:] - first[:-1]).max(axis=1).min() > 1e-2
