@@ -29,14 +29,14 @@ reallocate, and removes compact it) and starts one named daemon thread per index
 on the copy while the current index keeps serving searches and taking adds and removes; each
 change made meanwhile logs its ids. The copy is made in blocks (an IVF's lists, 65,536 rows of
 a flat index), each freed once the new index holds it, and the recall is measured on the new
-index's own lists: the process never holds the copy and the new index whole at once, so a
-training costs one more copy of the vectors, not two (1.5 GB each at 1M). When the new
-index is ready, the thread replays the logged ids into it (the vectors the current index
-holds for them now, or their absence), in rounds outside the lock while many came in, the
-last round under the lock, and then swaps it in and marks the index dirty, so the next save
-writes it. One training runs at a time; a training
-abandoned meanwhile (:meth:`VectorIndex.abandon_layout`: a close, or a rebuild that replaced
-the index) drops its result at its next step. :meth:`VectorIndex.wait_for_layout` waits for
+index's own lists: the process never holds the copy and the new index whole at once. At
+400,000 vectors (585 MB) a retraining peaked 1,247 MB above its start, where it took 2,375.
+When the new index is ready, the thread replays the logged ids into it (the vectors the
+current index holds for them now, or their absence), in rounds outside the lock while many
+came in, the last round under the lock, and then swaps it in and marks the index dirty, so
+the next save writes it. One training runs at a time; a training abandoned meanwhile
+(:meth:`VectorIndex.abandon_layout`: a close, or a rebuild that replaced the index) drops its
+result at its next step. :meth:`VectorIndex.wait_for_layout` waits for
 it (a flush, a rebuild, the benchmarks). Until the swap the saved file is the flat one, so a
 crash or a close mid-training loses nothing: the next open trains again.
 
@@ -126,7 +126,7 @@ def _return_freed_memory() -> None:
     """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing where
     there is none). A replaced index is freed into the C heap, which glibc keeps: after an IVF
     retraining at 400,000 vectors the process still held 1,012 MB more than before it, and
-    -46 MB after a trim (``benchmarks/README.md``, ``vector_index.py``)."""
+    83 MB less with this trim (``benchmarks/README.md``, ``vector_index.py``)."""
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
         try:
@@ -414,31 +414,33 @@ class VectorIndex:
 
         FAISS writes straight into the temp file, hashed as it goes, and the header (which
         holds the hash) is filled in last: serialised in memory first, a million vectors took
-        the 1.5 GB index twice more over (``benchmarks/vector_index.py``'s peak RSS).
+        the 1.5 GB index twice more over (``benchmarks/vector_index.py``'s peak RSS). The
+        writing holds the index lock, as the serialising did (the save took 2.0 s at 1M
+        vectors, fsync included, which runs after the lock is let go).
         """
         identity = uuid.UUID(hex=self.memory_id).bytes if self.memory_id else bytes(16)
         digest = hashlib.sha256()
-        with atomic_writer(path) as f:
-            f.write(bytes(_HEADER.size))
+        try:
+            with atomic_writer(path) as f:
+                f.write(bytes(_HEADER.size))
 
-            def write(piece: bytes) -> int:
-                digest.update(piece)
-                return f.write(piece)
+                def write(piece: bytes) -> int:
+                    digest.update(piece)
+                    return f.write(piece)
 
-            with self._lock:
-                if self.kind == "ivf":
-                    write(_IVF_META.pack(self.trained_on, self.recall or 0.0))
-                    version = _VERSION_IVF
-                else:
-                    version = _VERSION
-                faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
-                synced_to, self.dirty = self.synced_to, False
-            try:
+                with self._lock:
+                    if self.kind == "ivf":
+                        write(_IVF_META.pack(self.trained_on, self.recall or 0.0))
+                        version = _VERSION_IVF
+                    else:
+                        version = _VERSION
+                    faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
+                    synced_to, self.dirty = self.synced_to, False
                 f.seek(0)
                 f.write(_HEADER.pack(_MAGIC, version, synced_to, digest.digest(), identity))
-            except BaseException:
-                self.dirty = True  # not saved after all
-                raise
+        except BaseException:
+            self.dirty = True  # not saved after all: the next save tries again
+            raise
 
     @classmethod
     def load(

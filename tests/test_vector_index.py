@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from memsdk import HybridMemory, MemoryConfig
-from memsdk.errors import IndexCorruptedError
+from memsdk.errors import IndexCorruptedError, StorageError
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import NewChunk
@@ -253,6 +253,24 @@ def test_the_file_written_in_pieces_is_the_format_older_releases_read(real, tmp_
     assert path.read_bytes() == _HEADER.pack(b"MEMSDKIX", version, 42, digest, identity) + payload
     assert not index.dirty
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_a_save_that_fails_leaves_the_index_to_be_saved_again(real, tmp_path) -> None:
+    """The bytes are written, but the rename that makes them the file fails (a directory
+    holds the name): the error names the file, no temp file stays, and the index stays dirty,
+    so the next save writes it."""
+    index, _ = _ivf(real, n=300)
+    assert index.dirty
+    blocked = tmp_path / "blocked" / "notepad.faiss"
+    blocked.mkdir(parents=True)
+    (blocked / "something").write_text("a directory where the index file should be")
+    with pytest.raises(StorageError, match=r"cannot write .*notepad\.faiss"):
+        index.save(blocked)
+    assert index.dirty
+    assert sorted(p.name for p in blocked.parent.iterdir()) == ["notepad.faiss"]
+    index.save(tmp_path / "notepad.faiss")
+    assert not index.dirty
+    assert len(VectorIndex.load(tmp_path / "notepad.faiss", dim=384)) == 300
 
 
 @pytest.mark.parametrize(
