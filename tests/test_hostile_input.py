@@ -562,6 +562,9 @@ def test_the_readme_salvage_of_a_damaged_database_works(memory_to_damage, tmp_pa
         assert all(i.metadata == {"team": "net"} for i in items)
         assert mem.search(items[0].text.split(":")[0], scope=SCOPE, k=1)[0].id == items[0].id
         assert mem.add("written after the repair", scope=SCOPE).ids
+        # The memory was closed while its stage still embedded (a close drops the batch in
+        # flight), so salvaged chunks may wait for their vectors: the reopened stage embeds them.
+        mem.flush()
         assert set(mem.notepad.sql.all_chunk_ids().tolist()) == set(
             mem.notepad.index.ids().tolist()
         )
