@@ -29,17 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from resident import resident_kb
+
 from memsdk import HybridMemory, MemoryConfig
 
 logger = logging.getLogger("benchmarks.catch_up")
-
-
-def _rss_mb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 def _lag(mem: HybridMemory) -> tuple[int, int]:
@@ -63,7 +57,7 @@ def catch_up(memory: Path, poll_s: float) -> dict:
                     "s": round(now, 1),
                     "pending_chunks": left_chunks,
                     "pending_mb": round(left_bytes / 1e6, 2),
-                    "rss_mb": _rss_mb(),
+                    "rss_mb": resident_kb()["VmRSS"] // 1024,
                     "index": mem.notepad.index.kind,
                 }
             )

@@ -42,13 +42,13 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 import torch
+from resident import peak_above_start
 
 from memsdk.chunking import chunk_stream
 from memsdk.stores.embedder import MiniLMEmbedder
@@ -217,32 +217,6 @@ def compare(base: np.ndarray, queries: np.ndarray, label: str) -> dict[str, Any]
         ivf["disk"] = save_and_load(index, Path(tmp))
     logger.info("%s: saved and loaded: %s", label, ivf["disk"])
     return {"vectors": n, "flat": flat, "ivf": ivf, "recall_at_10_vs_flat": recall(exact, got)}
-
-
-def _memory_kb() -> dict[str, int]:
-    with open("/proc/self/status") as f:
-        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in _VM}
-
-
-_VM = ("VmRSS", "VmHWM")
-
-
-def peak_above_start(action: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-    """Run ``action``; its seconds and how far the process's resident memory rose above where
-    it started, at its peak and at the end (Linux: the peak is reset through
-    /proc/self/clear_refs first)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _memory_kb()["VmRSS"]
-    start = time.perf_counter()
-    out = action()
-    seconds = time.perf_counter() - start
-    after = _memory_kb()
-    return out, {
-        "s": round(seconds, 2),
-        "peak_rss_above_start_mb": round((after["VmHWM"] - before) / 1024),
-        "rss_above_start_at_end_mb": round((after["VmRSS"] - before) / 1024),
-    }
 
 
 def save_and_load(index: VectorIndex, directory: Path) -> dict[str, Any]:
