@@ -14,7 +14,8 @@ search and kept by :meth:`Notepad.sync` from the same history events as the inde
 scope's allowed ids are one comparison over it. A metadata filter first checks the nearest
 candidates of the scope against SQL, one index probe each (``compile_filters(correlated=True)``),
 and lists the filter's ids only when too few candidates pass: a broad filter (610k chunks at 1M)
-is never listed, a narrow one (hundreds) is cheap to list.
+is seldom listed, a narrow one (hundreds) is cheap to list. A listing is kept and follows the
+history (:mod:`memsdk.stores.filter_ids`), so a filter asked again is not listed again.
 
 Keyword search runs on SQL's full-text index, or, in a memory past a size, on the text index
 (:mod:`memsdk.stores.text_index`), which follows the same history.
@@ -45,6 +46,7 @@ from memsdk.errors import (
     StaleFilesError,
 )
 from memsdk.files import remove_stale_temp_files
+from memsdk.stores.filter_ids import FilterIds
 from memsdk.stores.manifest import MANIFEST_NAME, Manifest, read_manifest
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_index import FILTER_CANDIDATES
@@ -181,6 +183,7 @@ class Notepad:
         # and per scope, its indexed ids at an index generation.
         self._scope_of: np.ndarray | None = None
         self._scope_ids: dict[int, tuple[int, np.ndarray]] = {}
+        self.filter_ids = FilterIds(self.sql)
         self._saved_at = time.monotonic()
         try:
             self.sql.create_schema()
@@ -390,7 +393,11 @@ class Notepad:
                 # index these are the filter's top k.
                 if len(hits) >= k or n >= len(allowed):
                     return hits[:k]
-            allowed = self.sql.chunk_ids(scope_id, where)
+            allowed = (
+                self.filter_ids.ids(scope_id, where, probe)
+                if probe is not None
+                else self.sql.chunk_ids(scope_id, where)
+            )
         ids, scores = self.index.search(query, k=k, allowed_ids=allowed)
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 

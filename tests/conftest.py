@@ -47,6 +47,7 @@ BOTH_DATABASES = {
     "test_limits",
     "test_concurrency",
     "test_text_index",
+    "test_scope_vectors",
 }
 
 

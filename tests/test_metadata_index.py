@@ -2,11 +2,13 @@
 
 A real SQLite store: the index (``chunk_meta``) is kept by triggers, filled for memories
 written before it, gives the same answers as the JSON it indexes, and is what the filter reads.
+A filter's ids, once listed, are kept and follow the history (``FilterIds``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 
 from memsdk.filters import compile_filters
+from memsdk.stores.filter_ids import FilterIds
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_records import NewChunk
 from memsdk.stores.sql_schema import ChunkRow
@@ -189,3 +192,59 @@ def test_a_memory_written_before_the_index_gets_it_filled_on_open(tmp_path):
         assert _index_rows(path) == rows
     finally:
         sql.close()
+
+
+def test_kept_filter_listings_follow_every_change_as_a_new_listing_sees_it(filled):
+    """A kept listing, brought up to date from the history, holds what listing the filter
+    again gives: after inserts in both scopes, metadata updates and deletes."""
+    sql, scope_id, ids = filled
+    other = sql.ensure_scope(("acme", "u2", "", ""))
+    # Never listed again, only followed.
+    following = FilterIds(sql, kept_filters=len(FILTERS), followed_per_id=1e9)
+    compiled = [(compile_filters(f), compile_filters(f, correlated=True)) for f in FILTERS]
+    rng = random.Random(7)
+
+    def check() -> None:
+        for where, probe in compiled:
+            expected = np.sort(sql.chunk_ids(scope_id, where))
+            assert following.ids(scope_id, where, probe).tolist() == expected.tolist()
+
+    check()
+    held = list(ids)
+    for step in range(12):
+        scope = rng.choice((scope_id, other))
+        new = sql.insert_chunks(scope, None, _rows(rng.sample(METADATA, 4), f"step {step}"))
+        if scope == scope_id:
+            held += [int(i) for i in new if i is not None]
+        changed = rng.choice(held)
+        sql.update_chunk(
+            scope_id, changed, text_value=None, content_hash=None, embedding=None,
+            metadata=rng.choice(METADATA),
+        )  # fmt: skip
+        gone = rng.choice(held)
+        sql.delete_chunks(scope_id, [gone])
+        held.remove(gone)
+        check()
+    assert following.listings == len(FILTERS)
+
+
+def test_a_listing_far_behind_the_history_is_listed_again_and_few_are_kept(filled):
+    sql, scope_id, _ = filled
+    filters = FilterIds(sql, kept_filters=2)
+    log = compile_filters({"kind": "log"}), compile_filters({"kind": "log"}, correlated=True)
+    code = compile_filters({"kind": "code"}), compile_filters({"kind": "code"}, correlated=True)
+    assert len(filters.ids(scope_id, *log)) == 2
+    assert filters.ids(scope_id, *log) is filters.ids(scope_id, *log)  # kept, not listed again
+    assert filters.listings == 1
+    # 16 events behind a listing of 2 ids: listing again costs less than following them.
+    added = sql.insert_chunks(scope_id, None, _rows([{"kind": "log"}] * 16, "more"))
+    assert len(filters.ids(scope_id, *log)) == 18 and filters.listings == 2
+    assert filters.ids(scope_id, *code).tolist() == sorted(sql.chunk_ids(scope_id, code[0]))
+    sql.delete_chunks(scope_id, [int(added[0])])  # one event behind 17: followed
+    assert len(filters.ids(scope_id, *log)) == 17 and filters.listings == 3
+    # A third filter drops the least recently used listing (code), which is listed again.
+    filters.ids(scope_id, *(compile_filters({"n": 1}), compile_filters({"n": 1}, correlated=True)))
+    filters.ids(scope_id, *log)
+    assert filters.listings == 4
+    filters.ids(scope_id, *code)
+    assert filters.listings == 5

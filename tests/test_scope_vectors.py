@@ -1,7 +1,7 @@
-"""The notepad's vector search inside one scope, on real parts (SQLite, FAISS, MiniLM vectors of
-real Loghub messages): the in-memory scope of each indexed vector follows every change, and a
-filtered search that checks its nearest candidates returns what an exact search over the
-filter's chunks returns."""
+"""The notepad's vector search inside one scope, on real parts (SQLite and PostgreSQL, FAISS,
+MiniLM vectors of real Loghub messages): the in-memory scope of each indexed vector follows every
+change, a filtered search that checks its nearest candidates returns what an exact search over
+the filter's chunks returns, and so does one over a kept listing of the filter's ids."""
 
 from __future__ import annotations
 
@@ -98,12 +98,53 @@ def test_a_filtered_search_checking_candidates_equals_the_exact_filtered_search(
     notepad.sql.insert_chunks(other, None, _chunks(texts[:50], vectors[:50], kinds[:50]))
     for kind in ("common", "rare"):
         filters = {"kind": {"eq": kind}}
-        where = compile_filters(filters)
-        probe = compile_filters(filters, correlated=True)
+        where = compile_filters(filters, dialect=notepad.sql.dialect)
+        probe = compile_filters(filters, dialect=notepad.sql.dialect, correlated=True)
         kept = {i: v for i, v, x in zip(ids, vectors, kinds, strict=True) if x == kind}
         for query in vectors[::37]:
             got = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where, probe=probe)]
             assert got == _exact(kept, query, K)
             listed = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where)]
             assert listed == got
+    notepad.close()
+
+
+def test_a_filter_listed_for_the_vector_search_follows_the_scope_changes(
+    messages, tmp_path, monkeypatch
+) -> None:
+    texts, vectors = messages
+    # Four candidates only: a narrow filter is listed (stores/filter_ids.py), as at 1M chunks.
+    monkeypatch.setattr("memsdk.stores.notepad.FILTER_CANDIDATES", (4,))
+    notepad = _notepad(tmp_path / "memory", vectors.shape[1])
+    notepad.filter_ids.followed_per_id = 1e9  # followed, never listed again
+    scope = notepad.sql.ensure_scope(("a", "", "", ""))
+    other = notepad.sql.ensure_scope(("b", "", "", ""))
+    kinds = ["rare" if i % 20 == 0 else "common" for i in range(200)]
+    ids = notepad.sql.insert_chunks(scope, None, _chunks(texts[:200], vectors[:200], kinds))
+    held = {i: v for i, v, x in zip(ids, vectors[:200], kinds, strict=True) if x == "rare"}
+    filters = {"kind": {"eq": "rare"}}
+    where = compile_filters(filters, dialect=notepad.sql.dialect)
+    probe = compile_filters(filters, dialect=notepad.sql.dialect, correlated=True)
+
+    def check() -> None:
+        for query in vectors[5:300:41]:
+            got = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where, probe=probe)]
+            assert got == _exact(held, query, K)
+
+    check()
+    # Rare chunks join both scopes; a common chunk turns rare; a rare one goes.
+    new = notepad.sql.insert_chunks(
+        scope, None, _chunks(texts[200:230], vectors[200:230], ["rare"] * 30)
+    )
+    held |= dict(zip(new, vectors[200:230], strict=True))
+    notepad.sql.insert_chunks(other, None, _chunks(texts[230:], vectors[230:], ["rare"] * 70))
+    notepad.sql.update_chunk(
+        scope, ids[1], text_value=None, content_hash=None, embedding=None,
+        metadata={"kind": "rare"},
+    )  # fmt: skip
+    held[ids[1]] = vectors[1]
+    notepad.sql.delete_chunks(scope, [ids[0]])
+    del held[ids[0]]
+    check()
+    assert notepad.filter_ids.listings == 1
     notepad.close()
