@@ -91,12 +91,15 @@ def test_a_filtered_search_checking_candidates_equals_the_exact_filtered_search(
     notepad = _notepad(tmp_path / "memory", vectors.shape[1])
     scope = notepad.sql.ensure_scope(("a", "", "", ""))
     other = notepad.sql.ensure_scope(("b", "", "", ""))
-    # Most chunks are "common"; a few are "rare": the first round of candidates serves the
-    # broad filter, the narrow one needs every vector of the scope as a candidate.
-    kinds = ["rare" if i % 20 == 0 else "common" for i in range(len(texts))]
+    # Most chunks are "common"; a few are "rare", fewer "scarce": the first round of candidates
+    # serves the broad filter, the narrow one needs every vector of the scope as a candidate,
+    # and the scarce one, seen too seldom in the first round, is listed instead.
+    kinds = [
+        "rare" if i % 20 == 0 else "scarce" if i % 150 == 1 else "common" for i in range(len(texts))
+    ]
     ids = notepad.sql.insert_chunks(scope, None, _chunks(texts, vectors, kinds))
     notepad.sql.insert_chunks(other, None, _chunks(texts[:50], vectors[:50], kinds[:50]))
-    for kind in ("common", "rare"):
+    for kind in ("common", "rare", "scarce"):
         filters = {"kind": {"eq": kind}}
         where = compile_filters(filters, dialect=notepad.sql.dialect)
         probe = compile_filters(filters, dialect=notepad.sql.dialect, correlated=True)
@@ -106,6 +109,7 @@ def test_a_filtered_search_checking_candidates_equals_the_exact_filtered_search(
             assert got == _exact(kept, query, K)
             listed = [i for i, _ in notepad.vector_search(scope, query, k=K, where=where)]
             assert listed == got
+    assert notepad.filter_ids.listings == 1  # the scarce filter's
     notepad.close()
 
 
