@@ -258,6 +258,10 @@ def hybrid_search(
     notepad = memory.notepad
     n = max(k, memory.config.search_candidates)
     config = memory.config
+    spans = identifier_spans(query)[:MAX_IDENTIFIERS]
+    # A query without identifiers always needs the vector ranking (below: no chunk can hold
+    # one verbatim), so it is embedded on another core while the keyword side runs.
+    embedding = memory.embedder.embed_query_soon(query) if not spans else None
     keyword, selecting = notepad.keyword_ranking(
         scope_id, keyword_query(query), limit=n, where=where, probe=probe, terms=terms
     )
@@ -267,7 +271,6 @@ def hybrid_search(
     # An identifier that selected the keyword ranking's rows is not: that ranking already
     # holds its best holders, ranked by the whole query (an identifier selects alone, so no
     # other word floods it). At 1M chunks the second lookup cost 4 ms at the median.
-    spans = identifier_spans(query)[:MAX_IDENTIFIERS]
     candidates = dict.fromkeys(keyword_rank)
     for span in spans:
         if span == query.strip() or all(p in selecting for p in query_phrases(span)):
@@ -289,9 +292,8 @@ def hybrid_search(
         # Fewer than k memories hold an identifier of the query verbatim: the vector ranking
         # decides the rest. With k of them, it could only reorder them (exact matches rank
         # first), so the query is not embedded: at 1M chunks that saves about 16 ms.
-        vector = notepad.vector_search(
-            scope_id, memory.embedder.embed_query(query), k=n, where=where, probe=probe
-        )
+        embedded = embedding.result() if embedding else memory.embedder.embed_query(query)
+        vector = notepad.vector_search(scope_id, embedded, k=n, where=where, probe=probe)
         fresh = notepad.sql.get_chunks(scope_id, [i for i, _ in vector if i not in records])
         records |= fresh
         matched |= identifiers_held(list(fresh))

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,7 @@ class MiniLMEmbedder:
         self._batch_encoder = cast_encoder(self.encoder, torch.bfloat16) if bf16 else self.encoder
         self._query_layers: OnnxLayers | None = None
         self._query_lock = threading.Lock()
+        self._query_pool: ThreadPoolExecutor | None = None  # embed_query_soon's, when first used
         logger.debug("loaded %s from %s on %s", self.name, self.model_dir, self.device)
 
     def after_fork(self) -> None:
@@ -259,6 +261,7 @@ class MiniLMEmbedder:
         destructor waits for worker threads that only the parent has (it hangs)."""
         self._lock = threading.Lock()
         self._query_lock = threading.Lock()
+        self._query_pool = None  # its threads are the parent's
         if self._query_layers is not None:
             _PARENT_SESSIONS.append(self._query_layers)
             self._query_layers = None
@@ -357,6 +360,23 @@ class MiniLMEmbedder:
             x = self.encoder.embed(ids).numpy()  # (T, C)
         pooled = self._onnx_layers()(x).mean(axis=0)  # no padding: every token is real
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
+
+    def embed_query_soon(self, text: str) -> Future[np.ndarray]:
+        """:meth:`embed_query` on a worker thread, so that the caller goes on meanwhile: ONNX
+        Runtime and torch release the GIL while they compute. At most as many queries are
+        embedded at once as the machine has cores (up to 4); more wait their turn.
+
+        Returns:
+            a future of the (384,) float32 unit vector; its ``result()`` raises what
+            :meth:`embed_query` would.
+        """
+        with self._query_lock:
+            if self._query_pool is None:
+                self._query_pool = ThreadPoolExecutor(
+                    max_workers=min(os.cpu_count() or 1, 4), thread_name_prefix="memsdk-query"
+                )
+            pool = self._query_pool
+        return pool.submit(self.embed_query, text)
 
     def _onnx_layers(self) -> OnnxLayers:
         with self._query_lock:

@@ -352,15 +352,25 @@ def test_onnx_queries_are_thread_safe(embedder: MiniLMEmbedder) -> None:
     )
 
 
+def test_queries_embedded_soon_are_the_queries_embedded_now(embedder: MiniLMEmbedder) -> None:
+    futures = [embedder.embed_query_soon(t) for t in TEXTS]  # more at once than there are workers
+    for text, future in zip(TEXTS, futures, strict=True):
+        assert np.array_equal(future.result(timeout=120), embedder.embed_query(text))
+    with pytest.raises(InputError, match=r"embed_query\(\) takes a str, got NoneType"):
+        embedder.embed_query_soon(None).result(timeout=120)  # type: ignore[arg-type]
+
+
 def _query_in_child(embedder: MiniLMEmbedder, conn: Any) -> None:
     embedder.after_fork()
     conn.send(embedder.embed_query(HDFS).tolist())
+    conn.send(embedder.embed_query_soon(HDFS).result().tolist())
 
 
 def test_onnx_queries_after_fork(embedder: MiniLMEmbedder) -> None:
     # The parent's session (and its worker threads) exists before the fork; the child builds
     # its own and gets the same vector instead of hanging on threads it does not have.
     want = embedder.embed_query(HDFS)
+    embedder.embed_query_soon(BGL).result(timeout=120)  # the worker threads exist too
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_query_in_child, args=(embedder, child))
@@ -369,6 +379,7 @@ def test_onnx_queries_after_fork(embedder: MiniLMEmbedder) -> None:
     if proc.exitcode is None:
         proc.kill()
     assert proc.exitcode == 0, "the forked child did not embed its query"
+    assert np.abs(np.array(parent.recv(), dtype=np.float32) - want).max() <= 1e-5
     assert np.abs(np.array(parent.recv(), dtype=np.float32) - want).max() <= 1e-5
 
 

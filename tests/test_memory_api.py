@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -547,3 +548,25 @@ def test_a_memory_opens_only_with_the_database_it_was_made_with(memory_dir, scop
     manifest.write_text(json.dumps(recorded))
     with HybridMemory.open(memory_dir) as mem:
         assert len(mem.get_all(scope=scope)) == 1
+
+
+def test_a_query_without_identifiers_is_embedded_beside_the_keyword_side(mem, scope, monkeypatch):
+    mem.add("datanode stopped sending heartbeats to the namenode", scope=scope)
+    mem.add("PacketResponder 1 for block blk_-1608999687919862906 terminating", scope=scope)
+    mem.embedding.flush()
+    threads: list[str] = []
+    embed_query = mem.embedder.embed_query
+
+    def recording(text: str) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return embed_query(text)
+
+    monkeypatch.setattr(mem.embedder, "embed_query", recording)
+    hits = mem.search("why did the datanode stop its heartbeats", scope=scope, k=1)
+    assert "heartbeats" in hits[0].text
+    assert len(threads) == 1 and threads[0].startswith("memsdk-query")
+    # k memories hold the query's identifier verbatim: the vectors could only reorder them.
+    hits = mem.search("blk_-1608999687919862906", scope=scope, k=1)
+    assert "blk_-1608999687919862906" in hits[0].text and len(threads) == 1
+    hits = mem.search("blk_-1608999687919862906 and the datanode", scope=scope, k=2)
+    assert len(threads) == 2 and threads[1] == threading.current_thread().name
