@@ -15,7 +15,7 @@ scope's allowed ids are one comparison over it. A metadata filter first checks t
 candidates of the scope against SQL, one index probe each (``compile_filters(correlated=True)``),
 and lists the filter's ids only when too few candidates pass: a broad filter (610k chunks at 1M)
 is seldom listed, a narrow one (hundreds) is cheap to list. A listing is kept and follows the
-history (:mod:`memsdk.stores.filter_ids`), so a filter asked again is not listed again.
+history (:mod:`memsdk.stores.filter_ids`): the filter's next searches use it directly.
 
 Keyword search runs on SQL's full-text index, or, in a memory past a size, on the text index
 (:mod:`memsdk.stores.text_index`), which follows the same history.
@@ -383,28 +383,44 @@ class Notepad:
         """
         self.sync()
         allowed = self._scope_vectors(scope_id)
-        if where is not None:
-            rounds = FILTER_CANDIDATES if probe is not None else ()
-            for n, more in zip(rounds, (*rounds[1:], 0)[: len(rounds)], strict=True):
-                ids, scores = self.index.search(query, k=n, allowed_ids=allowed)
-                passing = self.sql.passing(ids, probe)
-                hits = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
-                hits = [(i, s) for i, s in hits if i in passing]
-                # Enough passed, or every vector of the scope was a candidate: on an exact
-                # index these are the filter's top k.
-                if len(hits) >= k or n >= len(allowed):
-                    return hits[:k]
-                # At this round's pass rate the next would fall short of k too (at 1M its
-                # 4,096 checks cost 20 to 30 ms): the filter's ids are listed now.
-                if len(hits) * more < k * n:
-                    break
-            allowed = (
-                self.filter_ids.ids(scope_id, where, probe)
-                if probe is not None
-                else self.sql.chunk_ids(scope_id, where)
-            )
+        if where is not None and probe is None:
+            allowed = self.sql.chunk_ids(scope_id, where)
+        elif where is not None and probe is not None:
+            # A kept listing of the filter's ids serves at once; else the nearest candidates
+            # are checked, and the ids listed only when too few pass.
+            kept = self.filter_ids.kept(scope_id, where, probe)
+            if kept is None:
+                checked = self._checked_candidates(scope_id, query, k, allowed, probe)
+                if checked is not None:
+                    return checked
+            allowed = kept if kept is not None else self.filter_ids.ids(scope_id, where, probe)
         ids, scores = self.index.search(query, k=k, allowed_ids=allowed)
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+
+    def _checked_candidates(
+        self,
+        scope_id: int,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray,
+        probe: ColumnElement[bool],
+    ) -> list[tuple[int, float]] | None:
+        """The filter's top ``k`` among the scope's nearest vectors (``allowed``), checked
+        against ``probe`` in rounds of :data:`FILTER_CANDIDATES`; None when too few pass."""
+        for n, more in zip(FILTER_CANDIDATES, (*FILTER_CANDIDATES[1:], 0), strict=True):
+            ids, scores = self.index.search(query, k=n, allowed_ids=allowed)
+            passing = self.sql.passing(ids, probe)
+            hits = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+            hits = [(i, s) for i, s in hits if i in passing]
+            # Enough passed, or every vector of the scope was a candidate: on an exact index
+            # these are the filter's top k.
+            if len(hits) >= k or n >= len(allowed):
+                return hits[:k]
+            # At this round's pass rate the next would fall short of k too (at 1M its 4,096
+            # checks cost 16 to 30 ms): the filter's ids are listed instead.
+            if len(hits) * more < k * n:
+                return None
+        return None
 
     def keyword_ranking(
         self, scope_id: int, query: str, *, limit: int, **options: Any

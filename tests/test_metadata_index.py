@@ -233,11 +233,13 @@ def test_a_listing_far_behind_the_history_is_listed_again_and_few_are_kept(fille
     filters = FilterIds(sql, kept_filters=2)
     log = compile_filters({"kind": "log"}), compile_filters({"kind": "log"}, correlated=True)
     code = compile_filters({"kind": "code"}), compile_filters({"kind": "code"}, correlated=True)
+    assert filters.kept(scope_id, *log) is None and filters.listings == 0  # nothing listed
     assert len(filters.ids(scope_id, *log)) == 2
-    assert filters.ids(scope_id, *log) is filters.ids(scope_id, *log)  # kept, not listed again
+    assert filters.ids(scope_id, *log) is filters.kept(scope_id, *log)  # kept, not listed again
     assert filters.listings == 1
     # 16 events behind a listing of 2 ids: listing again costs less than following them.
     added = sql.insert_chunks(scope_id, None, _rows([{"kind": "log"}] * 16, "more"))
+    assert filters.kept(scope_id, *log) is None and filters.listings == 1
     assert len(filters.ids(scope_id, *log)) == 18 and filters.listings == 2
     assert filters.ids(scope_id, *code).tolist() == sorted(sql.chunk_ids(scope_id, code[0]))
     sql.delete_chunks(scope_id, [int(added[0])])  # one event behind 17: followed
