@@ -403,6 +403,20 @@ def latency(ms: list[float]) -> dict[str, Any]:
     }
 
 
+def first_use(timed: list[Timed], warmup: list[Query]) -> dict[str, Any]:
+    """Latency of the filtered queries whose filter no earlier query (warm-up included) used:
+    the memory keeps the last filters' ids (stores/filter_ids.py), so these pay for listing
+    them when the nearest vectors do not serve."""
+    seen = {json.dumps(q.filters, sort_keys=True) for q in warmup if q.filters}
+    first = []
+    for t in timed:
+        key = json.dumps(t.query.filters, sort_keys=True)
+        if t.query.filters and key not in seen:
+            seen.add(key)
+            first.append(t.ms)
+    return latency(first) | {"distinct_filters": len(seen)} if first else {"n": 0}
+
+
 def needle_hit_rate(timed: list[Timed]) -> dict[str, Any]:
     """Fraction of queries with a needle whose rank-1 hit holds it, overall and by kind/type."""
     with_needle = [t for t in timed if t.hit is not None]
@@ -457,6 +471,7 @@ def measure(
         "thread_cpu": {"overall": latency([t.cpu_ms for t in timed])}
         | {kind: latency([t.cpu_ms for t in timed if t.query.kind == kind]) for kind in kinds},
         "needle_hit_rate": needle_hit_rate(timed),
+        "filtered_first_use": first_use(timed, queries[: args.warmup]),
         "load_average_before": load,
         "load_average_after": load_average(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
