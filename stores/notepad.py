@@ -390,7 +390,7 @@ class Notepad:
             # are checked, and the ids listed only when too few pass.
             kept = self.filter_ids.kept(scope_id, where, probe)
             if kept is None:
-                checked = self._checked_candidates(scope_id, query, k, allowed, probe)
+                checked = self._checked_candidates(query, k, allowed, probe)
                 if checked is not None:
                     return checked
             allowed = kept if kept is not None else self.filter_ids.ids(scope_id, where, probe)
@@ -398,12 +398,7 @@ class Notepad:
         return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
 
     def _checked_candidates(
-        self,
-        scope_id: int,
-        query: np.ndarray,
-        k: int,
-        allowed: np.ndarray,
-        probe: ColumnElement[bool],
+        self, query: np.ndarray, k: int, allowed: np.ndarray, probe: ColumnElement[bool]
     ) -> list[tuple[int, float]] | None:
         """The filter's top ``k`` among the scope's nearest vectors (``allowed``), checked
         against ``probe`` in rounds of :data:`FILTER_CANDIDATES`; None when too few pass."""
