@@ -22,7 +22,13 @@ from memsdk.errors import IndexCorruptedError, StorageError
 from memsdk.stores.embedder import MiniLMEmbedder
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.sql import NewChunk
-from memsdk.stores.vector_index import _HEADER, _IVF_META, TARGET_RECALL, VectorIndex
+from memsdk.stores.vector_index import (
+    _HEADER,
+    _IVF_META,
+    EXACT_SEARCH_SHARE,
+    TARGET_RECALL,
+    VectorIndex,
+)
 
 THRESHOLD = 600
 K = 10
@@ -465,3 +471,22 @@ def test_save_and_close_during_training_write_the_flat_index_without_waiting(
         assert notepad.index.recall >= TARGET_RECALL
     finally:
         notepad.close()
+
+
+def test_by_default_sets_up_to_a_share_of_the_index_are_searched_exactly(real, monkeypatch) -> None:
+    index, ids = _ivf(real, n=900, exact_limit=None)  # 4 ids = 900 * EXACT_SEARCH_SHARE
+    assert int(900 * EXACT_SEARCH_SHARE) == 4
+    exact: list[int] = []
+    read_by_id = index._exact
+
+    def counting(query, *, k, ids):
+        exact.append(len(ids))
+        return read_by_id(query, k=k, ids=ids)
+
+    monkeypatch.setattr(index, "_exact", counting)
+    query = real[1][950]
+    got, _ = index.search(query, k=K, allowed_ids=ids[:4])
+    assert got.tolist() == _exact_top(real[1][:4], ids[:4], query, K).tolist()
+    assert exact == [4]
+    got, _ = index.search(query, k=K, allowed_ids=ids[::2])  # 450 ids: the probed lists
+    assert len(got) == K and exact == [4]
