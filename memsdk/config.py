@@ -129,13 +129,14 @@ class MemoryConfig(BaseModel):
         200_000,
         ge=256,
         description="vectors past which the vector index turns from an exact flat scan into an "
-        "IVF index (about 4*sqrt(n) lists, trained on a sample of the stored vectors, probing "
+        "IVF index of float16 vectors, half the memory (about 4*sqrt(n) lists, trained on a "
+        "sample of the stored vectors, probing "
         "the fewest lists that reach recall@10 >= 0.995 against exact search, measured on "
         "stored vectors, a margin for the 0.99 promised to queries; stats() shows it). The "
         "training runs in the background (minutes at "
         "1M vectors) while the flat index keeps serving; flush() waits for it. Scopes and "
-        "filters of up to 50,000 vectors are still searched exactly (benchmarks/README.md has "
-        "flat and IVF latency by size)",
+        "filters of up to 1/400 of the vectors (2,500 at 1M) are still searched exactly "
+        "(benchmarks/README.md has flat and IVF latency by size)",
     )
     text_index_threshold: int = Field(
         100_000,

@@ -205,8 +205,8 @@ class MemoryStats(BaseModel):
     index_kind: Literal["flat", "ivf"] = Field(
         "flat",
         description="flat: exact search; ivf: past MemoryConfig.vector_ivf_threshold, probes "
-        "index_nprobe of index_nlist lists (scopes and filters of up to 50,000 vectors are "
-        "still searched exactly)",
+        "index_nprobe of index_nlist lists (scopes and filters of up to 1/400 of the vectors "
+        "are still searched exactly)",
     )
     index_nlist: int | None = Field(None, description="lists of the IVF index")
     index_nprobe: int | None = Field(None, description="lists an IVF search probes")

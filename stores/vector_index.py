@@ -9,8 +9,13 @@ Two layouts, chosen by size:
 
 - up to ``ivf_threshold`` vectors, ``IndexIDMap2(IndexFlatIP)``: exact, and a scan of a few
   hundred thousand vectors is quick;
-- past it, ``IndexIVFFlat`` over inner product, whose search scans only the ``nprobe`` lists
-  nearest the query. It keeps the raw vectors and deletes by id (HNSW cannot delete). It is
+- past it, an IVF index over inner product (``IndexIVFScalarQuantizer``), whose search scans
+  only the ``nprobe`` lists nearest the query. It keeps each vector whole in float16, half the
+  bytes of float32 (0.77 GB instead of 1.54 at 1M vectors), each component rounded to 11
+  significant bits, and deletes by id (HNSW cannot delete). On 9,016 real chunk vectors
+  (``benchmarks/vector_index.py``, 200 held-out chunks as queries, both layouts at nprobe 51
+  of 225) its recall@10 against flat search was 0.993, float32's 0.996: a few near-identical
+  chunks (template-shared log lines) trade places. It is
   trained on a sample of the stored vectors with about 4*sqrt(n) lists, and ``nprobe`` is the
   smallest that reaches recall@10 >= 0.995 against exact search, measured then on 500 stored
   vectors used as queries: a margin over the 0.99 promised (:data:`TARGET_RECALL`), since an
@@ -24,13 +29,16 @@ Two layouts, chosen by size:
 Training runs off the write path. It takes about 2.5 minutes at 1M vectors on two cores
 (benchmarks/README.md), and it used to run inside the write that crossed the threshold (or the
 open that loaded a large flat file), with every search waiting on the index lock meanwhile.
-Now that write only copies the vectors (the flat storage is a view that later adds may
-reallocate, and removes compact it) and starts one named daemon thread per index, which trains
-on the copy while the current index keeps serving searches and taking adds and removes; each
-change made meanwhile logs its ids. The copy is made in blocks (an IVF's lists, 65,536 rows of
-a flat index), each freed once the new index holds it, and the recall is measured on the new
-index's own lists: the process never holds the copy and the new index whole at once. At
-400,000 vectors (585 MB) a retraining peaked 1,247 MB above its start, where it took 2,375.
+Now that write only notes the ids the index holds and starts one named daemon thread per
+index, which trains while the current index keeps serving searches and taking adds and removes;
+each change made meanwhile logs its ids. The thread reads the vectors it needs from the current
+index by id, in blocks of 4,096 under the lock (a sample for k-means, then every vector, each
+block added to the new index before the next is read): the process holds the current index and
+the new one, never a third copy. An id removed since is skipped and one changed is read as it
+is now; the replay below brings both up to date. The recall is measured on the new index's own
+lists. A scratch script retrained an IVF of 827,392 clustered synthetic vectors (benchmarks/
+README.md, "Retraining's memory"): the process held 1,336 MB before it and peaked 872 MB above
+that, where float32 vectors and a copy of them took 2,201 MB and 2,457 MB more.
 When the new index is ready, the thread replays the logged ids into it (the vectors the
 current index holds for them now, or their absence), in rounds outside the lock while many
 came in, the last round under the lock, and then swaps it in and marks the index dirty, so
@@ -43,7 +51,8 @@ crash or a close mid-training loses nothing: the next open trains again.
 On disk the index is one file: an 8-byte magic, a format version, the id of the last history
 event the index reflects (``synced_to``), the SHA-256 of the payload, the identity of the memory
 it belongs to (16 bytes of a UUID; version 2, zero when unknown) and the FAISS serialisation.
-Version 3 (written only for an IVF index, so flat files stay readable by older releases) puts
+Version 3 (an IVF of float32 vectors, written by older releases) and version 4 (an IVF of
+float16 vectors, written since; flat files stay version 2, readable by older releases) put
 before the FAISS bytes how many vectors the IVF was trained at and its measured recall, both
 covered by the checksum. The checksum is verified before FAISS parses anything, so a truncated
 or forged file is rejected with a clear error instead of reaching the C++ reader.
@@ -80,17 +89,19 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "notepad.faiss"
 _MAGIC = b"MEMSDKIX"
 _VERSION = 2
-_VERSION_IVF = 3
+_VERSION_IVF = 3  # an IVF of float32 vectors (IndexIVFFlat): read, retrained into version 4
+_VERSION_IVF16 = 4  # an IVF of float16 vectors (IndexIVFScalarQuantizer), written since
 _HEADER_V1 = struct.Struct("<8sIq32s")  # magic, version, synced_to, sha256(payload)
 _HEADER = struct.Struct("<8sIq32s16s")  # version 2 adds the memory's identity
-_IVF_META = struct.Struct("<qd")  # version 3: vectors the IVF was trained at, measured recall
+_IVF_META = struct.Struct("<qd")  # version 3+: vectors the IVF was trained at, measured recall
 
 IVF_THRESHOLD = 200_000
 # Allowed sets up to this share of the index are searched exactly over their own vectors. A
-# larger set probes the lists with its bitmap, up to every list for a small set, which at 1M
-# vectors took 3.2 to 4.0 ms for sets of 60,000 to 1M ids. Reading vectors by id cost 0.68 us
-# each (30,000 in 20.4 ms), so the two meet near 5,000 ids at 1M: 1/200 of the index.
-EXACT_SEARCH_SHARE = 1 / 200
+# larger set probes the lists with its bitmap, up to every list for a small set. At 1M float16
+# vectors, with another process busy on the second core, reading vectors by id cost about 2.4 us
+# each (10,000 in 24.2 ms p50; float32 ones took 1.1 us), and the two paths met near 2,500 ids
+# (exact 9.0 ms p50, probed 9.8; at 5,000 ids 14.9 against 9.5): 1/400 of the index.
+EXACT_SEARCH_SHARE = 1 / 400
 TARGET_RECALL = 0.99  # recall@10 against exact search promised for queries
 _CALIBRATION_RECALL = 0.995  # what nprobe must reach on the stored vectors it is calibrated on
 _RECALL_K = 10
@@ -98,7 +109,10 @@ _RECALL_QUERIES = 500
 _TRAIN_PER_LIST = 40  # FAISS asks for at least 39 training points per list
 _RETRAIN_GROWTH = 4  # retrain once the index holds this many times what it was trained at
 _SEED = 1234
-_ADD_BLOCK = 1 << 16  # vectors added to a new IVF index between two checks for abandonment
+# Vectors a training reads from the index under its lock at a time, and adds to the new index
+# before it reads more: a search waits for one block at most (reading a float16 vector by id
+# took about 2.4 us, so 4,096 take about 10 ms).
+_COPY_BLOCK = 1 << 12
 _READ_BLOCK = 1 << 20  # bytes of an index file hashed at a time
 # Changes made during a training replayed under the lock at the swap; more are replayed first
 # in rounds outside it (adding 100k vectors to a 4,000-list IVF takes seconds).
@@ -146,46 +160,30 @@ def _rebuild_hint(directory: Path) -> str:
     return f"rebuild it from the database with: memsdk rebuild-index --memory {directory}"
 
 
-Blocks = list[tuple[np.ndarray, np.ndarray]]  # (ids (m,) int64, vectors (m, dim) float32)
+_FLOAT16 = (faiss.ScalarQuantizer.QT_fp16, False)  # each vector whole, not as a residual
 
 
-def _snapshot(index: faiss.Index, dim: int) -> Blocks:
-    """A copy of every (id, vector) of a flat or IVF index, in blocks (an IVF's lists, or
-    :data:`_ADD_BLOCK` rows of a flat one) that the training frees one by one as it adds them
-    to the new index: it never holds the copy and the new index whole at once."""
-    if isinstance(index, faiss.IndexIVFFlat):
-        invlists, blocks = index.invlists, []
-        for lst in range(index.nlist):
-            size = invlists.list_size(lst)
-            if size:
-                ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).astype(np.int64)
-                codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
-                blocks.append((ids, np.frombuffer(codes, np.float32).reshape(size, dim).copy()))
-        return blocks
-    flat = faiss.downcast_index(index.index)
-    n = int(flat.ntotal)
-    # Copied: the flat storage is a view that later adds may reallocate and removes compact.
-    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
-    return [
-        (ids[at : at + _ADD_BLOCK], vectors[at : at + _ADD_BLOCK].copy())
-        for at in range(0, n, _ADD_BLOCK)
-    ]
+def _new_ivf(dim: int, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+    """An untrained IVF index over inner product of ``nlist`` lists storing each vector whole
+    in float16 (not as a residual to its list's centroid): half the bytes of float32, and a
+    stored vector decodes by itself (:func:`_list_vectors`)."""
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False
+    )
+    return index  # FAISS's Python wrapper keeps the quantizer alive beside it
 
 
-def _rows(blocks: Blocks, positions: np.ndarray, dim: int) -> np.ndarray:
-    """The vectors at sorted ``positions`` of the blocks taken end to end, (len, dim)."""
-    out = np.empty((len(positions), dim), np.float32)
-    start = row = 0
-    for _, vectors in blocks:
-        end = start + len(vectors)
-        inside = positions[(positions >= start) & (positions < end)]
-        out[row : row + len(inside)] = vectors[inside - start]
-        row, start = row + len(inside), end
-    return out
+def _list_vectors(index: faiss.IndexIVF, lst: int) -> np.ndarray:
+    """The vectors stored in list ``lst`` of an IVF index, (size, dim) float32, decoded from
+    float16 (or read as they are from a float32 ``IndexIVFFlat`` of format version 3)."""
+    size = index.invlists.list_size(lst)
+    codes = faiss.rev_swig_ptr(index.invlists.get_codes(lst), size * index.code_size)
+    dtype = np.float32 if index.code_size == 4 * index.d else np.float16
+    return np.frombuffer(codes, dtype).reshape(size, index.d).astype(np.float32)
 
 
-def _list_ids(index: faiss.IndexIVFFlat) -> np.ndarray:
+def _list_ids(index: faiss.IndexIVF) -> np.ndarray:
     """Every id of an IVF index, (n,) int64, without copying its vectors."""
     invlists = index.invlists
     ids = [
@@ -197,7 +195,7 @@ def _list_ids(index: faiss.IndexIVFFlat) -> np.ndarray:
 
 
 def _recall_at_k(
-    index: faiss.IndexIVFFlat, queries: np.ndarray, left_out: list[np.ndarray], truth: np.ndarray
+    index: faiss.IndexIVF, queries: np.ndarray, left_out: list[np.ndarray], truth: np.ndarray
 ) -> float:
     """Recall@k of ``index`` at its current ``nprobe``, each query searched without the ids
     ``left_out[row]`` and ``truth`` (q,) being the exact k-th best score without them. A hit
@@ -214,32 +212,34 @@ def _recall_at_k(
 
 
 def _exact_kth_scores(
-    index: faiss.IndexIVFFlat, queries: np.ndarray, own_lists: np.ndarray
+    index: faiss.IndexIVF, queries: np.ndarray, own_lists: np.ndarray
 ) -> np.ndarray:
     """(q,) the exact k-th best inner product of each query over every vector of ``index``
     but those of its own list ``own_lists[row]``, read list by list from the index itself (no
     copy of the vectors is held)."""
-    invlists = index.invlists
     best = np.full((len(queries), _RECALL_K), -np.inf, dtype=np.float32)
     for lst in range(index.nlist):
-        size = invlists.list_size(lst)
-        if size == 0:
+        if index.invlists.list_size(lst) == 0:
             continue
-        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * index.code_size)
-        scores = queries @ np.frombuffer(codes, np.float32).reshape(size, index.d).T  # (q, size)
+        scores = queries @ _list_vectors(index, lst).T  # (q, size)
         scores[own_lists == lst] = -np.inf
         merged = np.concatenate([best, scores], axis=1)
         best = -np.partition(-merged, _RECALL_K - 1, axis=1)[:, :_RECALL_K]
     return best.min(axis=1)
 
 
+# Reads the vectors held now under some of the given ids, in blocks, as (held ids, vectors).
+Reader = Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
 def _train_ivf(
-    blocks: Blocks, dim: int, *, abandoned: Callable[[], bool]
-) -> tuple[faiss.IndexIVFFlat, int, float]:
-    """An ``IndexIVFFlat`` holding the vectors of ``blocks`` (emptied as they are added),
-    with ``nprobe`` set to the smallest that reaches :data:`_CALIBRATION_RECALL`; returns it,
-    ``nprobe`` and that recall. ``abandoned()`` is checked between steps (k-means itself
-    cannot be stopped), raising :class:`_Abandoned`.
+    ids: np.ndarray, read: Reader, dim: int, *, abandoned: Callable[[], bool]
+) -> tuple[faiss.IndexIVF, int, float]:
+    """A float16 IVF index (:func:`_new_ivf`) holding the vectors held under ``ids`` (read
+    through ``read`` in blocks, each added before the next is read), with ``nprobe`` set to
+    the smallest that reaches :data:`_CALIBRATION_RECALL`; returns it, ``nprobe`` and that
+    recall. ``abandoned()`` is checked between steps (k-means itself cannot be stopped),
+    raising :class:`_Abandoned`; ``read`` raises it too.
 
     The queries are stored vectors (a seeded sample), each searched with its whole list left
     out, in both the exact and the probed ranking. Left in, a stored vector finds its near
@@ -249,26 +249,27 @@ def _train_ivf(
     own list a query is such a stranger, and the first probe is spent on the empty list, so
     the measure errs on the safe side.
     """
-    n = sum(len(ids) for ids, _ in blocks)
+    n = len(ids)
     rng = np.random.default_rng(_SEED)
+
+    def sample(size: int, *, replace: bool) -> np.ndarray:
+        chosen = ids[np.sort(rng.choice(n, size=min(n, size), replace=replace))]
+        blocks = [vectors for _, vectors in read(chosen)]
+        return np.concatenate(blocks) if blocks else np.empty((0, dim), np.float32)
+
     nlist = max(1, min(n // _TRAIN_PER_LIST, round(4 * math.sqrt(n))))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index = _new_ivf(dim, nlist)
     index.cp.niter = 10  # k-means converges enough for list assignment; training is the cost
     index.cp.seed = _SEED
     index.cp.spherical = True  # unit-norm centroids for inner product on unit vectors
-    sample = np.sort(rng.choice(n, size=min(n, _TRAIN_PER_LIST * nlist), replace=False))
-    index.train(_rows(blocks, sample, dim))
+    index.train(sample(_TRAIN_PER_LIST * nlist, replace=False))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    queries = _rows(blocks, np.sort(rng.choice(n, size=min(n, _RECALL_QUERIES))), dim)
-    blocks.reverse()  # popped from the end: added in their order
-    while blocks:
+    queries = sample(_RECALL_QUERIES, replace=True)
+    for held, vectors in read(ids):
         if abandoned():
             raise _Abandoned
-        ids, vectors = blocks.pop()
-        index.add_with_ids(vectors, ids)
-        del ids, vectors  # the copy shrinks as the new index grows
-    own_lists = quantizer.search(queries, 1)[1][:, 0]
+        index.add_with_ids(vectors, held)
+    own_lists = index.quantizer.search(queries, 1)[1][:, 0]
     left_out = [
         faiss.rev_swig_ptr(
             index.invlists.get_ids(int(lst)), index.invlists.list_size(int(lst))
@@ -297,7 +298,7 @@ def _train_ivf(
 
 
 def _replay(
-    index: faiss.IndexIVFFlat, changed: np.ndarray, held: np.ndarray, vectors: np.ndarray | None
+    index: faiss.IndexIVF, changed: np.ndarray, held: np.ndarray, vectors: np.ndarray | None
 ) -> None:
     """Bring ``index`` to the current state of the ``changed`` ids: each removed, then those
     ``held`` now added back with their current ``vectors``."""
@@ -321,9 +322,9 @@ def _read_header(f: BinaryIO, path: Path, hint: str) -> tuple[int, int, str, int
     magic, version, synced_to, digest = _HEADER_V1.unpack_from(head)
     if magic != _MAGIC:
         raise IndexCorruptedError(f"{path} is not a memsdk vector index: {hint}")
-    if version not in (1, _VERSION, _VERSION_IVF):
+    if version not in (1, _VERSION, _VERSION_IVF, _VERSION_IVF16):
         raise IndexCorruptedError(
-            f"vector index {path} has format version {version}, expected {_VERSION_IVF} "
+            f"vector index {path} has format version {version}, expected {_VERSION_IVF16} "
             f"or older: {hint}"
         )
     identity = ""
@@ -346,7 +347,7 @@ def _read_header(f: BinaryIO, path: Path, hint: str) -> tuple[int, int, str, int
         )
     f.seek(start)
     trained_on, recall = 0, None
-    if version == _VERSION_IVF:
+    if version >= _VERSION_IVF:
         meta = f.read(_IVF_META.size)
         if len(meta) < _IVF_META.size:
             raise IndexCorruptedError(f"vector index {path} is truncated: {hint}")
@@ -393,7 +394,7 @@ class VectorIndex:
     @property
     def kind(self) -> str:
         """``"flat"`` (exact) or ``"ivf"`` (approximate beyond small allowed sets)."""
-        return "ivf" if isinstance(self._index, faiss.IndexIVFFlat) else "flat"
+        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
 
     @property
     def nprobe(self) -> int | None:
@@ -434,7 +435,8 @@ class VectorIndex:
                 with self._lock:
                     if self.kind == "ivf":
                         write(_IVF_META.pack(self.trained_on, self.recall or 0.0))
-                        version = _VERSION_IVF
+                        flat32 = isinstance(self._index, faiss.IndexIVFFlat)
+                        version = _VERSION_IVF if flat32 else _VERSION_IVF16
                     else:
                         version = _VERSION
                     faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))
@@ -477,11 +479,13 @@ class VectorIndex:
                 raise IndexCorruptedError(
                     f"vector index {path} cannot be read ({e}): {hint}"
                 ) from None
-        expected = faiss.IndexIVFFlat if version == _VERSION_IVF else faiss.IndexIDMap2
+        expected = {_VERSION_IVF: faiss.IndexIVFFlat, _VERSION_IVF16: faiss.IndexIVFScalarQuantizer}
+        expected = expected.get(version, faiss.IndexIDMap2)
         if (
             not isinstance(index, expected)
             or index.d != dim
             or index.metric_type != faiss.METRIC_INNER_PRODUCT
+            or (version == _VERSION_IVF16 and (index.sq.qtype, index.by_residual) != _FLOAT16)
         ):
             raise IndexCorruptedError(
                 f"vector index {path} holds a {type(index).__name__} of width {index.d}, "
@@ -491,7 +495,7 @@ class VectorIndex:
         out._index = index
         out.synced_to = synced_to
         out.memory_id = identity
-        if isinstance(index, faiss.IndexIVFFlat):
+        if isinstance(index, faiss.IndexIVF):
             # Read by id (exact search of small sets, deletes): a hashtable, kept by FAISS's
             # own format, rebuilt here should an older writer have left none.
             if index.direct_map.type != faiss.DirectMap.Hashtable:
@@ -529,7 +533,9 @@ class VectorIndex:
             return False
         if self.kind == "flat":
             return n > self.ivf_threshold
-        return n > _RETRAIN_GROWTH * self.trained_on
+        # An IVF of float32 vectors (format version 3) is retrained once into float16.
+        flat32 = isinstance(self._index, faiss.IndexIVFFlat)
+        return flat32 or n > _RETRAIN_GROWTH * self.trained_on
 
     def choose_layout(self) -> None:
         """Start training an IVF index in the background if past ``ivf_threshold`` (or a new
@@ -566,29 +572,43 @@ class VectorIndex:
             self._changes = None
 
     def _start_training(self) -> None:
-        """Snapshot every vector (a copy, in blocks) and train on it in a new thread. Under
-        the lock."""
-        blocks = _snapshot(self._index, self.dim)
-        n = sum(len(ids) for ids, _ in blocks)
+        """Note the ids held now and train on their vectors in a new thread, which reads them
+        in blocks from the index as it goes (:meth:`_read`). Under the lock."""
+        ids = np.flatnonzero(self._present).astype(np.int64)
         self._changes = []
         self._training = background_thread(
-            self._train,
-            # The thread empties the list as it builds the new index.
-            args=(blocks, n, self._generation),
-            name="memsdk-ivf-training",
+            self._train, args=(ids, self._generation), name="memsdk-ivf-training"
         )
-        logger.info("training an IVF index on %d vectors in the background", n)
+        logger.info("training an IVF index on %d vectors in the background", len(ids))
         self._training.start()
 
-    def _train(self, blocks: Blocks, n: int, generation: int) -> None:
-        """The training thread: train on the snapshot, catch up with the changes, swap in."""
+    def _read(self, ids: np.ndarray, generation: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The vectors the index holds now under ``ids``, as (held ids, vectors) blocks of up
+        to :data:`_COPY_BLOCK`, each read under the lock (a search waits for one block only);
+        raises :class:`_Abandoned` once the training of ``generation`` is."""
+        for at in range(0, len(ids), _COPY_BLOCK):
+            with self._lock:
+                if self._generation != generation:
+                    raise _Abandoned
+                held = self._held(ids[at : at + _COPY_BLOCK])
+                vectors = self._index.reconstruct_batch(held) if len(held) else None
+            if vectors is not None:  # the lock is let go while the caller uses the block
+                yield held, vectors
+
+    def _train(self, ids: np.ndarray, generation: int) -> None:
+        """The training thread: train on the vectors held under ``ids`` (an id removed since is
+        skipped, one changed is read as it is now: the replay at the swap covers both), catch
+        up with the changes, swap in."""
         started = time.perf_counter()
         try:
             index, nprobe, recall = _train_ivf(
-                blocks, self.dim, abandoned=lambda: self._generation != generation
+                ids,
+                lambda some: self._read(some, generation),
+                self.dim,
+                abandoned=lambda: self._generation != generation,
             )
             index.nprobe = nprobe
-            if self._swap_in(index, n, recall, generation):
+            if self._swap_in(index, len(ids), recall, generation):
                 _return_freed_memory()  # the old index's, and what the training freed
                 logger.info(
                     "IVF index of %d lists (nprobe %d, recall@10 %.3f) in use after %.1f s",
@@ -601,19 +621,18 @@ class VectorIndex:
             logger.info("IVF training abandoned (index closed or replaced)")
         except Exception:
             # The flat (or older IVF) index keeps serving; retried once it has doubled.
-            logger.exception("training an IVF index on %d vectors failed", n)
+            logger.exception("training an IVF index on %d vectors failed", len(ids))
             with self._lock:
                 if self._generation == generation:
-                    self._failed_at = n
+                    self._failed_at = len(ids)
         finally:
-            blocks.clear()
             with self._lock:
                 if self._training is threading.current_thread():
                     self._training = None
                     self._changes = None
 
     def _swap_in(
-        self, index: faiss.IndexIVFFlat, trained_on: int, recall: float, generation: int
+        self, index: faiss.IndexIVF, trained_on: int, recall: float, generation: int
     ) -> bool:
         """Replay into ``index`` the ids changed since the snapshot, then make it the index;
         False if the training was abandoned meanwhile."""
