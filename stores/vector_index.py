@@ -36,9 +36,9 @@ index by id, in blocks of 4,096 under the lock (a sample for k-means, then every
 block added to the new index before the next is read): the process holds the current index and
 the new one, never a third copy. An id removed since is skipped and one changed is read as it
 is now; the replay below brings both up to date. The recall is measured on the new index's own
-lists. A scratch script retrained an IVF of 827,392 clustered synthetic vectors (benchmarks/
-README.md, "Retraining's memory"): the process held 1,336 MB before it and peaked 872 MB above
-that, where float32 vectors and a copy of them took 2,201 MB and 2,457 MB more.
+lists. Retraining an IVF of 827,392 clustered synthetic vectors (``benchmarks/retraining.py``),
+the process held 1,327 MB before it and peaked 861 MB above that, where float32 vectors and a
+copy of them took 2,240 MB and 2,419 MB more.
 When the new index is ready, the thread replays the logged ids into it (the vectors the
 current index holds for them now, or their absence), in rounds outside the lock while many
 came in, the last round under the lock, and then swaps it in and marks the index dirty, so
@@ -167,20 +167,20 @@ def _new_ivf(dim: int, nlist: int) -> faiss.IndexIVFScalarQuantizer:
     """An untrained IVF index over inner product of ``nlist`` lists storing each vector whole
     in float16 (not as a residual to its list's centroid): half the bytes of float32, and a
     stored vector decodes by itself (:func:`_list_vectors`)."""
+    qtype, by_residual = _FLOAT16
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False
+    # FAISS's Python wrapper keeps the quantizer alive beside the index.
+    return faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT, by_residual
     )
-    return index  # FAISS's Python wrapper keeps the quantizer alive beside it
 
 
-def _list_vectors(index: faiss.IndexIVF, lst: int) -> np.ndarray:
-    """The vectors stored in list ``lst`` of an IVF index, (size, dim) float32, decoded from
-    float16 (or read as they are from a float32 ``IndexIVFFlat`` of format version 3)."""
+def _list_vectors(index: faiss.IndexIVFScalarQuantizer, lst: int) -> np.ndarray:
+    """The vectors stored in list ``lst`` of a float16 IVF index (:func:`_new_ivf`), (size,
+    dim) float32."""
     size = index.invlists.list_size(lst)
     codes = faiss.rev_swig_ptr(index.invlists.get_codes(lst), size * index.code_size)
-    dtype = np.float32 if index.code_size == 4 * index.d else np.float16
-    return np.frombuffer(codes, dtype).reshape(size, index.d).astype(np.float32)
+    return np.frombuffer(codes, np.float16).reshape(size, index.d).astype(np.float32)
 
 
 def _list_ids(index: faiss.IndexIVF) -> np.ndarray:
@@ -212,7 +212,7 @@ def _recall_at_k(
 
 
 def _exact_kth_scores(
-    index: faiss.IndexIVF, queries: np.ndarray, own_lists: np.ndarray
+    index: faiss.IndexIVFScalarQuantizer, queries: np.ndarray, own_lists: np.ndarray
 ) -> np.ndarray:
     """(q,) the exact k-th best inner product of each query over every vector of ``index``
     but those of its own list ``own_lists[row]``, read list by list from the index itself (no
@@ -479,8 +479,11 @@ class VectorIndex:
                 raise IndexCorruptedError(
                     f"vector index {path} cannot be read ({e}): {hint}"
                 ) from None
-        expected = {_VERSION_IVF: faiss.IndexIVFFlat, _VERSION_IVF16: faiss.IndexIVFScalarQuantizer}
-        expected = expected.get(version, faiss.IndexIDMap2)
+        ivf_layouts = {
+            _VERSION_IVF: faiss.IndexIVFFlat,
+            _VERSION_IVF16: faiss.IndexIVFScalarQuantizer,
+        }
+        expected = ivf_layouts.get(version, faiss.IndexIDMap2)
         if (
             not isinstance(index, expected)
             or index.d != dim

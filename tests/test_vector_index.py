@@ -329,6 +329,8 @@ def test_a_save_that_fails_leaves_the_index_to_be_saved_again(real, tmp_path) ->
         ("header cut", "is truncated"),
         ("payload cut", "fails its checksum"),
         ("forged with its checksum", "cannot be read"),
+        ("8-bit codes as version 4", "holds a IndexIVFScalarQuantizer"),
+        ("float16 codes as version 3", "holds a IndexIVFScalarQuantizer"),
         ("removed", "is missing"),
     ],
 )
@@ -348,6 +350,22 @@ def test_a_damaged_index_file_is_refused_with_the_rebuild_command(
         payload = _IVF_META.pack(900, 0.99) + b"not a FAISS index" * 8
         header = _HEADER.pack(b"MEMSDKIX", 3, 0, hashlib.sha256(payload).digest(), bytes(16))
         path.write_bytes(header + payload)
+    elif damage.startswith(("8-bit", "float16")):
+        # A well-formed FAISS index of another layout than its version says, checksum right.
+        eight_bit = damage.startswith("8-bit")
+        other = faiss.IndexIVFScalarQuantizer(
+            faiss.IndexFlatIP(384),
+            384,
+            20,
+            faiss.ScalarQuantizer.QT_8bit if eight_bit else faiss.ScalarQuantizer.QT_fp16,
+            faiss.METRIC_INNER_PRODUCT,
+            False,
+        )
+        other.train(real[1][:900])
+        payload = _IVF_META.pack(900, 0.99) + faiss.serialize_index(other).tobytes()
+        version = 4 if eight_bit else 3
+        digest = hashlib.sha256(payload).digest()
+        path.write_bytes(_HEADER.pack(b"MEMSDKIX", version, 0, digest, bytes(16)) + payload)
     else:
         path.unlink()
     with pytest.raises(IndexCorruptedError, match=message) as exc:
