@@ -14,7 +14,7 @@ One JSON line goes to stdout, progress to stderr; ``--out`` also receives the JS
 
 Usage::
 
-    python benchmarks/retraining.py                    # 860,000 vectors, ~10 min on 2 cores
+    python benchmarks/retraining.py                    # 860,000 vectors, ~9 min on 2 cores
     python benchmarks/retraining.py --vectors 300000 --threshold 50000
 """
 

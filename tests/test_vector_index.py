@@ -250,7 +250,8 @@ def test_save_and_load_keep_the_ivf_index_and_its_measurement(real, tmp_path) ->
 def test_the_file_written_in_pieces_is_the_format_older_releases_read(real, tmp_path, kind) -> None:
     """save() lets FAISS write into the file and fills the header in last; the bytes are
     still exactly the documented layout (header, checksum of the payload, the IVF's figures,
-    FAISS's serialisation), so a release that reads the file whole reads it too."""
+    FAISS's serialisation), so a release that reads the file whole reads it too (a flat
+    one; an IVF file is version 4, which releases before float16 refuse, naming the rebuild)."""
     n = 900 if kind == "ivf" else 300
     index, _ = _ivf(real, n=n)
     assert index.kind == kind
