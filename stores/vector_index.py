@@ -265,9 +265,7 @@ def _train_ivf(
     index.train(sample(_TRAIN_PER_LIST * nlist, replace=False))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
     queries = sample(_RECALL_QUERIES, replace=True)
-    for held, vectors in read(ids):
-        if abandoned():
-            raise _Abandoned
+    for held, vectors in read(ids):  # read() checks for abandonment before each block
         index.add_with_ids(vectors, held)
     own_lists = index.quantizer.search(queries, 1)[1][:, 0]
     left_out = [
@@ -577,7 +575,7 @@ class VectorIndex:
     def _start_training(self) -> None:
         """Note the ids held now and train on their vectors in a new thread, which reads them
         in blocks from the index as it goes (:meth:`_read`). Under the lock."""
-        ids = np.flatnonzero(self._present).astype(np.int64)
+        ids = self.ids()
         self._changes = []
         self._training = background_thread(
             self._train, args=(ids, self._generation), name="memsdk-ivf-training"
