@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from resident import resident_kb
+from retraining import cluster_centres, clustered
 
 from memsdk import HybridMemory, MemoryConfig
 from memsdk.stores.embedder import MiniLMEmbedder
@@ -66,7 +67,7 @@ def mixed_vectors(
     real_embed = MiniLMEmbedder.embed
     counts = {"real": 0, "synthetic": 0}
     rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4000, 384)).astype(np.float32)
+    centres = cluster_centres(rng)
 
     def embed(self: MiniLMEmbedder, texts: Any, **kwargs: Any) -> np.ndarray:
         if real_between[0] <= index_size() < real_between[1]:
@@ -74,10 +75,8 @@ def mixed_vectors(
             return real_embed(self, texts, **kwargs)
         if kwargs.get("between") is not None:
             kwargs["between"]()  # the stage renews its lease and sees a close there
-        rows = centres[rng.integers(0, len(centres), len(texts))]
-        rows = rows + 0.6 * rng.standard_normal(rows.shape).astype(np.float32)
         counts["synthetic"] += len(texts)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return clustered(rng, centres, len(texts))
 
     MiniLMEmbedder.embed = embed  # type: ignore[method-assign]
     try:

@@ -42,16 +42,25 @@ BATCH = 8192
 SEED = 0
 
 
+def cluster_centres(rng: np.random.Generator) -> np.ndarray:
+    """The 4,000 Gaussian centres of the synthetic vectors."""
+    return rng.standard_normal((4000, DIM)).astype(np.float32)
+
+
+def clustered(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
+    """(n, DIM) synthetic unit vectors: each a random centre plus noise (sigma 0.6)."""
+    rows = centres[rng.integers(0, len(centres), n)]
+    rows = rows + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
 def batches(total: int) -> Any:
     """(ids, vectors) batches of the synthetic vectors, ids 0..total-1."""
     rng = np.random.default_rng(SEED)
-    centres = rng.standard_normal((4000, DIM)).astype(np.float32)
+    centres = cluster_centres(rng)
     for at in range(0, total, BATCH):
         n = min(BATCH, total - at)
-        rows = centres[rng.integers(0, len(centres), n)]
-        rows = rows + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-        yield np.arange(at, at + n, dtype=np.int64), rows
+        yield np.arange(at, at + n, dtype=np.int64), clustered(rng, centres, n)
 
 
 def run(total: int, threshold: int) -> list[dict[str, Any]]:
