@@ -5,8 +5,9 @@ When the database was removed, emptied or replaced by another memory's, opening 
 raises :class:`~memsdk.errors.StaleFilesError`: the index and weight deltas describe chunks the
 database does not hold, under ids it will give to new chunks. :func:`repair` keeps the database
 (the source of truth) and moves every file it does not vouch for (the vector index, the weight
-deltas, the router policies) into ``<memory>/stale-<time>/``, where nothing reads them; the
-index is then rebuilt from the database and each scope's weights absorb its chunks again.
+deltas, the router policies, the saved text index's record) into ``<memory>/stale-<time>/``,
+where nothing reads them; the index is then rebuilt from the database and each scope's weights
+absorb its chunks again.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from memsdk.memory import HybridMemory
 from memsdk.stores.manifest import read_manifest
 from memsdk.stores.notepad import DATABASE_NAME
 from memsdk.stores.sql import SQLStore
+from memsdk.stores.text_index import SAVED_NAME
 from memsdk.stores.vector_index import INDEX_NAME
 
 __all__ = ["RepairReport", "repair"]
 
-UNVOUCHED = (INDEX_NAME, "weights", "router")  # what a database of another history disowns
+# What a database of another history disowns.
+UNVOUCHED = (INDEX_NAME, "weights", "router", SAVED_NAME)
 
 
 @dataclasses.dataclass(frozen=True)

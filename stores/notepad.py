@@ -177,7 +177,9 @@ class Notepad:
         self.ivf_threshold = ivf_threshold
         self.index_path = self.directory / INDEX_NAME
         self.sql = SQLStore(url, busy_timeout_s=busy_timeout_s)
-        self.text_index = TextIndex(self.sql, threshold=text_index_threshold)
+        self.text_index = TextIndex(
+            self.sql, threshold=text_index_threshold, saved_in=self.directory
+        )
         self._sync_lock = threading.Lock()
         # The scope of each indexed vector by chunk id (-1: none), built on the first search;
         # and per scope, its indexed ids at an index generation.
@@ -189,7 +191,7 @@ class Notepad:
             self.sql.create_schema()
             self.memory_id = self._identity()
             self.index = self._open_index() if load_index else self._new_index()
-            self.index.memory_id = self.memory_id
+            self.index.memory_id = self.text_index.memory_id = self.memory_id
             if load_index:
                 self.sync()
         except BaseException:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.filters import compile_filters, string_terms
+from memsdk.repair import repair
 from memsdk.stores import text_index
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_records import NewChunk
@@ -300,3 +303,171 @@ def test_search_runs_on_it_past_the_threshold(tmp_path, database) -> None:
             hits = mem.search("worker restarted", scope=scope, k=3, filters=filters)
             assert [h.text for h in hits] == ["worker 7 restarted the gateway"]
             assert hits[0].keyword_rank == 1
+
+
+def saved_index(sql: SQLStore, directory: Path, memory_id: str = "memory-1") -> TextIndex:
+    return TextIndex(sql, threshold=0, saved_in=directory, memory_id=memory_id)
+
+
+def saved_folders(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("text-index-*"))
+
+
+def messages(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_saved_index_is_read_back_and_replays_what_changed_since(tmp_path, caplog) -> None:
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    ids = add(sql, scope_id, [f"datanode {i} received block blk_{i}" for i in range(200)])
+    first = saved_index(sql, tmp_path)
+    assert first.wait_ready(60)  # built, then saved
+    [folder] = saved_folders(tmp_path)
+    # Changes the first index replays into its own files, which share the saved ones' inodes:
+    # the save must not change with them.
+    [new] = add(sql, scope_id, [f"error writing {IDENTIFIER} to disk"])
+    sql.delete_chunks(scope_id, ids[:50])
+    assert ids_of(first.ranking(scope_id, IDENTIFIER, limit=5)[0]) == [new]
+    # A second process (the first one killed before it saved again) reads the save back.
+    with caplog.at_level("INFO", logger="memsdk.stores.text_index"):
+        second = saved_index(sql, tmp_path)
+        assert second.wait_ready(60)
+    assert "text index read from" in messages(caplog)
+    assert "text index built" not in messages(caplog)
+    assert ids_of(second.ranking(scope_id, IDENTIFIER, limit=5)[0]) == [new]
+    for query in ("received block", "datanode 17", "blk_3"):
+        found = set(ids_of(second.ranking(scope_id, query, limit=1000)[0]))
+        assert found == set(ids_of(sql.keyword_search(scope_id, query, limit=1000))), query
+    assert not found & set(ids[:50])
+    second.close()  # it replayed history: saved again, the earlier save removed
+    [again] = saved_folders(tmp_path)
+    assert again != folder
+    saved = json.loads((tmp_path / text_index.SAVED_NAME).read_text())
+    assert saved["synced_to"] == sql.max_history_id() and saved["folder"] == again
+    first.close()
+    sql.close()
+
+
+def _old_database_with_a_newer_save(tmp_path: Path) -> tuple[SQLStore, int]:
+    """A database restored from a backup older than the index saved beside it."""
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    add(sql, scope_id, [f"datanode {i} received block blk_{i}" for i in range(100)])
+    sql.close()
+    shutil.copyfile(tmp_path / "memory.db", tmp_path / "backup.db")
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    add(sql, scope_id, [f"error writing {IDENTIFIER} to disk"])
+    index = saved_index(sql, tmp_path)
+    assert index.wait_ready(60)
+    index.close()
+    sql.close()
+    os.replace(tmp_path / "backup.db", tmp_path / "memory.db")
+    return SQLStore(f"sqlite:///{tmp_path / 'memory.db'}"), scope_id
+
+
+def _another_memorys_save(tmp_path: Path) -> tuple[SQLStore, int]:
+    sql = SQLStore(f"sqlite:///{tmp_path / 'memory.db'}")
+    sql.create_schema()
+    scope_id = sql.ensure_scope(("acme", "u1", "", ""))
+    add(sql, scope_id, [f"datanode {i} received block blk_{i}" for i in range(100)])
+    index = saved_index(sql, tmp_path, memory_id="memory-2")
+    assert index.wait_ready(60)
+    index.close()
+    return sql, scope_id
+
+
+def _a_save_missing_a_file(tmp_path: Path) -> tuple[SQLStore, int]:
+    sql, scope_id = _another_memorys_save(tmp_path)
+    saved = json.loads((tmp_path / text_index.SAVED_NAME).read_text())
+    saved["memory_id"] = "memory-1"
+    (tmp_path / text_index.SAVED_NAME).write_text(json.dumps(saved))
+    next((tmp_path / saved["folder"]).glob("*.idx")).unlink()
+    return sql, scope_id
+
+
+def _a_save_of_another_layout(tmp_path: Path) -> tuple[SQLStore, int]:
+    sql, scope_id = _a_save_missing_a_file(tmp_path)
+    shutil.rmtree(tmp_path / saved_folders(tmp_path)[0])
+    index = saved_index(sql, tmp_path)
+    assert index.wait_ready(60)  # built, and saved whole
+    index.close()
+    saved = json.loads((tmp_path / text_index.SAVED_NAME).read_text())
+    (tmp_path / text_index.SAVED_NAME).write_text(json.dumps(saved | {"format": 0}))
+    return sql, scope_id
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (_old_database_with_a_newer_save, "the database holds events up to"),
+        (_another_memorys_save, "it belongs to memory memory-2"),
+        (_a_save_missing_a_file, "could not be read"),
+        (_a_save_of_another_layout, "it has layout 0"),
+    ],
+)
+def test_a_save_that_does_not_match_the_database_is_set_aside(tmp_path, caplog, make, why):
+    sql, scope_id = make(tmp_path)
+    with caplog.at_level("INFO", logger="memsdk.stores.text_index"):
+        index = saved_index(sql, tmp_path)
+        assert index.wait_ready(60)
+    assert why in messages(caplog)
+    assert "text index built" in messages(caplog)
+    assert "text index read from" not in messages(caplog)
+    held = set(ids_of(sql.keyword_search(scope_id, "datanode block", limit=1000)))
+    assert set(ids_of(index.ranking(scope_id, "datanode block", limit=1000)[0])) == held
+    assert index.ranking(scope_id, IDENTIFIER, limit=5)[0] == []  # not in this database
+    index.close()
+    saved = json.loads((tmp_path / text_index.SAVED_NAME).read_text())
+    assert saved["memory_id"] == "memory-1" and saved["format"] == text_index.SAVED_FORMAT
+    assert saved_folders(tmp_path) == [saved["folder"]]
+    sql.close()
+
+
+def test_a_reopened_memory_searches_on_its_saved_index(tmp_path, caplog) -> None:
+    config = MemoryConfig(text_index_threshold=0, weight_memory=False)
+    scope = Scope(tenant="acme", user="u1")
+    with HybridMemory(tmp_path / "memory", config=config) as mem:
+        for i in range(30):
+            mem.add(f"worker {i} finished its task in {i * 3} seconds", scope=scope)
+        assert mem.notepad.text_index.wait_ready(60)
+    logs = caplog.at_level("INFO", logger="memsdk.stores.text_index")
+    with logs, HybridMemory(tmp_path / "memory", config=config) as mem:
+        mem.add(f"worker 99 lost {IDENTIFIER} while writing", scope=scope)
+        assert mem.notepad.text_index.wait_ready(60)
+        assert mem.stats().keyword_index == "tantivy"
+        assert IDENTIFIER in mem.search(f"what happened to {IDENTIFIER}", scope=scope)[0].text
+    assert "text index read from" in messages(caplog)
+    assert "text index built" not in messages(caplog)
+
+
+def test_a_replaced_database_never_searches_the_old_memorys_saved_index(tmp_path, database):
+    """The database removed and the memory repaired: the new tenant gets the old one's scope
+    id, and must not find the old chunks through the text index saved beside them."""
+    if database != "sqlite":
+        pytest.skip("it removes the memory's SQLite file")
+    config = MemoryConfig(text_index_threshold=0, weight_memory=False)
+    path = tmp_path / "memory"
+    with HybridMemory(path, config=config) as mem:
+        for n in range(200):
+            mem.add(f"alice secret password is hunter2{n:03d}", scope=Scope(tenant="alice"))
+        assert mem.notepad.text_index.wait_ready(60)
+    for name in ("memory.db", "memory.db-wal", "memory.db-shm"):
+        (path / name).unlink(missing_ok=True)
+    repair(path, config=config)
+    [saved] = path.glob(f"stale-*/{text_index.SAVED_NAME}")
+    bob = Scope(tenant="bob")
+    with HybridMemory(path, config=config) as mem:
+        # As much history as alice's and a little more: the save is neither ahead of the
+        # database nor so far behind that building beats replaying, so only its identity
+        # tells it is not this database's.
+        synced_to = json.loads(saved.read_text())["synced_to"]
+        while mem.notepad.sql.max_history_id() <= synced_to:
+            mem.add(f"bob ordered kettle {mem.notepad.sql.max_history_id()}", scope=bob)
+        assert mem.notepad.sql.max_history_id() - synced_to < 200
+        assert mem.notepad.sql.find_scope(bob.key()) == 1  # the id alice's chunks were under
+        assert mem.notepad.text_index.wait_ready(60)
+        assert all("hunter2" not in hit.text for hit in mem.search("hunter2 password", scope=bob))
+        assert mem.notepad.keyword_search(1, "hunter2 password", limit=10) == []
