@@ -264,16 +264,16 @@ class TextIndex:
                 self._directory.remove()
 
     def _due(self) -> None:
-        """Start the build when the memory holds ``threshold`` chunks (counted at most every
-        :data:`RECOUNT_S` seconds)."""
+        """Put the saved index in place, or else start the build, when the memory holds
+        ``threshold`` chunks (counted at most every :data:`RECOUNT_S` seconds)."""
         if self.ready or self._worker is not None or self._closed or self._failed:
             return
         now = time.monotonic()
         if now - self._counted_at < RECOUNT_S:
             return
         self._counted_at = now
-        if self.sql.chunk_count() >= self.threshold:
-            self._start(self._open)
+        if self.sql.chunk_count() >= self.threshold and not self._read_saved():
+            self._start(self._build)
 
     def _start(self, target: Callable[[], None]) -> None:
         with self._starting:
@@ -281,19 +281,22 @@ class TextIndex:
                 self._worker = background_thread(target, name="memsdk-text-index")
                 self._worker.start()
 
-    def _open(self) -> None:
-        """Put the saved index in place, or build the index when there is none to use."""
-        try:
-            if self._load():
-                self._worker = None
-                return
-        except Exception:
-            logger.warning(
-                "the text index saved in %s could not be read; building it anew",
-                self.saved_in,
-                exc_info=True,
-            )
-        self._build()
+    def _read_saved(self) -> bool:
+        """Put the saved index in place, here and now (a second at most at a million chunks,
+        where SQL's answer to one question can take half of one, and a process that opened the
+        memory for one search gets it); whether it did."""
+        with self._starting:  # one reader at a time, and no build starts meanwhile
+            if self.ready or self._worker is not None or self._closed:
+                return True
+            try:
+                return self._load()
+            except Exception:
+                logger.warning(
+                    "the text index saved in %s could not be read; building it anew",
+                    self.saved_in,
+                    exc_info=True,
+                )
+                return False
 
     def _load(self) -> bool:
         """Put the index saved in the memory's directory in place, when it is this memory's,
