@@ -161,3 +161,37 @@ def test_a_filter_listed_for_the_vector_search_follows_the_scope_changes(
     # Listed once, after the first search's candidates fell short; the listing served the rest.
     assert notepad.filter_ids.listings == 1 and len(rounds) == 1
     notepad.close()
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        "every chunk",  # one scan of the whole table
+        "most chunks",  # one scan, the others left out
+        "a dense run",  # id ranges, the ids between left out
+        "sparse ids",  # IN lists
+    ],
+)
+def test_the_scope_of_each_chunk_is_read_for_any_set_of_ids(tmp_path, asked) -> None:
+    notepad = _notepad(tmp_path / "memory", 4)
+    scopes = [notepad.sql.ensure_scope((f"t{n}", "", "", "")) for n in range(3)]
+    texts = [f"line {n}" for n in range(3000)]
+    held: dict[int, int] = {}
+    for n, scope_id in enumerate(scopes):  # three scopes' chunks, interleaved in id order
+        for part in range(n, 30, 3):
+            batch = texts[part * 100 : (part + 1) * 100]
+            ids = notepad.sql.insert_chunks(scope_id, None, _chunks(batch, np.ones((100, 4))))
+            held |= dict.fromkeys((int(i) for i in ids), scope_id)
+    every = np.array(sorted(held))
+    chosen = {
+        "every chunk": every,
+        "most chunks": every[every % 7 != 0],
+        "a dense run": every[(every > 500) & (every < 1400) & (every % 5 != 0)],
+        "sparse ids": every[::97],
+    }[asked]
+    missing = np.array([every.max() + 5, every.max() + 900])  # no such chunks: left out
+    asked_ids = np.concatenate([chosen[::-1], chosen[:10], missing])  # any order, repeats
+    ids, found = notepad.sql.chunk_scopes(asked_ids, batch=256)
+    assert ids.tolist() == chosen.tolist()
+    assert found.tolist() == [held[i] for i in chosen.tolist()]
+    notepad.close()
