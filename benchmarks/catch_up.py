@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from json_line import emit
 from resident import resident_kb
 from retraining import cluster_centres, clustered
 
@@ -179,11 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--real-between needs 0 <= A < B; got {args.real_between!r}")
         real_between = (low, high)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    line = json.dumps(catch_up(args.memory, args.poll_s, real_between))
-    print(line, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(catch_up(args.memory, args.poll_s, real_between), args.out)
     return 0
 
 

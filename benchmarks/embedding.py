@@ -20,12 +20,12 @@ to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from json_line import emit
 from notepad_corpus import prose_sources
 from notepad_report import load_average, machine_info
 
@@ -127,12 +127,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     result = run(args)
-    line = json.dumps(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(line + "\n")
-    tmp.replace(args.out)
-    print(line)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from json_line import emit
 from resident import peak_above_start, resident_kb
 
 from memsdk.stores.vector_index import VectorIndex
@@ -117,11 +118,7 @@ def main() -> None:
         "faiss": faiss.__version__,
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

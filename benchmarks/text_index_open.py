@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from json_line import emit
+
 from memsdk import HybridMemory, MemoryConfig, Scope
 from memsdk.stores.text_index import SAVED_NAME
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         child = [sys.executable, __file__, "--memory", str(args.memory), "--one"]
         done = subprocess.run(child, check=True, capture_output=True, text=True)
         opens.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    line = json.dumps(
+    emit(
         {
             "benchmark": "text index after an open",
             "memory": str(args.memory),
@@ -123,12 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             "saved_mb": _saved_mb(args.memory),
             "first_open": opens[0],
             "second_open": opens[1],
-        }
+        },
+        args.out,
     )
-    print(line, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
     return 0
 
 

@@ -33,7 +33,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -48,6 +47,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from json_line import emit
 from resident import peak_above_start
 
 from memsdk.chunking import chunk_stream
@@ -313,10 +313,7 @@ def main() -> None:
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),
     }
-    line = json.dumps(result)
-    print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
