@@ -236,8 +236,9 @@ class TextIndex:
         return "building" if self._worker is not None else "sql"
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Start the build if the memory is past the threshold, or the replay of a long
-        backlog of changes, and wait for it; whether the next search runs on this index."""
+        """If the memory is past the threshold, put the saved index in place or start the
+        build, or the replay of a long backlog of changes, and wait for it; whether the next
+        search runs on this index."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._due()
         for _ in range(2):  # the build, then the replay of what changed meanwhile
