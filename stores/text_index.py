@@ -341,7 +341,7 @@ class TextIndex:
         with self._lock:
             if self._closed:
                 directory.remove()
-                return True
+                return True  # nothing to build either: the memory is closing
             self._directory, self._index, self._writer = directory, index, writer
             self._synced_to = self._saved_to = saved["synced_to"]
         logger.info(
