@@ -26,6 +26,7 @@ from memsdk.engine.ttt import (
     generate,
     score_bytes,
     stream,
+    stream_many,
 )
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "save_checkpoint",
     "score_bytes",
     "stream",
+    "stream_many",
 ]

@@ -25,8 +25,11 @@ class FisherDiagonal:
 
     def update(self, names: list[str], grads: list[Tensor] | tuple[Tensor, ...]) -> None:
         """Add one step's gradients (skipped when any is not finite)."""
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            return
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            self.add(names, grads)
+
+    def add(self, names: list[str], grads: list[Tensor] | tuple[Tensor, ...]) -> None:
+        """Add one step's gradients, which the caller found finite."""
         for name, grad in zip(names, grads, strict=True):
             square = grad.detach().float().pow(2)
             if name in self.sums:

@@ -216,3 +216,20 @@ def memory_dir(tmp_path: Path) -> Path:
 def mem(memory_dir: Path) -> Iterator[HybridMemory]:
     with HybridMemory.open(memory_dir) as memory:
         yield memory
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every batch ``memsdk.engine.stream_many`` ran (a test of batching knows the
+    batched path ran); the real function runs."""
+    import memsdk.engine.ttt as ttt
+
+    sizes: list[int] = []
+    real = ttt._stream_batch
+
+    def recording(states, chunks, slots):
+        sizes.append(len(states))
+        return real(states, chunks, slots)
+
+    monkeypatch.setattr(ttt, "_stream_batch", recording)
+    return sizes
