@@ -56,7 +56,7 @@ from typing import Protocol
 import torch
 from sqlalchemy import func, select
 
-from memsdk.engine import StreamReport, TTTState, score_bytes, stream
+from memsdk.engine import StreamReport, TTTState, score_bytes, stream, stream_many
 from memsdk.engine.replay import rehearse
 from memsdk.engine.ttt import MAX_SLOTS, slot_bits
 from memsdk.errors import ConfigError
@@ -64,14 +64,17 @@ from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_schema import ChunkRow, DocumentRow
 
 __all__ = [
+    "BATCHED_METHODS",
     "METHODS",
     "AbsorbReport",
     "History",
     "MemoryHistory",
     "RetentionConfig",
+    "RowsToAbsorb",
     "SQLHistory",
     "absorb",
     "absorb_rows",
+    "absorb_rows_many",
     "current_slot",
     "flush_slot",
     "join_savings",
@@ -80,6 +83,8 @@ __all__ = [
 ]
 
 METHODS = ("none", "replay", "ewc", "slots")
+# The methods whose scopes absorb together (absorb_rows_many); the others one after another.
+BATCHED_METHODS = ("none", "slots")
 REHEARSALS = "rehearsal_steps"  # state.extra key: rehearsal steps taken (saved in the deltas)
 SLOT = "slot"  # state.extra key: the slot the newest chunks trained
 SLOT_SOURCES = "slot_sources"  # state.extra key: JSON [[source, slot], ...], newest last
@@ -217,9 +222,7 @@ def absorb(
     piece = config.every_chunks * state.config.chunk_bytes
     bits, scored, rehearsals = 0.0, 0, 0
     if config.method == "slots":
-        first = data[: state.config.chunk_bytes]
-        slot = _choose_slot(state, source, first, config) if data else current_slot(state)
-        flushed = _enter_slot(state, slot)
+        slot, flushed = _slot_of_run(state, source, data, config)
         report = stream(state, data, final=final, slot=slot)
         return AbsorbReport(report.bytes_scored + flushed[0], report.bits + flushed[1], 0)
     if config.method == "none":
@@ -276,19 +279,77 @@ def absorb_rows(
     """:func:`absorb` notepad chunks ``(id, bytes)`` in order; ``sources`` gives each chunk id
     its document's source (read only by the slots method, which absorbs each run of one
     source's chunks into its slot)."""
-    if config.method != "slots":
-        data = b"".join(data for _, data in rows)
-        return absorb(state, data, history=history, config=config, rng=rng)
-    scored, bits, start = 0, 0.0, 0
+    return absorb_rows_many([RowsToAbsorb(state, rows, sources, history)], config=config, rng=rng)[
+        0
+    ]
+
+
+@dataclass(frozen=True)
+class RowsToAbsorb:
+    """One scope's batch for :func:`absorb_rows_many`: its state, its notepad chunks
+    ``(id, bytes)`` in order, each chunk id's source, and what it absorbed before."""
+
+    state: TTTState
+    rows: Sequence[tuple[int, bytes]]
+    sources: Mapping[int, str]
+    history: History
+
+
+def absorb_rows_many(
+    batches: Sequence[RowsToAbsorb], *, config: RetentionConfig, rng: random.Random
+) -> list[AbsorbReport]:
+    """:func:`absorb_rows` of several scopes' batches (distinct states), each state ending as
+    if absorbed alone. Under ``slots`` and ``none`` the scopes advance together: the k-th run
+    of one source's chunks of every scope (each in its slot) streams in one
+    :func:`~memsdk.engine.stream_many` call, which runs the scopes' chunks as batches
+    (``benchmarks/batched_streams.py``). Under ``replay`` and ``ewc``, whose rehearsal or
+    pull follows each piece of a scope, the scopes absorb one after another."""
+    if config.method not in BATCHED_METHODS:
+        return [
+            absorb(
+                b.state,
+                b"".join(data for _, data in b.rows),
+                history=b.history,
+                config=config,
+                rng=rng,
+            )
+            for b in batches
+        ]
+    runs = [_source_runs(b.rows, b.sources if config.method == "slots" else {}) for b in batches]
+    totals = [(0, 0.0)] * len(batches)
+    for k in range(max(map(len, runs), default=0)):
+        active = [i for i, scope_runs in enumerate(runs) if k < len(scope_runs)]
+        slots = []
+        for i in active:
+            state, (source, data) = batches[i].state, runs[i][k]
+            if config.method == "slots":
+                slot, (scored, bits) = _slot_of_run(state, source, data, config)
+                totals[i] = (totals[i][0] + scored, totals[i][1] + bits)
+            else:
+                slot = current_slot(state)
+            slots.append(slot)
+        reports = stream_many(
+            [batches[i].state for i in active], [runs[i][k][1] for i in active], slots=slots
+        )
+        for i, report in zip(active, reports, strict=True):
+            totals[i] = (totals[i][0] + report.bytes_scored, totals[i][1] + report.bits)
+    return [AbsorbReport(scored, bits, 0) for scored, bits in totals]
+
+
+def _source_runs(
+    rows: Sequence[tuple[int, bytes]], sources: Mapping[int, str]
+) -> list[tuple[str, bytes]]:
+    """``rows`` cut into runs of one source's chunks, in order: (source, their bytes)."""
+    runs: list[tuple[str, bytes]] = []
+    start = 0
     while start < len(rows):
         source = sources.get(rows[start][0], "")
         end = start + 1
         while end < len(rows) and sources.get(rows[end][0], "") == source:
             end += 1
-        data = b"".join(data for _, data in rows[start:end])
-        report = absorb(state, data, history=history, config=config, rng=rng, source=source)
-        scored, bits, start = scored + report.bytes_scored, bits + report.bits, end
-    return AbsorbReport(scored, bits, 0)
+        runs.append((source, b"".join(data for _, data in rows[start:end])))
+        start = end
+    return runs
 
 
 def flush_slot(state: TTTState) -> StreamReport:
@@ -360,6 +421,17 @@ def _choose_slot(state: TTTState, source: str, first: bytes, config: RetentionCo
     pairs = [[name, k] for name, k in known.items()][-MAX_REMEMBERED_SOURCES:]
     state.extra[SLOT_SOURCES] = json.dumps(pairs)
     return slot
+
+
+def _slot_of_run(
+    state: TTTState, source: str, data: bytes, config: RetentionConfig
+) -> tuple[int, tuple[int, float]]:
+    """The slot a run of ``source``'s bytes trains (:func:`_choose_slot` on its first chunk),
+    made the current one (:func:`_enter_slot`): the slot, and the (bytes, bits) the switch
+    scored."""
+    first = data[: state.config.chunk_bytes]
+    slot = _choose_slot(state, source, first, config) if data else current_slot(state)
+    return slot, _enter_slot(state, slot)
 
 
 def _enter_slot(state: TTTState, slot: int) -> tuple[int, float]:

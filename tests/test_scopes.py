@@ -10,13 +10,17 @@ absorbed.
 
 from __future__ import annotations
 
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from memsdk import HybridMemory, MemoryConfig, Scope
 
 SCOPES = 30
+CODE = Path(textwrap.__file__).read_text()  # real text unlike the logs below
 CEILING_S = 180.0  # waiting for the weight worker on a busy 2-core machine
 
 
@@ -91,3 +95,38 @@ def test_an_evicted_scope_is_saved_first_and_reloads_with_what_it_absorbed(memor
         assert first_id in weights.loaded_scopes()
         initial = mem.bits_per_byte(probe, scope=Scope(tenant="nobody"))
         assert again < initial - 0.2
+
+
+def test_scopes_absorbed_together_learn_what_each_learns_alone(tmp_path, batch_sizes) -> None:
+    """Scopes with chunks waiting are absorbed together, their chunks run as batches
+    (memsdk.engine.stream_many), and each scope's weights, slots and counts end as when the
+    scope is absorbed alone."""
+    scopes = [Scope(tenant=f"tenant-{i}") for i in range(6)]
+
+    def write(mem: HybridMemory, i: int) -> None:  # two sources per scope, of other lengths
+        mem.ingest([_tenant_lines(i, 30 + 9 * i)], scope=scopes[i], name=f"jobs-{i}")
+        mem.ingest([CODE[i * 1500 : (i + 2) * 1500]], scope=scopes[i], name=f"code-{i}")
+
+    alone = MemoryConfig(weights_save_interval_s=3600)
+    with HybridMemory.open(tmp_path / "alone", config=alone) as mem:
+        for i in range(len(scopes)):
+            write(mem, i)
+            mem.flush()  # this scope alone has chunks waiting
+        expected = [mem.weights.state(mem.notepad.sql.find_scope(s.key())) for s in scopes]
+    assert batch_sizes == []  # one scope at a time: nothing to batch
+
+    with HybridMemory.open(tmp_path / "together", config=MemoryConfig(weight_memory=False)) as mem:
+        for i in range(len(scopes)):
+            write(mem, i)
+    with HybridMemory.open(tmp_path / "together", config=alone) as mem:
+        mem.flush()  # every scope had chunks waiting at open
+        together = [mem.weights.state(mem.notepad.sql.find_scope(s.key())) for s in scopes]
+
+    assert max(batch_sizes) == len(scopes)
+    assert any(len(state.slots()) > 1 for state in expected)  # a second source, a second slot
+    for got, want in zip(together, expected, strict=True):
+        assert got.slots() == want.slots()
+        assert got.extra == want.extra  # the same slot for each source
+        assert (got.position, got.steps, got.pending) == (want.position, want.steps, want.pending)
+        for name, weight in want.fast_weights.items():
+            torch.testing.assert_close(got.fast_weights[name], weight, atol=2e-5, rtol=1e-4)
