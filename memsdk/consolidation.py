@@ -5,7 +5,10 @@ the last chunk it absorbed (``through_chunk_id``, saved inside its delta); the w
 the scope's newer chunks in id order, which is ingest order. Writers only *notify* the worker
 (a bounded queue of scope ids and commands), so agent code never waits for training and no
 ingested text is held twice in memory. After a crash, or when the model changed, a scope simply
-resumes from the chunk after its newest delta's ``through_chunk_id``.
+resumes from the chunk after its newest delta's ``through_chunk_id``. Scopes with chunks
+waiting are absorbed together, oldest notice first, up to :data:`SCOPES_PER_BATCH` at a time:
+their chunks run through the model as batches (:func:`memsdk.retention.absorb_rows_many`),
+each scope ending as if absorbed alone.
 
 Sessions: a scope's weight memory is saved as a chain of 4-bit deltas
 (:mod:`memsdk.engine.delta`). Each open of the memory is a session; each of its saves (on a

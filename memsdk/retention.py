@@ -279,9 +279,8 @@ def absorb_rows(
     """:func:`absorb` notepad chunks ``(id, bytes)`` in order; ``sources`` gives each chunk id
     its document's source (read only by the slots method, which absorbs each run of one
     source's chunks into its slot)."""
-    return absorb_rows_many([RowsToAbsorb(state, rows, sources, history)], config=config, rng=rng)[
-        0
-    ]
+    batch = RowsToAbsorb(state, rows, sources, history)
+    return absorb_rows_many([batch], config=config, rng=rng)[0]
 
 
 @dataclass(frozen=True)
