@@ -1,10 +1,11 @@
 """memsdk.engine: the weight memory (byte-level model, test-time training, recall, training).
 
-The serving path (:mod:`~memsdk.engine.model`, :mod:`~memsdk.engine.ttt`) takes tensors and
-frozen dataclasses and returns tensors and dataclasses; it never touches SQL or FAISS. Model
-files are sharded safetensors (:mod:`~memsdk.engine.checkpoint`); the outer loop and the corpus
-builder live in :mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`; Fisher masks and
-4-bit deltas in :mod:`~memsdk.engine.fisher` and :mod:`~memsdk.engine.delta`.
+The serving path (:mod:`~memsdk.engine.model`, :mod:`~memsdk.engine.ttt`,
+:mod:`~memsdk.engine.scoring`) takes tensors and frozen dataclasses and returns tensors and
+dataclasses; it never touches SQL or FAISS. Model files are sharded safetensors
+(:mod:`~memsdk.engine.checkpoint`); the outer loop and the corpus builder live in
+:mod:`~memsdk.engine.train` and :mod:`~memsdk.engine.corpus`; Fisher masks and 4-bit deltas in
+:mod:`~memsdk.engine.fisher` and :mod:`~memsdk.engine.delta`.
 """
 
 if __name__ != "memsdk.engine":  # the checkout's root is on sys.path (python without -P)
@@ -17,14 +18,11 @@ from memsdk.engine.checkpoint import DEFAULT_MODEL, load_checkpoint, load_model,
 from memsdk.engine.delta import WeightDelta, make_delta, merge_delta, read_delta, restore_state
 from memsdk.engine.fisher import FisherDiagonal
 from memsdk.engine.model import ByteLM, ModelConfig
+from memsdk.engine.scoring import bits_per_byte, byte_losses, generate, score_bytes
 from memsdk.engine.ttt import (
     StreamReport,
     TTTConfig,
     TTTState,
-    bits_per_byte,
-    byte_losses,
-    generate,
-    score_bytes,
     stream,
     stream_many,
 )

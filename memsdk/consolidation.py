@@ -57,17 +57,16 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from memsdk.config import MemoryConfig
+from memsdk.delta_chains import DeltaChains
 from memsdk.engine import (
     ByteLM,
     TTTConfig,
     TTTState,
-    WeightDelta,
     make_delta,
-    read_delta,
     restore_state,
 )
 from memsdk.engine.delta import header_int
-from memsdk.engine.ttt import FISHER_MASKED_INNER_LR, MAX_SLOTS, initial_weights, slot_name
+from memsdk.engine.ttt import FISHER_MASKED_INNER_LR
 from memsdk.errors import DatabaseCorruptedError, FormatError, MemsdkError
 from memsdk.lease import WeightLeases
 from memsdk.retention import (
@@ -182,6 +181,7 @@ class Consolidator:
         self.sql = sql
         self.memory_id = memory_id
         self.deltas = deltas
+        self.chains = DeltaChains(deltas, model, memory_id)
         self.snapshots = snapshots
         self.model = model
         self.ttt_config = ttt_config or getattr(model, "default_ttt", None) or TTTConfig()
@@ -204,7 +204,6 @@ class Consolidator:
         self._absorbed: dict[int, int] = {}
         # Scopes with work, oldest first (a dict as an ordered set): absorbed in that order.
         self._backlog: dict[int, None] = {}
-        self._shapes: dict[str, tuple[int, ...]] | None = None
         self._checked: dict[int, tuple[int, ...]] = {}  # chains read in full: their signature
         self._initial: TTTState | None = None
         self._states_lock = threading.Lock()
@@ -312,7 +311,7 @@ class Consolidator:
                 state = self._load_chain(scope_id)[0]
             except FormatError:
                 state = self.state(scope_id)  # rebuilt from the notepad
-        chain = self._chain_versions(scope_id)
+        chain = self.chains.versions(scope_id)
         modified = self.deltas.modified(scope_id)
         return ScopeWeights(
             bytes_absorbed=state.position + len(state.pending),
@@ -355,46 +354,6 @@ class Consolidator:
     def _through(state: TTTState) -> int:
         return int(state.extra.get(THROUGH, "0"))
 
-    def _fast_weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every fast weight a delta of this model may hold (those of either mode), by name:
-        a delta's header is checked against them before its tensors are read."""
-        if self._shapes is None:
-            masked = TTTConfig(fast_params="fisher_masked")
-            weights = initial_weights(self.model, masked)
-            self._shapes = {
-                slot_name(slot, name): tuple(w.shape)
-                for slot in range(MAX_SLOTS)
-                for name, w in weights.items()
-            }
-        return self._shapes
-
-    def _read(self, scope_id: int, version: int) -> WeightDelta:
-        path = self.deltas.path(scope_id, version)
-        try:
-            data = self.deltas.read(scope_id, version)
-        except OSError as exc:
-            raise FormatError(f"{path} cannot be read: {exc}") from exc
-        return read_delta(data, source=str(path), shapes=self._fast_weight_shapes())
-
-    def _chain(self, scope_id: int, newest: int) -> list[tuple[int, WeightDelta]]:
-        """The deltas from the first to ``newest``, following each file's parent."""
-        chain, version = [], newest
-        while version:
-            delta = self._read(scope_id, version)
-            owner = delta.labels.get("memory_id")
-            if owner is not None and owner != self.memory_id:
-                raise FormatError(
-                    f"delta {version} of scope {scope_id} belongs to memory {owner}, this is "
-                    f"memory {self.memory_id}"
-                )
-            chain.append((version, delta))
-            version = header_int(
-                delta.labels.get("parent"),
-                f"the parent named by delta {version} of scope {scope_id}",
-                high=version - 1,
-            )
-        return chain[::-1]
-
     def _check_through(self, scope_id: int, state: TTTState) -> None:
         """A loaded state may claim only chunks the database has held: a ``through_chunk_id``
         that is not a chunk id, or beyond every chunk id the database ever gave (its weights
@@ -409,14 +368,6 @@ class Consolidator:
             f"through_chunk_id of scope {scope_id} (the database's chunk ids end there)",
             high=self.sql.newest_chunk_id_ever(),
         )
-
-    def _chain_versions(self, scope_id: int) -> list[int]:
-        """The versions on the chain of the scope's newest delta (empty if unreadable)."""
-        versions = self.deltas.versions(scope_id)
-        try:
-            return [v for v, _ in self._chain(scope_id, versions[-1])] if versions else []
-        except FormatError:
-            return []
 
     def _load(self, scope_id: int) -> TTTState:
         """The scope's state as saved on disk now (see :meth:`_load_chain`); an unreadable
@@ -458,7 +409,7 @@ class Consolidator:
         """
         versions = self.deltas.versions(scope_id)
         if versions:
-            chain = self._chain(scope_id, versions[-1])
+            chain = self.chains.chain(scope_id, versions[-1])
             state = restore_state(
                 self.model, [d for _, d in chain], source=f"deltas of scope {scope_id}"
             )
@@ -497,7 +448,7 @@ class Consolidator:
                 try:
                     signature = self.deltas.signature(scope_id)
                     if self._checked.get(scope_id) != signature:
-                        self._chain(scope_id, versions[-1])  # FormatError when damaged
+                        self.chains.chain(scope_id, versions[-1])  # FormatError when damaged
                         self._checked[scope_id] = signature
                     header = self.deltas.header(scope_id, versions[-1])
                     meta = header["__metadata__"]

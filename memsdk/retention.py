@@ -33,7 +33,7 @@ empty scope. Two remedies are offered, compared on held-out mixed streams by
   another kind alike; :data:`JOIN_SAVING` leaves a wide margin above that. A wrong "no" costs
   a slot (one more forward pass per read until the mixture prunes it, and a slot that
   relearns); a wrong "yes" costs an older source its weights, so the rule leans to "no".
-  Readers score with the slots' Bayesian mixture (:func:`memsdk.engine.ttt.score_bytes`),
+  Readers score with the slots' Bayesian mixture (:func:`memsdk.engine.scoring.score_bytes`),
   which follows the slot that knows the text being read; a slot switch streams the partial
   chunk of the slot before and empties the sliding window, since another source's text is no
   context.
@@ -58,7 +58,8 @@ from sqlalchemy import func, select
 
 from memsdk.engine import StreamReport, TTTState, score_bytes, stream, stream_many
 from memsdk.engine.replay import rehearse
-from memsdk.engine.ttt import MAX_SLOTS, slot_bits
+from memsdk.engine.scoring import slot_bits
+from memsdk.engine.ttt import MAX_SLOTS
 from memsdk.errors import ConfigError
 from memsdk.stores.sql import SQLStore
 from memsdk.stores.sql_schema import ChunkRow, DocumentRow
