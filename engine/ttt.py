@@ -479,14 +479,23 @@ def _stream_chunk(state: TTTState, chunk: bytes, slot: int) -> Tensor:
                 if torch.isfinite(norm):
                     state.set_slot_weights(slot, {n: w.detach() for n, w in new.items()})
                     accepted = True
-    if learn:
+    caches = [(k.detach(), v.detach()) for k, v in caches]
+    _advance(state, inputs, chunk, caches, accepted if learn else None)
+    return losses.detach().cpu() / LN2
+
+
+def _advance(
+    state: TTTState, inputs: bytes, chunk: bytes, caches: list[KVCache], accepted: bool | None
+) -> None:
+    """After one chunk of a stream: count its inner step (``accepted`` is None when the inner
+    loop is frozen), keep the window's caches and inputs, and move past the chunk."""
+    if accepted is not None:
         state.steps += accepted
         state.rejected_steps += not accepted
-    state.caches = [(k.detach(), v.detach()) for k, v in caches]
-    state.recent_inputs = (state.recent_inputs + inputs)[-model.config.window :]
+    state.caches = caches
+    state.recent_inputs = (state.recent_inputs + inputs)[-state.model.config.window :]
     state.last_byte = chunk[-1]
     state.position += len(chunk)
-    return losses.detach().cpu() / LN2
 
 
 def _fused_inner_update(state: TTTState, slot: int, fast: FastWeights, grads: list[Tensor]) -> bool:
@@ -689,10 +698,6 @@ def _stream_batch(states: list[TTTState], chunks: list[bytes], slots: list[int])
             if accepted[b]:
                 # Copies, so that states never share storage (each saves and drops its own).
                 state.set_slot_weights(slot, {n: w[b].detach().clone() for n, w in new.items()})
-            state.steps += accepted[b]
-            state.rejected_steps += not accepted[b]
-        state.caches = [tuple(t[b : b + 1].detach().clone() for t in cache) for cache in caches]
-        state.recent_inputs = (state.recent_inputs + inputs[b])[-model.config.window :]
-        state.last_byte = chunks[b][-1]
-        state.position += len(chunks[b])
+        own = [tuple(t[b : b + 1].detach().clone() for t in cache) for cache in caches]
+        _advance(state, inputs[b], chunks[b], own, accepted[b] if learn else None)
     return list((losses.detach() / LN2).cpu().unbind(0))
