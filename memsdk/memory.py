@@ -50,6 +50,7 @@ from memsdk.shared_parts import shared_embedder
 from memsdk.sources import (
     resolve_sources,
 )
+from memsdk.stores.background import fresh_thread
 from memsdk.stores.notepad import Notepad
 from memsdk.stores.vector_backlog import Backlog
 from memsdk.timeline import TIME_KEY, parse_time, with_time
@@ -459,6 +460,7 @@ class HybridMemory:
         return data
 
     @gated
+    @fresh_thread
     def bits_per_byte(self, text: str | bytes, *, scope: Scope) -> float:
         """How surprising ``text`` is to the scope's weight memory, in bits per byte (lower:
         more familiar). Scored in a fresh window with the current fast weights; nothing is
@@ -473,6 +475,7 @@ class HybridMemory:
         return float(byte_losses(self._weight_state(scope), data).mean())
 
     @gated
+    @fresh_thread
     def complete(
         self,
         prompt: str | bytes,
@@ -513,6 +516,7 @@ class HybridMemory:
         )
 
     @gated
+    @fresh_thread
     def reset_weights(self, *, scope: Scope) -> None:
         """Forget what the scope's weight memory learned: back to the initial fast weights.
         The notepad keeps its chunks, and they are not absorbed again; later ingests are.
@@ -548,6 +552,7 @@ class HybridMemory:
     # ---- routed queries ----------------------------------------------------------------------
 
     @gated
+    @fresh_thread
     def surprise(self, text: str | bytes, *, scope: Scope, weights: str = "adapted") -> Surprise:
         """How novel each line of ``text`` is to the scope's memory: bits per byte per line
         (each line with its newline), scored in one pass so every line sees the lines before
@@ -572,6 +577,7 @@ class HybridMemory:
         return reading.surprise(state, data, weights)
 
     @gated
+    @fresh_thread
     def query(
         self,
         query: str,
@@ -623,6 +629,7 @@ class HybridMemory:
         )
 
     @gated
+    @fresh_thread
     def calibrate_router(
         self,
         *,

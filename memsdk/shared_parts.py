@@ -2,8 +2,10 @@
 
 Each is loaded once per process on first use and shared by every :class:`~memsdk.HybridMemory`
 (and the LangChain embeddings): their weights are read-only, fast weights live in each scope's
-state, so one copy serves all. A forked child keeps the loaded parts (shared copy-on-write with
-the parent) but gets new locks, since a lock a parent thread held would never be released there.
+state, so one copy serves all. Each is loaded on a thread that ends with the load, so that the
+caller's thread keeps no OpenMP pool (:mod:`memsdk.stores.background`). A forked child keeps
+the loaded parts (shared copy-on-write with the parent) but gets new locks, since a lock a
+parent thread held would never be released there.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 
 from memsdk.engine import ByteLM, load_model
 from memsdk.forking import after_fork_in_child
+from memsdk.stores.background import on_fresh_thread
 from memsdk.stores.embedder import MiniLMEmbedder
 
 __all__ = ["shared_embedder", "shared_model"]
@@ -39,7 +42,7 @@ def shared_model(name: str) -> ByteLM:
     place: fast weights live in each scope's state)."""
     with _models_lock:
         if name not in _models:
-            _models[name], _, _ = load_model(name)
+            _models[name], _, _ = on_fresh_thread(load_model, name)
         return _models[name]
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from memsdk.errors import ConfigError, FormatError, InputError, ModelNotFoundError
+from memsdk.stores.background import fresh_thread, on_fresh_thread
 from memsdk.stores.bert import (
     INSTALL_HINT,
     MODEL_PACKAGE,
@@ -235,7 +236,8 @@ class MiniLMEmbedder:
                 f"{self.model_dir / 'vocab.txt'} has {len(self.tokenizer.vocab)} tokens, "
                 f"expected vocab_size {self.config.vocab_size} from config.json"
             )
-        self.encoder = load_encoder(self.model_dir, self.config, self.device)
+        # Torch work runs on threads that end with it (memsdk.stores.background).
+        self.encoder = on_fresh_thread(load_encoder, self.model_dir, self.config, self.device)
         self._lock = threading.Lock()
         # One text (a query) runs on ONNX Runtime when it is installed and the encoder is on
         # the CPU (memsdk.stores.onnx_query); its session is built on the first query.
@@ -248,7 +250,9 @@ class MiniLMEmbedder:
         self.precision = "bfloat16" if bf16 else "float32"
         # Batches run on whole-bfloat16 weights rather than under autocast, which casts the
         # weights and the activations around every product (1.1-1.3x slower on real chunks).
-        self._batch_encoder = cast_encoder(self.encoder, torch.bfloat16) if bf16 else self.encoder
+        self._batch_encoder = (
+            on_fresh_thread(cast_encoder, self.encoder, torch.bfloat16) if bf16 else self.encoder
+        )
         self._query_layers: OnnxLayers | None = None
         self._query_lock = threading.Lock()
         self._query_pool: ThreadPoolExecutor | None = None  # embed_query_soon's, when first used
@@ -279,6 +283,7 @@ class MiniLMEmbedder:
             raise InputError(f"count_tokens() takes a str, got {type(text).__name__}")
         return len(self.tokenizer.encode(text))
 
+    @fresh_thread
     def embed(
         self,
         texts: Sequence[str],
@@ -291,7 +296,9 @@ class MiniLMEmbedder:
 
         Texts are sorted by token count and run in batches padded to their longest member,
         rounded up to a multiple of 16 tokens (at most ``batch_size`` texts and about 4096
-        tokens a batch); the rows come back in input order.
+        tokens a batch); the rows come back in input order. The call runs on a thread that
+        ends with it, so that the caller's thread keeps no OpenMP pool
+        (:mod:`memsdk.stores.background`).
 
         Args:
             texts: N strings; empty strings are fine (they embed ``[CLS] [SEP]``).
@@ -354,11 +361,10 @@ class MiniLMEmbedder:
         if not isinstance(text, str):
             raise InputError(f"embed_query() takes a str, got {type(text).__name__}")
         if self.query_runtime != "onnxruntime":
-            return self._forward([self.tokenizer.encode(text, max_length=self.max_tokens)])[0]
-        ids = torch.tensor(self.tokenizer.encode(text, max_length=self.max_tokens))
-        with torch.inference_mode():
-            x = self.encoder.embed(ids).numpy()  # (T, C)
-        pooled = self._onnx_layers()(x).mean(axis=0)  # no padding: every token is real
+            ids = self.tokenizer.encode(text, max_length=self.max_tokens)
+            return on_fresh_thread(self._forward, [ids])[0]
+        ids = self.tokenizer.encode(text, max_length=self.max_tokens)
+        pooled = self._onnx_layers()(ids).mean(axis=0)  # no padding: every token is real
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
 
     def embed_query_soon(self, text: str) -> Future[np.ndarray]:
@@ -381,7 +387,7 @@ class MiniLMEmbedder:
     def _onnx_layers(self) -> OnnxLayers:
         with self._query_lock:
             if self._query_layers is None:
-                self._query_layers = OnnxLayers(self.encoder)
+                self._query_layers = on_fresh_thread(OnnxLayers, self.encoder)
             return self._query_layers
 
     def _forward(self, batch: list[list[int]], encoder: BertEncoder | None = None) -> np.ndarray:

@@ -10,15 +10,18 @@ products, where ONNX Runtime measured no faster, so they stay on torch.
 The graph is written here from the encoder's own tensors with ``onnx.helper`` rather than by
 ``torch.onnx.export``: the exporter needs ``onnxscript`` and ~10 s of tracing on every start,
 while the hand-written graph is a few standard operators per layer (MatMul, Add, Softmax,
-LayerNormalization, Erf) built in well under a second. It covers the six transformer layers of
-one unpadded sequence; the token embeddings (a table lookup) stay in torch, so the session
-holds no copy of the 47 MB embedding table.
+LayerNormalization, Erf) built in well under a second. It covers the embedding layer's norm and
+the six transformer layers of one unpadded sequence. The token embeddings (a table lookup) are
+read in NumPy from the encoder's own tensors, so the session holds no copy of the 47 MB table,
+and a query runs no torch operator: the thread embedding it keeps no OpenMP pool
+(:mod:`memsdk.stores.background`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,8 +46,9 @@ def onnx_available() -> bool:
 
 
 def _build_graph(encoder: BertEncoder) -> bytes:
-    """The serialized ONNX model: ``x`` (T, C) float32, the embedding layer's output, ->
-    ``h`` (T, C), the last hidden states of the six layers (post-LN BERT)."""
+    """The serialized ONNX model: ``e`` (T, C) float32, the sum of the token, position and
+    token-type embeddings, -> ``h`` (T, C), the last hidden states of the six layers (the
+    embedding layer's norm first; post-LN BERT)."""
     from onnx import TensorProto, helper, numpy_helper
 
     cfg = encoder.cfg
@@ -83,7 +87,7 @@ def _build_graph(encoder: BertEncoder) -> bytes:
     one = const("one", np.array(1.0, dtype=np.float32))
     root2 = const("root2", np.array(math.sqrt(2.0), dtype=np.float32))
 
-    x = "x"
+    x = layer_norm("e", encoder.ln, "embed.ln")
     for i, block in enumerate(encoder.layers):
         p = f"l{i}"
         qkv = linear(x, block.attn.qkv, f"{p}.qkv")  # (T, 3C)
@@ -110,7 +114,7 @@ def _build_graph(encoder: BertEncoder) -> bytes:
     graph = helper.make_graph(
         nodes,
         "minilm_layers",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", C])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["T", C])],
         [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["T", C])],
         initializer=inits,
     )
@@ -144,7 +148,13 @@ class OnnxLayers:
         self._session = ort.InferenceSession(
             _build_graph(encoder), options, providers=["CPUExecutionProvider"]
         )
+        # Views of the encoder's CPU tables, not copies. A single sentence is all token type 0.
+        self._tokens = encoder.wte.detach().numpy()
+        self._positions = encoder.wpe.detach().numpy()
+        self._type0 = encoder.wtt.detach().numpy()[0]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(T, C) float32 embedding-layer output -> (T, C) last hidden states."""
-        return self._session.run(["h"], {"x": x})[0]
+    def __call__(self, ids: Sequence[int]) -> np.ndarray:
+        """The token ids of one sequence (T of them) -> (T, C) float32 last hidden states."""
+        rows = np.asarray(ids, dtype=np.int64)
+        embedded = self._tokens[rows] + self._positions[: len(rows)] + self._type0
+        return self._session.run(["h"], {"e": embedded})[0]
