@@ -9,10 +9,14 @@ memory with the embedded defaults (SQLite, FAISS):
   stages running behind it on the same cores;
 - the delay until an exact search finds an identifier from the last lines ingested;
 - with `--catch-up`, the time until each stage (vectors, weights) has nothing left, polled
-  through `stats()`: the stages' own pace, which is the lag they report at this volume.
+  through `stats()`: the stages' own pace, which is the lag they report at this volume;
+- with `--weights-alone`, the weight memory's pace on its own: the same logs ingested with the
+  weight memory off and every vector stored, then the memory reopened with it and flushed (a
+  busy scope's lag once its vectors are in).
 
     python benchmarks/ack_ingest.py                     # weights on and off, ~1 MB of logs
     python benchmarks/ack_ingest.py --catch-up          # also waits for the stages (minutes)
+    python benchmarks/ack_ingest.py --weights-alone --weight-memory off   # ~3 min
     python benchmarks/ack_ingest.py --catch-up --replay-mb 100 --weight-memory off
         # 100 MB of SYNTHETIC replayed logs (notepad_corpus.py) before the four, ~25 min
     python benchmarks/ack_ingest.py --catch-up --prose-mb 20 --weight-memory off
@@ -37,13 +41,13 @@ from memsdk import HybridMemory, MemoryConfig, Scope
 DEFAULT_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SYSTEMS = ("HDFS", "BGL", "Linux", "Mac")  # four systems' 2k-line samples, about 1.1 MB
 BLOCK_ID = re.compile(rb"blk_-?\d+")
+SCOPE = Scope(tenant="ack", user="logs")
 
 
-def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_mb: int = 0) -> dict:
+def corpus(shared: Path, replay_mb: int, prose_mb: int) -> tuple[list[tuple[str, bytes]], int]:
+    """(name, bytes) of every file in ingest order, the four samples last; the bytes of prose
+    and code among them."""
     files = [(s, (shared / "data/loghub" / s / f"{s}_2k.log").read_bytes()) for s in SYSTEMS]
-    # An identifier from the last HDFS lines: exact search must find it once acknowledged.
-    hdfs = dict(files)["HDFS"]
-    needle = BLOCK_ID.findall(hdfs[-2000:])[-1].decode()
     for source in replay_sources(shared, replay_mb):  # ingested first: the needle stays last
         source.materialise()
         files.insert(-len(SYSTEMS), (source.path.name, source.path.read_bytes()))
@@ -54,13 +58,24 @@ def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_m
         data = source.path.read_bytes()
         files.insert(-len(SYSTEMS), (str(source.path), data))
         prose += len(data)
+    return files, prose
+
+
+def ingest_all(mem: HybridMemory, files: list[tuple[str, bytes]]) -> None:
+    for name, data in files:
+        mem.ingest([data], scope=SCOPE, name=name if name not in SYSTEMS else f"{name}_2k.log")
+
+
+def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_mb: int = 0) -> dict:
+    files, prose = corpus(shared, replay_mb, prose_mb)
+    # An identifier from the last HDFS lines: exact search must find it once acknowledged.
+    needle = BLOCK_ID.findall(dict(files)["HDFS"][-2000:])[-1].decode()
     total = sum(len(data) for _, data in files)
-    scope = Scope(tenant="ack", user="logs")
+    scope = SCOPE
     config = MemoryConfig(weight_memory=weights)
     with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
         started = time.perf_counter()
-        for name, data in files:
-            mem.ingest([data], scope=scope, name=name if name not in SYSTEMS else f"{name}_2k.log")
+        ingest_all(mem, files)
         acknowledged = time.perf_counter() - started
         hits = mem.search(needle, scope=scope, k=1)
         found = time.perf_counter() - started - acknowledged
@@ -82,6 +97,27 @@ def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_m
     # The process's peak so far: with --weight-memory both, the second run's includes the first's.
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return result
+
+
+def weights_alone(shared: Path, replay_mb: int = 0, prose_mb: int = 0) -> dict:
+    """Seconds the weight memory takes to absorb the corpus with the cores to itself: ingested
+    with the weight memory off and every vector stored, then reopened with it (the default
+    config) and flushed, timed from the open."""
+    files, _ = corpus(shared, replay_mb, prose_mb)
+    total = sum(len(data) for _, data in files)
+    with tempfile.TemporaryDirectory() as folder:
+        with HybridMemory.open(folder, config=MemoryConfig(weight_memory=False)) as mem:
+            ingest_all(mem, files)
+            mem.flush()
+        started = time.perf_counter()
+        with HybridMemory.open(folder) as mem:
+            mem.flush()
+            seconds = time.perf_counter() - started
+    return {
+        "bytes": total,
+        "weights_alone_s": round(seconds, 1),
+        "weights_alone_kb_per_s": round(total / seconds / 1e3, 1),
+    }
 
 
 def catch_up_times(mem: HybridMemory, started: float) -> dict:
@@ -109,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--catch-up", action="store_true", help="also time flush()")
+    parser.add_argument(
+        "--weights-alone",
+        action="store_true",
+        help="also time the weight memory absorbing the corpus after its vectors (see above)",
+    )
     parser.add_argument(
         "--replay-mb",
         type=int,
@@ -142,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "load_average_1min": round(os.getloadavg()[0], 2),
                 "runs": runs,
+                "weights_alone": (
+                    weights_alone(args.shared, args.replay_mb, args.prose_mb)
+                    if args.weights_alone
+                    else None
+                ),
             }
         )
     )
