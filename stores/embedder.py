@@ -360,10 +360,9 @@ class MiniLMEmbedder:
         """
         if not isinstance(text, str):
             raise InputError(f"embed_query() takes a str, got {type(text).__name__}")
-        if self.query_runtime != "onnxruntime":
-            ids = self.tokenizer.encode(text, max_length=self.max_tokens)
-            return on_fresh_thread(self._forward, [ids])[0]
         ids = self.tokenizer.encode(text, max_length=self.max_tokens)
+        if self.query_runtime != "onnxruntime":
+            return on_fresh_thread(self._forward, [ids])[0]
         pooled = self._onnx_layers()(ids).mean(axis=0)  # no padding: every token is real
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
 

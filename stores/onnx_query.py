@@ -124,7 +124,8 @@ def _build_graph(encoder: BertEncoder) -> bytes:
 
 
 class OnnxLayers:
-    """The six layers of ``encoder`` as one ONNX Runtime session (see the module doc).
+    """The embedding norm and the six layers of ``encoder`` as one ONNX Runtime session, called
+    with token ids (see the module doc).
 
     Args:
         encoder: the loaded torch encoder whose tensors the graph copies.
