@@ -71,13 +71,12 @@ def run(shared: Path, weights: bool, catch_up: bool, replay_mb: int = 0, prose_m
     # An identifier from the last HDFS lines: exact search must find it once acknowledged.
     needle = BLOCK_ID.findall(dict(files)["HDFS"][-2000:])[-1].decode()
     total = sum(len(data) for _, data in files)
-    scope = SCOPE
     config = MemoryConfig(weight_memory=weights)
     with tempfile.TemporaryDirectory() as folder, HybridMemory.open(folder, config=config) as mem:
         started = time.perf_counter()
         ingest_all(mem, files)
         acknowledged = time.perf_counter() - started
-        hits = mem.search(needle, scope=scope, k=1)
+        hits = mem.search(needle, scope=SCOPE, k=1)
         found = time.perf_counter() - started - acknowledged
         result = {
             "weight_memory": weights,

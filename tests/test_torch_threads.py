@@ -1,7 +1,8 @@
 """Torch work outside the weight memory's own thread runs on threads that end with it
 (memsdk/stores/background.py): a thread that runs a torch operator keeps an OpenMP pool until
 it ends, and while the process holds more pool threads than cores every pool sleeps between
-operators, which slowed the weight memory's training by 1.7x.
+operators: one scope's weight memory absorbed 1.4-1.6x slower
+(benchmarks/ack_ingest.py --weights-alone).
 
 What a caller's thread runs is seen through a torch function mode, which is thread-local: it
 records the torch calls of the thread that entered it and of no other.
